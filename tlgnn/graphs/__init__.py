@@ -1,0 +1,1 @@
+"""tlgnn.graphs."""
