@@ -6,13 +6,17 @@ Public API (see docs/architecture.md): ``read_structures``, ``ReadResult``, ``St
 
 from tlgnn.io.errors import DisorderedStructureDropped, StructureReadError
 from tlgnn.io.formats import atoms_to_structure, parse_structure_text
+from tlgnn.io.reader import ReadResult, StructureRecord, read_structures
 from tlgnn.io.validate import check_structure, order_by_majority
 
 __all__ = [
     "DisorderedStructureDropped",
+    "ReadResult",
+    "StructureRecord",
     "StructureReadError",
     "atoms_to_structure",
     "check_structure",
     "order_by_majority",
     "parse_structure_text",
+    "read_structures",
 ]
