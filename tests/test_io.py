@@ -137,8 +137,10 @@ def test_hexagonal_poscar_194_never_read_as_o4p4():
     result = read_structures(SPG_TESTS, on_error="skip")
     bad = {Path(e.path).name for e in result.failures}
     assert {"hexagonal_POSCAR-186", "tetragonal_POSCAR-122-3", "distorted_POSCAR-11"} <= bad
-    for rec in result:
-        assert not {"H", "He"} & {el.symbol for el in rec.structure.composition} or rec.id.endswith("POSCAR-090")
+    for rec in result:  # species are exactly the elements named in the per-site comments, never H/He/Li fallbacks
+        labels = {line.split("#")[1].strip().rstrip("0123456789") for line in Path(rec.path).read_text().splitlines()
+                  if "#" in line}
+        assert {el.symbol for el in rec.structure.composition} == labels
 
 
 def test_spglib_poscars_spread():
@@ -284,3 +286,18 @@ def test_process_pool_matches_serial(tmp_path):
     assert [str(e) for e in serial.failures] == [str(e) for e in pooled.failures]
     for a, b in zip(serial, pooled):
         assert a.path == b.path and a.structure == b.structure
+
+
+def test_ase_fallback_and_unknown_format(tmp_path):
+    from ase.io import write
+
+    write(tmp_path / "cu.xsf", Atoms("Cu4", scaled_positions=[[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]],
+                                     cell=np.eye(3) * 3.61, pbc=True))
+    (tmp_path / "notes.txt").write_text("band gaps measured on tuesday\n")
+    result = read_structures([tmp_path / "cu.xsf", tmp_path / "notes.txt"], on_error="skip")
+    assert result.ids == ["cu"] and result[0].structure.composition.as_dict() == {"Cu": 4.0}
+    assert result[0].structure.lattice.a == pytest.approx(3.61)
+    (err,) = result.failures
+    assert err.path == str(tmp_path / "notes.txt") and err.reason.startswith("unknown format")
+    assert read_structures(tmp_path).skipped == [(str(tmp_path / "notes.txt"),
+                                                  "not a structure file: unrecognised name/extension '.txt'")]
