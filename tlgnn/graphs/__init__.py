@@ -9,6 +9,13 @@ from tlgnn.graphs.builder import (
     GraphArrays,
     IsolatedAtomError,
 )
+from tlgnn.graphs.cache import (
+    CorruptPackError,
+    GraphCache,
+    GraphCacheWarning,
+    GraphStore,
+    structure_key,
+)
 from tlgnn.graphs.expansion import GaussianExpansion
 from tlgnn.graphs.features import ATOM_FEATURES, NUM_FEATURES, build_atom_feature_table
 
@@ -16,9 +23,14 @@ __all__ = [
     "ATOM_FEATURES",
     "GRAPH_FORMAT_VERSION",
     "NUM_FEATURES",
+    "CorruptPackError",
     "CrystalGraphBuilder",
+    "GraphCache",
+    "GraphCacheWarning",
+    "GraphStore",
     "GaussianExpansion",
     "GraphArrays",
     "IsolatedAtomError",
     "build_atom_feature_table",
+    "structure_key",
 ]

@@ -1,0 +1,446 @@
+"""On-disk graph cache: content-keyed, append-only packs of concatenated arrays.
+
+Layout (see docs/graphs.md)::
+
+    root/<settings-hash>/settings.json      builder settings (hash = sha256 of their canonical JSON)
+    root/<settings-hash>/pack-<time>-<pid>-<uuid>/
+        meta.json                            keys, counts, dtype/shape and xxh3-64 checksum of each array
+        z.npy pos.npy cell.npy edge_index.npy edge_vec.npy edge_dist.npy cell_offset.npy
+        node_ptr.npy edge_ptr.npy           graph g = nodes node_ptr[g]:node_ptr[g+1], edges edge_ptr[g]:...
+    root/<settings-hash>/corrupt/            packs that failed verification, moved aside
+
+A pack is written under a temporary name and renamed into place (atomic), and never modified afterwards.
+Writers never share a file: each writes its own pack, so concurrent processes cannot corrupt each other.
+Readers merge all packs; for a key present in several packs the first (sorted by name) wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+import torch
+import xxhash
+from torch_geometric.data import Data
+
+from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, structure_arrays
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+log = logging.getLogger(__name__)
+
+PACK_FORMAT_VERSION = 1
+PACK_PREFIX = "pack-"
+_ARRAYS = ("z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset", "node_ptr", "edge_ptr")
+_KEY_DECIMALS = 6
+
+
+class GraphCacheWarning(UserWarning):
+    """A cache pack was unreadable or corrupt and has been moved aside (its graphs are rebuilt)."""
+
+
+class CorruptPackError(Exception):
+    """A pack failed verification; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def structure_key(structure: "Structure") -> str:
+    """Content hash (sha256 hex) of lattice (Å), pbc, species and fractional coordinates, rounded to 1e-6."""
+    lattice = structure.lattice
+    h = hashlib.sha256(b"tlgnn-structure-v1\0")
+    h.update((np.round(lattice.matrix, _KEY_DECIMALS) + 0.0).astype("<f8").tobytes())
+    h.update(np.asarray(lattice.pbc, dtype=np.uint8).tobytes())
+    h.update("\0".join(site.species_string for site in structure).encode())
+    h.update((np.round(structure.frac_coords, _KEY_DECIMALS) + 0.0).astype("<f8").tobytes())
+    return h.hexdigest()
+
+
+def settings_hash(settings: dict) -> str:
+    """sha256 of the canonical JSON of builder settings (first 16 hex digits name the cache subdirectory)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _checksum(arr: np.ndarray) -> str:
+    return xxhash.xxh3_64_hexdigest(memoryview(np.ascontiguousarray(arr)).cast("B"))
+
+
+def _fast_data(mapping: dict) -> Data:
+    """``Data(**mapping)`` without per-attribute ``setattr`` overhead (8x faster; same object)."""
+    data = Data()
+    data._store._mapping.update(mapping)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- packs
+def write_pack(directory: Path, keys: Sequence[str], graphs: Sequence[GraphArrays]) -> Path:
+    """Write ``graphs`` (with content ``keys``) as a new pack in ``directory``; atomic rename; returns its path."""
+    if len(keys) != len(graphs):
+        raise ValueError(f"write_pack: {len(keys)} keys for {len(graphs)} graphs")
+    directory = Path(directory)
+    n_nodes = np.fromiter((len(g.z) for g in graphs), dtype=np.int64, count=len(graphs))
+    n_edges = np.fromiter((g.edge_index.shape[1] for g in graphs), dtype=np.int64, count=len(graphs))
+    offsets = np.concatenate([g.cell_offset for g in graphs]) if graphs else np.zeros((0, 3), np.int64)
+    span = int(np.abs(offsets).max()) if len(offsets) else 0
+    offset_dtype = np.int8 if span < 2**7 else np.int16 if span < 2**15 else np.int32
+    arrays = {
+        "z": np.concatenate([g.z for g in graphs]).astype(np.uint8) if graphs else np.zeros(0, np.uint8),
+        "pos": np.concatenate([g.pos for g in graphs]) if graphs else np.zeros((0, 3), np.float32),
+        "cell": np.concatenate([g.cell for g in graphs]) if graphs else np.zeros((0, 3, 3), np.float32),
+        "edge_index": (np.concatenate([g.edge_index for g in graphs], axis=1) if graphs else np.zeros((2, 0))).astype(
+            np.int32
+        ),
+        "edge_vec": np.concatenate([g.edge_vec for g in graphs]) if graphs else np.zeros((0, 3), np.float32),
+        "edge_dist": np.concatenate([g.edge_dist for g in graphs]) if graphs else np.zeros(0, np.float32),
+        "cell_offset": offsets.astype(offset_dtype),
+        "node_ptr": np.concatenate([[0], np.cumsum(n_nodes)]).astype(np.int64),
+        "edge_ptr": np.concatenate([[0], np.cumsum(n_edges)]).astype(np.int64),
+    }
+    name = f"{PACK_PREFIX}{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = directory / f".tmp-{name}"
+    tmp.mkdir(parents=True)
+    try:
+        meta_arrays = {}
+        for key, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            np.save(tmp / f"{key}.npy", arr)
+            meta_arrays[key] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "xxh3_64": _checksum(arr)}
+        meta = {
+            "format_version": PACK_FORMAT_VERSION,
+            "num_graphs": len(graphs),
+            "num_nodes": int(n_nodes.sum()),
+            "num_edges": int(n_edges.sum()),
+            "keys": list(keys),
+            "arrays": meta_arrays,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        final = directory / name
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+class Pack:
+    """One verified, read-only pack. ``mmap=True`` memory-maps the arrays instead of reading them into RAM."""
+
+    def __init__(self, path: Path, keys: list[str], arrays: dict[str, np.ndarray], mmap: bool):
+        self.path, self.keys, self.mmap = Path(path), keys, mmap
+        self._np = arrays
+        self.node_ptr = np.asarray(arrays["node_ptr"]).tolist()
+        self.edge_ptr = np.asarray(arrays["edge_ptr"]).tolist()
+        # in-RAM packs hold ready torch tensors in their final dtypes; items are views (like PyG InMemoryDataset)
+        self._t = None if mmap else _as_torch(arrays)
+        self._views: list[tuple[torch.Tensor, ...]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def open(cls, path: Path, mmap: bool = True, verify: bool = True) -> "Pack":
+        """Open and check a pack (meta, files, shapes, dtypes, checksums); raises ``CorruptPackError``."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except FileNotFoundError:
+            raise CorruptPackError(path, "meta.json missing") from None
+        except (OSError, ValueError) as err:
+            raise CorruptPackError(path, f"meta.json unreadable ({err})") from None
+        try:
+            if meta["format_version"] != PACK_FORMAT_VERSION:
+                raise CorruptPackError(path, f"pack format {meta['format_version']} != {PACK_FORMAT_VERSION}")
+            keys, n_graphs, spec = list(meta["keys"]), int(meta["num_graphs"]), meta["arrays"]
+            n_nodes, n_edges = int(meta["num_nodes"]), int(meta["num_edges"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptPackError(path, f"meta.json malformed ({err!r})") from None
+        if len(keys) != n_graphs:
+            raise CorruptPackError(path, f"meta.json has {len(keys)} keys for {n_graphs} graphs")
+        expected_lead = {"z": n_nodes, "pos": n_nodes, "cell": n_graphs, "edge_vec": n_edges, "edge_dist": n_edges,
+                         "cell_offset": n_edges, "node_ptr": n_graphs + 1, "edge_ptr": n_graphs + 1}
+        arrays = {}
+        for name in _ARRAYS:
+            file = path / f"{name}.npy"
+            if name not in spec:
+                raise CorruptPackError(path, f"meta.json lacks array {name!r}")
+            try:
+                arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except FileNotFoundError:
+                raise CorruptPackError(path, f"{name}.npy missing") from None
+            except (OSError, ValueError, EOFError) as err:
+                raise CorruptPackError(path, f"{name}.npy unreadable or truncated ({err})") from None
+            if arr.dtype.str != spec[name]["dtype"] or list(arr.shape) != list(spec[name]["shape"]):
+                raise CorruptPackError(
+                    path, f"{name}.npy is {arr.dtype.str}{list(arr.shape)}, meta says "
+                    f"{spec[name]['dtype']}{spec[name]['shape']}"
+                )
+            lead = arr.shape[1] if name == "edge_index" else arr.shape[0]
+            want = n_edges if name == "edge_index" else expected_lead[name]
+            if lead != want:
+                raise CorruptPackError(path, f"{name}.npy has {lead} rows, expected {want}")
+            if verify and _checksum(arr) != spec[name]["xxh3_64"]:
+                raise CorruptPackError(path, f"{name}.npy checksum mismatch (corrupted data)")
+            arrays[name] = arr.view(np.ndarray) if mmap else arr  # plain ndarray view: slicing is 3x faster
+        for ptr, total in (("node_ptr", n_nodes), ("edge_ptr", n_edges)):
+            p = arrays[ptr]
+            if len(p) and (p[0] != 0 or p[-1] != total or np.any(np.diff(p) < 0)):
+                raise CorruptPackError(path, f"{ptr}.npy is not a valid offset array")
+        return cls(path, keys, arrays, mmap)
+
+    def arrays_at(self, i: int) -> GraphArrays:
+        """Graph ``i`` as numpy ``GraphArrays`` (copies, contract dtypes)."""
+        a, n0, n1, e0, e1 = self._np, *self._bounds(i)
+        return GraphArrays(
+            z=a["z"][n0:n1].astype(np.int64), pos=np.array(a["pos"][n0:n1]), cell=np.array(a["cell"][i : i + 1]),
+            edge_index=a["edge_index"][:, e0:e1].astype(np.int64), edge_vec=np.array(a["edge_vec"][e0:e1]),
+            edge_dist=np.array(a["edge_dist"][e0:e1]), cell_offset=a["cell_offset"][e0:e1].astype(np.int64),
+        )
+
+    def data(self, i: int) -> Data:
+        """Graph ``i`` as ``Data`` (contract fields; see docs/architecture.md)."""
+        n0, n1, e0, e1 = self._bounds(i)
+        if self._t is None:
+            g = self.arrays_at(i)
+            return _fast_data({
+                "z": torch.from_numpy(g.z), "pos": torch.from_numpy(g.pos), "cell": torch.from_numpy(g.cell),
+                "edge_index": torch.from_numpy(g.edge_index), "edge_vec": torch.from_numpy(g.edge_vec),
+                "edge_dist": torch.from_numpy(g.edge_dist), "cell_offset": torch.from_numpy(g.cell_offset),
+                "num_nodes": n1 - n0,
+            })
+        t = self._t
+        if self._views is None:  # split every array into per-graph views once (C loop; 2x faster than slicing)
+            nodes = torch.tensor(self.node_ptr[1:-1], dtype=torch.long)
+            edges = torch.tensor(self.edge_ptr[1:-1], dtype=torch.long)
+            self._views = list(zip(
+                t["z"].tensor_split(nodes), t["pos"].tensor_split(nodes), t["cell"].split(1),
+                t["edge_index"].tensor_split(edges, dim=1), t["edge_vec"].tensor_split(edges),
+                t["edge_dist"].tensor_split(edges), t["cell_offset"].tensor_split(edges),
+            ))
+        z, pos, cell, edge_index, edge_vec, edge_dist, cell_offset = self._views[i]
+        return _fast_data({
+            "z": z, "pos": pos, "cell": cell, "edge_index": edge_index, "edge_vec": edge_vec,
+            "edge_dist": edge_dist, "cell_offset": cell_offset, "num_nodes": n1 - n0,
+        })
+
+    def _bounds(self, i: int) -> tuple[int, int, int, int]:
+        return self.node_ptr[i], self.node_ptr[i + 1], self.edge_ptr[i], self.edge_ptr[i + 1]
+
+
+def _as_torch(a: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    long = ("z", "edge_index", "cell_offset")
+    return {k: torch.from_numpy(np.asarray(a[k], dtype=np.int64) if k in long else np.array(a[k]))
+            for k in _ARRAYS[:7]}
+
+
+class GraphStore(Sequence):
+    """A sequence of graphs backed by packs; ``store[i]`` builds the ``Data`` lazily from the arrays."""
+
+    def __init__(self, packs: Sequence[Pack], refs: Sequence[tuple[int, int]] | None = None):
+        self.packs = list(packs)
+        if refs is None:
+            refs = [(p, i) for p, pack in enumerate(self.packs) for i in range(len(pack))]
+        self._pack_of = np.fromiter((r[0] for r in refs), dtype=np.int64, count=len(refs)).tolist()
+        self._index = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs)).tolist()
+
+    @classmethod
+    def open(cls, paths: Iterable[Path], mmap: bool = True, verify: bool = True) -> "GraphStore":
+        """All graphs of the given pack directories (duplicate keys: the first pack wins)."""
+        packs = [Pack.open(Path(p), mmap=mmap, verify=verify) for p in paths]
+        seen, refs = set(), []
+        for p, pack in enumerate(packs):
+            for i, key in enumerate(pack.keys):
+                if key not in seen:
+                    seen.add(key)
+                    refs.append((p, i))
+        return cls(packs, refs)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"GraphStore index {i} out of range for {len(self)} graphs")
+        return self.packs[self._pack_of[i]].data(self._index[i])
+
+    @property
+    def keys(self) -> list[str]:
+        """Content key of each item."""
+        return [self.packs[p].keys[i] for p, i in zip(self._pack_of, self._index)]
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+def _build_one(builder: CrystalGraphBuilder, item) -> GraphArrays:
+    numbers, positions, cell, pbc, name = item
+    return builder.arrays_from_arrays(numbers, positions, cell, pbc, name=name)
+
+
+class GraphCache:
+    """Graphs built once by ``builder`` and stored under ``root`` (one subdirectory per builder settings).
+
+    ``mmap=True`` memory-maps the packs (a dataset need not fit in RAM; items are copied out on access);
+    ``mmap=False`` reads them into RAM (items are views into shared tensors). ``pack_size``: graphs per pack.
+    """
+
+    def __init__(self, root: str | os.PathLike, builder: CrystalGraphBuilder, mmap: bool = True,
+                 pack_size: int = 50_000):
+        if pack_size < 1:
+            raise ValueError(f"pack_size: must be >= 1, got {pack_size}")
+        self.root = Path(root)
+        self.builder = builder
+        self.mmap = mmap
+        self.pack_size = int(pack_size)
+        self.settings_hash = settings_hash(builder.settings)
+        self.directory = self.root / self.settings_hash[:16]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        settings_file = self.directory / "settings.json"
+        if not settings_file.exists():
+            tmp = self.directory / f".settings-{uuid.uuid4().hex}.json"
+            tmp.write_text(json.dumps(builder.settings, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, settings_file)
+        self._packs: dict[str, Pack] = {}  # name -> opened pack
+        self._index: dict[str, tuple[str, int]] = {}  # key -> (pack name, position)
+
+    def __repr__(self) -> str:
+        return f"GraphCache({str(self.directory)!r}, {self.builder!r}, packs={len(self._packs)})"
+
+    def __len__(self) -> int:
+        """Number of distinct graphs on disk (after a refresh)."""
+        self.refresh()
+        return len(self._index)
+
+    def refresh(self) -> None:
+        """Open packs written since the last call (by this or another process); move corrupt ones aside."""
+        for path in sorted(self.directory.glob(f"{PACK_PREFIX}*")):
+            if path.name in self._packs:
+                continue
+            try:
+                pack = Pack.open(path, mmap=self.mmap)
+            except CorruptPackError as err:
+                self._quarantine(path, err.reason)
+                continue
+            self._packs[path.name] = pack
+            for i, key in enumerate(pack.keys):
+                self._index.setdefault(key, (path.name, i))
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        target = self.directory / "corrupt" / path.name
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.rename(path, target)
+            where = f"moved to {target}"
+        except FileNotFoundError:  # another process moved it first
+            where = "already moved by another process"
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            where = "deleted"
+        message = f"graph cache: pack {path} is corrupt ({reason}); {where}; its graphs will be rebuilt"
+        log.warning(message)
+        warnings.warn(message, GraphCacheWarning, stacklevel=3)
+
+    def get(self, structure: "Structure", key: str | None = None) -> Data:
+        """The graph of one structure (built and stored if missing)."""
+        return self.get_many([structure], keys=None if key is None else [key], n_jobs=1, progress=False)[0]
+
+    def get_many(
+        self,
+        structures: Sequence["Structure"],
+        keys: Sequence[str] | None = None,
+        n_jobs: int | None = None,
+        progress: bool | None = None,
+    ) -> GraphStore:
+        """Graphs of ``structures`` in order; missing ones are built (``n_jobs`` processes) and written as packs.
+
+        ``keys``: precomputed ``structure_key`` values (they must be content keys: an id that can refer to a
+        changed structure defeats staleness detection). ``n_jobs=None``: all available cores.
+        ``progress=None``: a tqdm bar when stderr is a terminal.
+        """
+        if keys is None:
+            keys = [structure_key(s) for s in structures]
+        elif len(keys) != len(structures):
+            raise ValueError(f"keys: {len(keys)} keys for {len(structures)} structures")
+        self.refresh()
+        missing: dict[str, int] = {}
+        for n, key in enumerate(keys):
+            if key not in self._index and key not in missing:
+                missing[key] = n
+        if missing:
+            self._build_and_write(structures, missing, n_jobs, progress)
+            self.refresh()
+            lost = [k for k in missing if k not in self._index]
+            if lost:  # our own fresh pack failed verification: a disk problem, not something to hide
+                raise OSError(f"graph cache {self.directory}: {len(lost)} freshly written graphs are unreadable")
+        names = list(self._packs)
+        pack_no = {name: p for p, name in enumerate(names)}
+        refs = [(pack_no[self._index[k][0]], self._index[k][1]) for k in keys]
+        return GraphStore([self._packs[n] for n in names], refs)
+
+    def _build_and_write(self, structures, missing: dict[str, int], n_jobs, progress) -> None:
+        from tqdm.auto import tqdm
+
+        items = []
+        for key, n in missing.items():
+            s = structures[n]
+            name = f"structures[{n}] (key {key[:12]})"
+            items.append((*structure_arrays(s, name), name))
+        if n_jobs is None:
+            n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if n_jobs < 1:
+            raise ValueError(f"n_jobs: must be >= 1 or None, got {n_jobs}")
+        n_jobs = min(n_jobs, max(1, len(items) // 64))  # a pool is not worth starting for a handful
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = tqdm(total=len(items), desc="building graphs", unit="graph", disable=not progress)
+        keys = list(missing)
+        try:
+            with _maybe_pool(n_jobs) as pool:
+                for start in range(0, len(items), self.pack_size):
+                    chunk = items[start : start + self.pack_size]
+                    if pool is None:
+                        graphs = []
+                        for item in chunk:
+                            graphs.append(_build_one(self.builder, item))
+                            bar.update()
+                    else:
+                        graphs = []
+                        chunksize = max(1, min(256, len(chunk) // (4 * n_jobs)))
+                        for g in pool.map(_build_one, [self.builder] * len(chunk), chunk, chunksize=chunksize):
+                            graphs.append(g)
+                            bar.update()
+                    write_pack(self.directory, keys[start : start + self.pack_size], graphs)
+        finally:
+            bar.close()
+
+
+class _maybe_pool:
+    """``ProcessPoolExecutor`` for n_jobs > 1, else ``None`` (serial)."""
+
+    def __init__(self, n_jobs: int):
+        self.pool = ProcessPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+        return False
