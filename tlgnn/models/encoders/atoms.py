@@ -1,0 +1,40 @@
+"""Atom input layers: CGCNN elemental features or a learned embedding by atomic number."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tlgnn.graphs import ATOM_FEATURES
+
+ATOM_INPUTS = ("cgcnn", "embedding")
+
+
+class AtomInput(nn.Module):
+    """Atomic numbers [N] -> initial atom features [N, dim].
+
+    ``"cgcnn"``: the 92-dim CGCNN one-hot elemental features (``tlgnn.graphs.ATOM_FEATURES[z]``) through a
+    linear layer, as in Xie & Grossman (2018). ``"embedding"``: a learned vector per element.
+    """
+
+    def __init__(self, dim: int, kind: str = "cgcnn") -> None:
+        super().__init__()
+        if kind not in ATOM_INPUTS:
+            raise ValueError(f"atom_input must be one of {ATOM_INPUTS}, got {kind!r}")
+        self.kind = kind
+        self.max_z = ATOM_FEATURES.shape[0] - 1
+        if kind == "cgcnn":
+            # not persistent: a fixed table, kept out of checkpoints but moved with .to(device)
+            self.register_buffer("features", ATOM_FEATURES.clone().float(), persistent=False)
+            self.linear = nn.Linear(ATOM_FEATURES.shape[1], dim)
+        else:
+            self.embedding = nn.Embedding(self.max_z + 1, dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` long [N] -> float [N, dim]."""
+        if z.numel() and (int(z.max()) > self.max_z or int(z.min()) < 1):
+            bad = z[(z > self.max_z) | (z < 1)].unique().tolist()
+            raise ValueError(f"atomic numbers {bad} have no atom features (supported: 1..{self.max_z})")
+        if self.kind == "cgcnn":
+            return self.linear(self.features[z])
+        return self.embedding(z)

@@ -1,0 +1,103 @@
+"""CGCNN: crystal graph convolutional neural network (Xie & Grossman, PRL 120, 145301, 2018).
+
+Per interaction layer, for every edge i <- j with Gaussian-expanded distance u_ij:
+
+    z_ij = [v_i, v_j, u_ij]
+    [f_ij, c_ij] = BN(W z_ij + b)                  (split into two halves of width atom_fea_len)
+    v_i' = softplus(v_i + BN(sum_j sigmoid(f_ij) * softplus(c_ij)))
+
+Atoms start from ``Linear(ATOM_FEATURES[z])`` (92-dim CGCNN elemental features). After ``n_conv`` layers the
+atom vectors are mean-pooled and passed through ``softplus -> conv_to_fc -> softplus``; that vector
+(width ``h_fea_len``) is ``graph_emb``: the transfer seam sits after ``conv_to_fc``, where the reference
+model's ``fc_out`` would start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.utils import scatter
+
+from tlgnn.graphs import GaussianExpansion
+from tlgnn.models.encoders.atoms import AtomInput
+from tlgnn.models.encoders.base import Encoder, EncoderOutput, graph_index, register_encoder
+
+
+class CGCNNConv(nn.Module):
+    """One gated CGCNN convolution with batch norm and residual softplus."""
+
+    def __init__(self, atom_fea_len: int, nbr_fea_len: int) -> None:
+        super().__init__()
+        self.atom_fea_len = atom_fea_len
+        self.fc_full = nn.Linear(2 * atom_fea_len + nbr_fea_len, 2 * atom_fea_len)
+        self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
+        self.bn2 = nn.BatchNorm1d(atom_fea_len)
+
+    def forward(self, atom: torch.Tensor, nbr: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """``atom`` [N, d], ``nbr`` (expanded distances) [E, g], ``edge_index`` [2, E] (centre, neighbour)."""
+        centre, neighbour = edge_index[0], edge_index[1]
+        d = self.atom_fea_len
+        w = self.fc_full.weight
+        # W [v_i, v_j, u_ij] computed as W_i v_i + W_j v_j + W_u u_ij: the atom terms are projected once
+        # per atom and gathered, instead of once per edge (same result, ~4x fewer FLOPs).
+        self_part = F.linear(atom, w[:, :d])
+        nbr_part = F.linear(atom, w[:, d : 2 * d])
+        gated = self_part[centre] + nbr_part[neighbour] + F.linear(nbr, w[:, 2 * d :], self.fc_full.bias)
+        gated = self.bn1(gated)
+        nbr_filter, nbr_core = gated.chunk(2, dim=1)
+        message = torch.sigmoid(nbr_filter) * F.softplus(nbr_core)
+        summed = scatter(message, centre, dim=0, dim_size=atom.shape[0], reduce="sum")
+        return F.softplus(atom + self.bn2(summed))
+
+
+@register_encoder("cgcnn")
+class CGCNNEncoder(Encoder):
+    """CGCNN encoder (defaults of the reference implementation).
+
+    Options: ``atom_fea_len`` (64), ``n_conv`` (3), ``h_fea_len`` (128, = ``out_dim``), ``cutoff`` (8.0 Å:
+    end of the Gaussian expansion; edges longer than this are ignored), ``gaussian_step`` (0.2 Å: centre
+    spacing and width), ``atom_input`` ("cgcnn" features or a learned "embedding" by Z).
+    """
+
+    def __init__(
+        self,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        h_fea_len: int = 128,
+        cutoff: float = 8.0,
+        gaussian_step: float = 0.2,
+        atom_input: str = "cgcnn",
+    ) -> None:
+        super().__init__()
+        for field, value in (("atom_fea_len", atom_fea_len), ("n_conv", n_conv), ("h_fea_len", h_fea_len)):
+            if int(value) < 1:
+                raise ValueError(f"cgcnn option {field} must be >= 1, got {value}")
+        if cutoff <= 0 or gaussian_step <= 0 or gaussian_step >= cutoff:
+            raise ValueError(f"cgcnn needs 0 < gaussian_step < cutoff, got cutoff={cutoff}, gaussian_step={gaussian_step}")
+        self.cutoff = float(cutoff)
+        self.out_dim = int(h_fea_len)
+        num = int(round(cutoff / gaussian_step)) + 1
+        self.expansion = GaussianExpansion(start=0.0, stop=float(cutoff), num=num, width=float(gaussian_step))
+        self.embedding = AtomInput(atom_fea_len, atom_input)
+        self.convs = nn.ModuleList(CGCNNConv(atom_fea_len, num) for _ in range(n_conv))
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+
+    def forward(self, batch: Any) -> EncoderOutput:
+        edge_index, dist = batch.edge_index, batch.edge_dist
+        if dist.numel() and float(dist.max()) > self.cutoff:
+            keep = dist <= self.cutoff
+            edge_index, dist = edge_index[:, keep], dist[keep]
+        nbr = self.expansion(dist)
+        atom = self.embedding(batch.z)
+        for conv in self.convs:
+            atom = conv(atom, nbr, edge_index)
+        index, num_graphs = graph_index(batch)
+        crystal = scatter(atom, index, dim=0, dim_size=num_graphs, reduce="mean")
+        crystal = F.softplus(self.conv_to_fc(F.softplus(crystal)))
+        return EncoderOutput(node_emb=atom, graph_emb=crystal)
+
+    def layer_groups(self) -> list[nn.Module]:
+        return [self.embedding, *self.convs, self.conv_to_fc]

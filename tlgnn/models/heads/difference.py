@@ -1,0 +1,81 @@
+"""Difference (Δ-learning) head along a fidelity chain ``[low, ..., high]`` of regression tasks.
+
+    y_0 = mean_0 + std_0 * MLP_0(g)
+    Δ_k = dmean_k + dstd_k * MLP_Δk(g)            dmean_k = mean_k - mean_{k-1},  dstd_k = std_k
+    y_k = ŷ_{k-1} + Δ_k                          k = 1..K
+
+``ŷ_{k-1}`` is the predicted ``y_{k-1}``, or, with ``use_known_low=True``, the label of task k-1 wherever the
+batch has it (``batch.y_mask``), in training and prediction alike. All arithmetic is in physical units.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from tlgnn.models.encoders.base import EncoderOutput
+from tlgnn.models.heads.base import Head, register_head
+
+
+@register_head("difference")
+class DifferenceHead(Head):
+    """Options: ``chain`` (≥ 2 regression task names, lowest fidelity first), ``use_known_low`` (False).
+
+    ``forward`` returns one prediction per chain task; :meth:`components` returns ``y_0`` and every Δ_k.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[Any],
+        *,
+        chain: Sequence[str],
+        use_known_low: bool = False,
+        **common: Any,
+    ) -> None:
+        chain = list(chain)
+        if len(chain) < 2:
+            raise ValueError(f"difference head option chain needs at least 2 tasks (low ... high), got {chain}")
+        if len(set(chain)) != len(chain):
+            raise ValueError(f"difference head option chain lists a task twice: {chain}")
+        super().__init__(in_dim, tasks, chain, **common)
+        for k, name in enumerate(chain):
+            self.require_task(name, f"chain[{k}]", kind="regression")
+        self.chain = chain
+        self.use_known_low = bool(use_known_low)
+        self.base = self.make_mlp(1)
+        self.deltas = nn.ModuleList(self.make_mlp(1) for _ in chain[1:])
+        self.register_buffer("delta_mean", torch.zeros(len(chain) - 1))
+        self.register_buffer("delta_std", torch.ones(len(chain) - 1))
+
+    def on_target_stats(self) -> None:
+        idx = [self.task_index[n] for n in self.chain]
+        with torch.no_grad():
+            for k in range(1, len(idx)):
+                self.delta_mean[k - 1] = self.target_mean[idx[k]] - self.target_mean[idx[k - 1]]
+                self.delta_std[k - 1] = self.target_std[idx[k]]
+
+    def components(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """``{low: y_0 [B], "<task_k>__delta": Δ_k [B] for k ≥ 1}`` in physical units."""
+        g = enc.graph_emb
+        out = {self.chain[0]: self.physical(self.chain[0], self.base(g))}
+        for k, net in enumerate(self.deltas):
+            out[f"{self.chain[k + 1]}__delta"] = self.delta_mean[k] + self.delta_std[k] * net(g)[:, 0]
+        return out
+
+    def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        parts = self.components(enc, batch)
+        preds = {self.chain[0]: parts[self.chain[0]]}
+        previous = preds[self.chain[0]]
+        for k in range(1, len(self.chain)):
+            low, high = self.chain[k - 1], self.chain[k]
+            if self.use_known_low and batch is not None:
+                known = self.known_label(batch, low)
+                if known is not None:
+                    values, present = known
+                    previous = torch.where(present, values.to(previous.dtype), previous)
+            preds[high] = previous + parts[f"{high}__delta"]
+            previous = preds[high]
+        return preds

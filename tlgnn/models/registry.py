@@ -1,0 +1,83 @@
+"""A small name -> class registry shared by encoders and heads, with option checking."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def close_matches(word: str, candidates: list[str] | tuple[str, ...] | set[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` suffix naming the closest candidates, or ``""``."""
+    hits = difflib.get_close_matches(word, sorted(candidates), n=3, cutoff=0.5)
+    if not hits:
+        return ""
+    return " (did you mean " + " or ".join(repr(h) for h in hits) + "?)"
+
+
+def accepted_options(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword options a class constructor accepts, following ``**kwargs`` up to the base classes."""
+    options: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        forwards = False
+        for name, param in params.items():
+            if name == "self":
+                continue
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                options.setdefault(name, param)
+        if not forwards:
+            break
+    return options
+
+
+class Registry(dict):
+    """``name -> class`` mapping; ``build`` checks the name and the options before constructing.
+
+    ``kind`` ("encoder", "head") is used in error messages; ``positional`` names the constructor
+    arguments that ``build`` passes positionally (they are not user options).
+    """
+
+    def __init__(self, kind: str, positional: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.kind = kind
+        self.positional = positional
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator adding the class under ``name``; a duplicate name is an error."""
+
+        def add(cls: type[T]) -> type[T]:
+            if name in self and self[name] is not cls:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self[name].__qualname__}")
+            self[name] = cls
+            cls.registry_name = name  # type: ignore[attr-defined]
+            return cls
+
+        return add
+
+    def check(self, name: str, options: dict[str, Any]) -> type:
+        """The class for ``name`` after checking that every option is accepted; clear errors otherwise."""
+        if not isinstance(name, str) or name not in self:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}{close_matches(str(name), list(self))}; "
+                f"available: {', '.join(sorted(self))}"
+            )
+        cls = self[name]
+        accepted = {k: p for k, p in accepted_options(cls).items() if k not in self.positional}
+        for key in options:
+            if key not in accepted:
+                raise ValueError(
+                    f"{self.kind} {name!r} has no option {key!r}{close_matches(key, list(accepted))}; "
+                    f"options: {', '.join(sorted(accepted)) or '(none)'}"
+                )
+        return cls
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """Construct ``self[name](*args, **options)`` after ``check``."""
+        return self.check(name, options)(*args, **options)
