@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from pymatgen.core import Lattice, Structure
+from torch_geometric.data import Batch
 
 from tlgnn.graphs import ATOM_FEATURES, CrystalGraphBuilder, GaussianExpansion, IsolatedAtomError
 from tlgnn.graphs.features import CATEGORIES, build_atom_feature_table, category_slices, load_atom_feature_table
@@ -62,6 +63,9 @@ def assert_same_radius_graph(data, structure: Structure, cutoff: float) -> None:
 def assert_consistent(data) -> None:
     """Field dtypes/shapes of the contract, edge_vec/edge_dist geometry and the documented sort order."""
     n, e = data.num_nodes, data.edge_index.shape[1]
+    assert set(data.keys()) == {"z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset", "num_nodes"}
+    batch = Batch.from_data_list([data, data])  # collates like a Data built by Data(**fields)
+    assert batch.num_graphs == 2 and int(batch.edge_index.max()) == 2 * n - 1 and batch.cell.shape == (2, 3, 3)
     assert data.z.dtype == torch.long and data.z.shape == (n,)
     assert data.pos.dtype == torch.float32 and data.pos.shape == (n, 3)
     assert data.cell.dtype == torch.float32 and data.cell.shape == (1, 3, 3)

@@ -35,7 +35,7 @@ import torch
 import xxhash
 from torch_geometric.data import Data
 
-from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, structure_arrays
+from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, fast_data, structure_arrays
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -78,13 +78,6 @@ def settings_hash(settings: dict) -> str:
 
 def _checksum(arr: np.ndarray) -> str:
     return xxhash.xxh3_64_hexdigest(memoryview(np.ascontiguousarray(arr)).cast("B"))
-
-
-def _fast_data(mapping: dict) -> Data:
-    """``Data(**mapping)`` without per-attribute ``setattr`` overhead (8x faster; same object)."""
-    data = Data()
-    data._store._mapping.update(mapping)
-    return data
 
 
 # ---------------------------------------------------------------------------------------------------- packs
@@ -216,7 +209,7 @@ class Pack:
         n0, n1, e0, e1 = self._bounds(i)
         if self._t is None:
             g = self.arrays_at(i)
-            return _fast_data({
+            return fast_data({
                 "z": torch.from_numpy(g.z), "pos": torch.from_numpy(g.pos), "cell": torch.from_numpy(g.cell),
                 "edge_index": torch.from_numpy(g.edge_index), "edge_vec": torch.from_numpy(g.edge_vec),
                 "edge_dist": torch.from_numpy(g.edge_dist), "cell_offset": torch.from_numpy(g.cell_offset),
@@ -232,7 +225,7 @@ class Pack:
                 t["edge_dist"].tensor_split(edges), t["cell_offset"].tensor_split(edges),
             ))
         z, pos, cell, edge_index, edge_vec, edge_dist, cell_offset = self._views[i]
-        return _fast_data({
+        return fast_data({
             "z": z, "pos": pos, "cell": cell, "edge_index": edge_index, "edge_vec": edge_vec,
             "edge_dist": edge_dist, "cell_offset": cell_offset, "num_nodes": n1 - n0,
         })

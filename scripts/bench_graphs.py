@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Benchmark tlgnn.graphs on real MP crystals, on one core.
+
+Three ways to get the CGCNN graph (8 Å, 12 nearest) of the same pre-parsed structures:
+  (a) tlgnn's CrystalGraphBuilder, from pymatgen Structures and from plain arrays;
+  (b) the CGCNN-style path: pymatgen get_all_neighbors(8.0), sort by distance, take 12, assemble tensors;
+  (c) the bare vesin neighbour-list call (pairs, shifts, distances) on the same arrays and cutoff.
+Then the graph cache: cold build + write vs load (open packs + materialise every Data).
+
+    .venv/bin/python scripts/bench_graphs.py [--n 2000] [--data PATH]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import vesin  # noqa: E402
+
+from tlgnn.graphs import CrystalGraphBuilder, GraphCache, structure_key  # noqa: E402
+from tlgnn.graphs.builder import structure_arrays  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mp_multifidelity_bandgap" / (
+    "structures.jsonl.gz"
+)
+CUTOFF, K = 8.0, 12
+
+
+def cgcnn_style(structure):
+    """CGCNN's data.py recipe: all neighbours within the radius, sorted by distance, first K, as tensors."""
+    all_nbrs = structure.get_all_neighbors(CUTOFF)
+    centres, idx, dist, images = [], [], [], []
+    for i, nbrs in enumerate(all_nbrs):
+        nbrs = sorted(nbrs, key=lambda n: n.nn_distance)[:K]
+        centres.extend([i] * len(nbrs))
+        idx.extend(n.index for n in nbrs)
+        dist.extend(n.nn_distance for n in nbrs)
+        images.extend(n.image for n in nbrs)
+    edge_index = torch.tensor(np.array([centres, idx]), dtype=torch.long)
+    offsets = np.array(images, dtype=np.float64).reshape(-1, 3)
+    cart = structure.cart_coords
+    vec = cart[idx] + offsets @ structure.lattice.matrix - cart[centres]
+    return {
+        "z": torch.tensor(structure.atomic_numbers, dtype=torch.long),
+        "pos": torch.tensor(cart, dtype=torch.float32),
+        "edge_index": edge_index,
+        "edge_dist": torch.tensor(dist, dtype=torch.float32),
+        "cell_offset": torch.tensor(offsets.round(), dtype=torch.long),
+        "edge_vec": torch.tensor(vec, dtype=torch.float32),
+    }
+
+
+def same_graph(ours, ref) -> bool:
+    """Same picked neighbours per atom (up to ties at the K-th distance) with distances within 1e-6 Å."""
+    e1 = {(int(i), int(j), tuple(map(int, o))): float(d) for (i, j), o, d in
+          zip(ours.edge_index.T.tolist(), ours.cell_offset.tolist(), ours.edge_dist.tolist())}
+    e2 = {(int(i), int(j), tuple(map(int, o))): float(d) for (i, j), o, d in
+          zip(ref["edge_index"].T.tolist(), ref["cell_offset"].tolist(), ref["edge_dist"].tolist())}
+    if len(e1) != len(e2):
+        return False
+    for i in range(ours.num_nodes):
+        a = sorted((d, k) for k, d in e1.items() if k[0] == i)
+        b = sorted((d, k) for k, d in e2.items() if k[0] == i)
+        if len(a) != len(b) or not np.allclose([x for x, _ in a], [x for x, _ in b], atol=1e-6):
+            return False
+        last = b[-1][0] if b else 0.0
+        if {k for d, k in b if d < last - 1e-6} - {k for _, k in a}:
+            return False
+    return True
+
+
+def timed(fn, items) -> float:
+    t0 = time.perf_counter()
+    for item in items:
+        fn(item)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="number of structures (default 2000)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="structures.jsonl.gz (material_id, cif)")
+    parser.add_argument("--check", type=int, default=300, help="structures whose graphs are compared (a) vs (b)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from pymatgen.core import Structure
+
+    if not args.data.exists():
+        raise SystemExit(f"--data {args.data}: file not found")
+    structures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gzip.open(args.data, "rt") as fh:
+            for line in fh:
+                if len(structures) >= args.n:
+                    break
+                structures.append(Structure.from_str(json.loads(line)["cif"], fmt="cif"))
+    n, atoms = len(structures), sum(len(s) for s in structures)
+    arrays = [structure_arrays(s) for s in structures]
+    print(f"{n} structures, {atoms} atoms from {args.data}; cutoff {CUTOFF} Å, {K} nearest; 1 thread")
+
+    builder = CrystalGraphBuilder(cutoff=CUTOFF, max_neighbors=K)
+
+    def bare(a):
+        nl = vesin.NeighborList(cutoff=CUTOFF, full_list=True, n_threads=1)
+        return nl.compute(a[1], a[2], list(a[3]), quantities="ijSd")
+
+    warm = min(50, n)
+    for s, a in zip(structures[:warm], arrays[:warm]):
+        builder(s), builder.from_arrays(*a), cgcnn_style(s), bare(a)
+    t_struct = timed(builder, structures)
+    t_arrays = timed(lambda a: builder.from_arrays(*a), arrays)
+    t_bare = timed(bare, arrays)
+    t_cgcnn = timed(cgcnn_style, structures)
+
+    def line(label, t):
+        print(f"{label:<44s} {t:8.3f} s  {n / t:9.0f} structures/s  {atoms / t:10.0f} atoms/s")
+
+    line("(a) tlgnn builder(Structure)", t_struct)
+    line("(a') tlgnn builder.from_arrays", t_arrays)
+    line("(b) CGCNN-style (pymatgen get_all_neighbors)", t_cgcnn)
+    line("(c) bare vesin neighbour list (ijSd)", t_bare)
+    print(f"ratio vs bare neighbour list: {t_bare / t_arrays:.2f} (from arrays), {t_bare / t_struct:.2f} (from Structure)")
+
+    check = min(args.check, n)
+    mismatched = [k for k in range(check) if not same_graph(builder(structures[k]), cgcnn_style(structures[k]))]
+    print(f"identical graphs (a) vs (b): {check - len(mismatched)}/{check}" + (f", mismatches at {mismatched[:10]}"
+                                                                              if mismatched else ""))
+
+    keys = [structure_key(s) for s in structures]  # hashing is shared by both cache paths: outside the timing
+    with tempfile.TemporaryDirectory() as tmp:
+        GraphCache(Path(tmp) / "warm", builder).get_many(structures[:warm], keys=keys[:warm], n_jobs=1)[0]
+        t0 = time.perf_counter()
+        GraphCache(tmp, builder).get_many(structures, keys=keys, n_jobs=1)
+        t_cold = time.perf_counter() - t0
+        loads = {}
+        for mmap in (False, True):
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                store = GraphCache(tmp, builder, mmap=mmap).get_many(structures, keys=keys)
+                graphs = [store[i] for i in range(len(store))]
+                best = min(best, time.perf_counter() - t0)
+            loads[mmap] = best
+            assert len(graphs) == n
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*.npy"))
+    line("cache cold: build + write", t_cold)
+    line("cache load (in RAM): open + materialise", loads[False])
+    line("cache load (mmap): open + materialise", loads[True])
+    print(f"cache size: {size / 2**20:.1f} MiB ({size / n / 1024:.1f} KiB/graph)")
+    print(f"cache load speedup: {t_cold / loads[False]:.1f} (in RAM), {t_cold / loads[True]:.1f} (mmap)")
+    print(f"speedup: {t_cgcnn / t_struct:.1f}")
+
+
+if __name__ == "__main__":
+    main()
