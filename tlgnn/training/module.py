@@ -1,0 +1,248 @@
+"""``TransferModule``: the LightningModule that trains a :class:`tlgnn.models.TransferModel`.
+
+One masked loss per task (:func:`tlgnn.training.losses.masked_loss`), combined by the head
+(``head.combine_losses``); per-task metrics on validation and test (:class:`TaskMetrics`, gathered over the
+epoch and over DDP ranks); optimiser and learning-rate schedule from :class:`OptimConfig`.
+
+The constructor takes only plain JSON-able values (model config, task dicts, optimiser/loss settings, graph
+settings, target statistics) and saves them as hyper-parameters, and :meth:`on_save_checkpoint` writes a
+``"tlgnn"`` section with the same information plus the package version: a checkpoint is self-describing, so
+:func:`load_module` (and ``tlgnn predict``) rebuild the model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+
+from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.losses import masked_loss
+from tlgnn.training.metrics import TaskMetrics
+
+CHECKPOINT_KEY = "tlgnn"
+CHECKPOINT_FORMAT = 1
+
+
+def build_transfer_model(model: Mapping[str, Any], tasks: Sequence[TaskSpec]):
+    """The :class:`~tlgnn.models.TransferModel` described by ``model`` (``{"encoder": {...}, "head": {...}}``).
+
+    This is where a run's model comes to life: fine-tuning settings of ``model`` (initial weights,
+    freezing) are applied here, after the architecture is built.
+    """
+    from tlgnn.models import build_model
+
+    return build_model(model["encoder"], model["head"], list(tasks))
+
+
+def _task_dicts(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [t.to_dict() if isinstance(t, TaskSpec) else dict(t) for t in tasks]
+
+
+class TransferModule(L.LightningModule):
+    """Lightning wrapper of an encoder + head model.
+
+    Args:
+        model: ``{"encoder": {"name": ..., **options}, "head": {"name": ..., **options}}``.
+        tasks: the dataset's ordered tasks (``TaskSpec`` or their dicts); column order of ``batch.y``.
+        optim: :class:`~tlgnn.training.config.OptimConfig` as a dict.
+        loss: :class:`~tlgnn.training.config.LossConfig` as a dict.
+        graph: the graph builder settings (``CrystalGraphBuilder.settings``) the model was trained with.
+        target_stats: ``{"mean": {task: value}, "std": {task: value}}`` of the training split, physical units.
+        max_epochs: used by per-step schedules when no Trainer is attached (defaults to the Trainer's).
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        tasks: Sequence[TaskSpec | Mapping[str, Any]],
+        optim: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        graph: Mapping[str, Any] | None = None,
+        target_stats: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        tasks_plain = _task_dicts(tasks)
+        self.save_hyperparameters(
+            {
+                "model": {k: dict(v) for k, v in model.items()},
+                "tasks": tasks_plain,
+                "optim": dict(optim or {}),
+                "loss": dict(loss or {}),
+                "graph": dict(graph or {}),
+                "target_stats": {k: dict(v) for k, v in (target_stats or {}).items()},
+            }
+        )
+        self.tasks = [TaskSpec.from_dict(t) for t in tasks_plain]
+        self.model = build_transfer_model(self.hparams["model"], self.tasks)
+        if target_stats:
+            self.set_target_stats(target_stats.get("mean", {}), target_stats.get("std", {}))
+        self.outputs = list(self.model.head.outputs)
+        self.val_metrics = TaskMetrics(self.tasks)
+        self.test_metrics = TaskMetrics(self.tasks)
+        self._loss_std: dict[str, float] | None = None
+
+    # ------------------------------------------------------------------ statistics
+    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
+        """Per-task training-split mean/std (physical units) for the head's normalisation and the loss."""
+        self.model.head.set_target_stats(dict(mean), dict(std))
+        self._loss_std = None
+        self.hparams["target_stats"] = {"mean": dict(mean), "std": dict(std)}
+
+    @property
+    def loss_std(self) -> dict[str, float]:
+        """Per-task std that scales regression errors in the loss (read from the head's buffers)."""
+        if self._loss_std is None:
+            self._loss_std = self.model.head.target_stats()[1]
+        return self._loss_std
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """``{task: prediction}``: regression [B] in physical units, classification logits [B, C]."""
+        return self.model(batch)
+
+    def embed(self, batch: Any) -> torch.Tensor:
+        """Graph embeddings [B, d] from the encoder."""
+        return self.model.embed(batch)
+
+    def _losses(self, preds: Mapping[str, torch.Tensor], batch: Any) -> dict[str, torch.Tensor]:
+        cfg = self.hparams["loss"]
+        return masked_loss(
+            preds,
+            batch.y,
+            batch.y_mask,
+            self.tasks,
+            std=self.loss_std,
+            regression=cfg.get("regression", "mse"),
+            huber_delta=float(cfg.get("huber_delta", 1.0)),
+        )
+
+    def _zero_loss(self) -> torch.Tensor:
+        """An exact zero that still reaches every trainable parameter (keeps DDP gradient sync in step)."""
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        preds = self.model(batch)
+        losses = self._losses(preds, batch)
+        size = int(batch.num_graphs)
+        if not losses:
+            return self._zero_loss()
+        loss = self.model.head.combine_losses(losses)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        for name, value in losses.items():
+            self.log(f"train/{name}/loss", value, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str, metrics: TaskMetrics) -> None:
+        preds = self.model(batch)
+        metrics.update(preds, batch.y, batch.y_mask)
+        losses = self._losses(preds, batch)
+        if losses:
+            loss = self.model.head.combine_losses(losses)
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=int(batch.num_graphs),
+                     sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: TaskMetrics) -> dict[str, dict[str, float]]:
+        scores = metrics.compute()
+        metrics.reset()
+        for task, values in scores.items():
+            if task not in self.outputs:
+                continue
+            for name, value in values.items():
+                if name == "n" or not math.isfinite(value):
+                    continue
+                self.log(f"{stage}/{task}/{name}", float(value), on_epoch=True, sync_dist=True)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_scores = {k: v for k, v in self._log_metrics("test", self.test_metrics).items()
+                                 if k in self.outputs}
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self.model(batch)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        from tlgnn.training.optim import build_optimizer, build_scheduler
+
+        cfg = dict(self.hparams["optim"])
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, cfg)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, int(self.trainer.max_epochs or 1)))
+        scheduler = build_scheduler(optimizer, cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ checkpoints
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model for prediction (stored in every checkpoint)."""
+        from tlgnn import __version__
+
+        mean, std = self.model.head.target_stats()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "outputs": list(self.outputs),
+            "model": {k: dict(v) for k, v in self.hparams["model"].items()},
+            "graph": dict(self.hparams["graph"]),
+            "target_stats": {"mean": mean, "std": std},
+            "loss": dict(self.hparams["loss"]),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.describe()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._loss_std = None  # the head's buffers are about to be replaced
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file and check that it is a tlgnn checkpoint; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a tlgnn checkpoint (no '{CHECKPOINT_KEY}' section)")
+    return checkpoint
+
+
+def load_module(path: str | Path, map_location: Any = "cpu") -> TransferModule:
+    """Rebuild a :class:`TransferModule` (in eval mode) from a checkpoint file alone."""
+    checkpoint = read_checkpoint(path, map_location)
+    meta = checkpoint[CHECKPOINT_KEY]
+    hparams = checkpoint.get("hyper_parameters", {})
+    module = TransferModule(
+        model=meta["model"],
+        tasks=meta["tasks"],
+        optim=hparams.get("optim"),
+        loss=meta.get("loss"),
+        graph=meta.get("graph"),
+        target_stats=meta.get("target_stats"),
+    )
+    module.load_state_dict(checkpoint["state_dict"])
+    module._loss_std = None
+    module.eval()
+    return module
+
+
+__all__ = ["CHECKPOINT_KEY", "TransferModule", "build_transfer_model", "load_module", "read_checkpoint"]

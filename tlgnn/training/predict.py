@@ -1,0 +1,188 @@
+"""Prediction from a checkpoint alone: structures -> graphs (with the checkpoint's graph settings) -> model.
+
+:class:`Predictor` is what :func:`tlgnn.load_model` returns and what ``tlgnn predict`` uses. Structures that
+cannot be read or turned into a graph are reported (``PredictionResult.failures``), never fatal.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module
+from tlgnn.training.outputs import prediction_frame
+
+
+@dataclass
+class PredictionResult:
+    """Predictions for the structures that could be used, and why the others could not."""
+
+    frame: pd.DataFrame
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def report(self) -> str:
+        """One line per structure that has no prediction: ``<location>: <reason>``."""
+        return "\n".join(f"{where}: {why}" for where, why in [*self.failures, *self.skipped])
+
+
+def graph_builder_from_settings(settings: dict[str, Any]):
+    """A :class:`~tlgnn.graphs.CrystalGraphBuilder` configured as recorded in a checkpoint."""
+    from tlgnn.graphs import CrystalGraphBuilder
+
+    builder = CrystalGraphBuilder(
+        cutoff=float(settings.get("cutoff", 8.0)),
+        max_neighbors=settings.get("max_neighbors", 12),
+        isolated=settings.get("isolated", "error"),
+    )
+    recorded = settings.get("format_version")
+    current = builder.settings.get("format_version")
+    if recorded is not None and recorded != current:
+        warnings.warn(
+            f"the checkpoint's graphs were built with graph format {recorded}, this tlgnn builds format {current}; "
+            "predictions may differ from those of the original run",
+            stacklevel=2,
+        )
+    return builder
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """A trained model ready to predict: ``predict(structures)`` and ``embed(structures)``.
+
+    Build it with :func:`tlgnn.load_model` (or :meth:`from_checkpoint`). ``structures`` may be pymatgen
+    ``Structure`` objects, ASE ``Atoms``, file paths, folders or glob strings, or a list mixing them.
+    """
+
+    def __init__(self, module: TransferModule, device: str | torch.device | None = "cpu", batch_size: int = 64):
+        self.module = module.eval()
+        self.device = _resolve_device(device)
+        self.module.to(self.device)
+        self.batch_size = int(batch_size)
+        self.builder = graph_builder_from_settings(module.hparams.get("graph") or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = "cpu", batch_size: int = 64) -> "Predictor":
+        return cls(load_module(path), device=device, batch_size=batch_size)
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        """Every task the model knows (column order of its training labels)."""
+        return list(self.module.tasks)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The tasks the model predicts."""
+        return list(self.module.outputs)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The checkpoint's self-description (tasks, graph settings, model config, statistics, version)."""
+        return self.module.describe()
+
+    # ------------------------------------------------------------------ graphs
+    def _records(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,
+                 recursive: bool = False):
+        from tlgnn.io import read_structures
+
+        if isinstance(structures, (str, Path)) or not isinstance(structures, Iterable):
+            structures = [structures]
+        result = read_structures(list(structures), on_error="skip", n_jobs=n_jobs, progress=progress,
+                                 recursive=recursive)
+        failures = [(_where(err), err.reason) for err in result.failures]
+        return result.records, failures, list(result.skipped)
+
+    def _graphs(self, records: Sequence[Any]) -> tuple[list[Any], list[str], list[tuple[str, str]]]:
+        graphs, ids, failures = [], [], []
+        for rec in records:
+            try:
+                graphs.append(self.builder(rec.structure, name=rec.id))
+            except ValueError as err:
+                failures.append((rec.path or rec.id, f"cannot build a graph: {err}"))
+                continue
+            ids.append(rec.id)
+        return graphs, ids, failures
+
+    @torch.no_grad()
+    def _run(self, graphs: list[Any], want: str) -> dict[str, np.ndarray] | np.ndarray:
+        from torch_geometric.loader import DataLoader
+
+        loader = DataLoader(graphs, batch_size=self.batch_size, shuffle=False)
+        preds: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
+        embeddings: list[np.ndarray] = []
+        for batch in loader:
+            batch = batch.to(self.device)
+            if want == "embed":
+                embeddings.append(self.module.embed(batch).float().cpu().numpy())
+                continue
+            out = self.module(batch)
+            for task in self.module.tasks:
+                if task.name in out:
+                    value = out[task.name].float()
+                    if task.kind == "classification":
+                        value = torch.softmax(value, dim=-1)
+                    preds[task.name].append(value.cpu().numpy())
+        if want == "embed":
+            return np.concatenate(embeddings) if embeddings else np.zeros((0, self.module.model.encoder.out_dim))
+        return {
+            name: (np.concatenate(chunks) if chunks else np.zeros((0,) if self._kind(name) == "regression"
+                                                                  else (0, self._classes(name))))
+            for name, chunks in preds.items()
+        }
+
+    def _kind(self, name: str) -> str:
+        return next(t.kind for t in self.module.tasks if t.name == name)
+
+    def _classes(self, name: str) -> int:
+        return next(t.num_classes for t in self.module.tasks if t.name == name)
+
+    # ------------------------------------------------------------------ public
+    def predict_result(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,
+                       recursive: bool = False) -> PredictionResult:
+        """Predictions plus the structures that could not be used (``tlgnn predict`` reports those)."""
+        records, failures, skipped = self._records(structures, n_jobs, progress, recursive)
+        graphs, ids, graph_failures = self._graphs(records)
+        preds = self._run(graphs, "predict")
+        frame = prediction_frame(ids, preds, [t for t in self.module.tasks if t.name in self.outputs])
+        return PredictionResult(frame=frame, failures=failures + graph_failures, skipped=skipped)
+
+    def predict(self, structures: Any) -> pd.DataFrame:
+        """A DataFrame, a row per usable structure: ``id`` and one column per task (physical units).
+
+        Classification tasks give the predicted class label and ``<task>_prob_<class>`` columns. Structures
+        that cannot be read or graphed are left out with a warning naming them.
+        """
+        result = self.predict_result(structures)
+        if result.failures:
+            warnings.warn(f"{len(result.failures)} structure(s) skipped:\n{result.report()}", stacklevel=2)
+        return result.frame
+
+    def embed(self, structures: Any) -> np.ndarray:
+        """Graph embeddings, numpy float32 [n, d], in the order of the usable structures."""
+        records, failures, _ = self._records(structures)
+        graphs, _, graph_failures = self._graphs(records)
+        if failures or graph_failures:
+            report = "\n".join(f"{w}: {r}" for w, r in failures + graph_failures)
+            warnings.warn(f"{len(failures) + len(graph_failures)} structure(s) skipped:\n{report}", stacklevel=2)
+        return self._run(graphs, "embed")  # type: ignore[return-value]
+
+
+def _where(err: Any) -> str:
+    path, block = getattr(err, "path", None), getattr(err, "block", None)
+    where = str(path) if path else "<input>"
+    return f"{where}[{block}]" if block else where
+
+
+__all__ = ["CHECKPOINT_KEY", "PredictionResult", "Predictor", "graph_builder_from_settings"]

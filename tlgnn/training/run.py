@@ -1,0 +1,388 @@
+"""The ``fit`` and ``test`` workflows behind ``tlgnn fit`` / ``tlgnn test``.
+
+``fit(config)`` trains with Lightning (seeded, checkpoints ``best.ckpt`` and ``last.ckpt``, early stopping,
+gradient clipping, mixed precision on GPU), then tests the best checkpoint. ``test(config, checkpoint)``
+evaluates a checkpoint on the config's test split. Both write into ``output_dir``:
+
+- ``config.yaml`` (the resolved run config), ``checkpoints/{best,last}.ckpt``, ``logs/version_N/metrics.csv``
+- ``metrics.json`` (per-task test metrics), ``predictions_test.csv``, ``parity_<task>.png`` per regression task
+- ``wandb/`` with ``logger.kind: wandb``
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.config import RunConfig, save_run_config
+from tlgnn.training.loggers import build_loggers, log_test_results_to_wandb, wandb_logger_of
+from tlgnn.training.module import TransferModule, load_module
+from tlgnn.training.outputs import format_metrics_table, parity_plots, prediction_frame, write_metrics_json
+
+
+class RunError(RuntimeError):
+    """A run cannot start or finish (existing run directory, missing checkpoint, incompatible data)."""
+
+
+@dataclass
+class TestResult:
+    """Per-task test metrics and where the test outputs were written."""
+
+    scores: dict[str, dict[str, float]]
+    table: str
+    output_dir: Path
+    metrics_path: Path
+    predictions_path: Path | None
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    """Where a finished training run left its checkpoints, and its test result."""
+
+    output_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    epochs: int
+    test: TestResult | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+def build_datamodule(config: RunConfig, stage: str = "fit"):
+    """The :class:`tlgnn.data.TransferDataModule` of the config, prepared and set up for ``stage``."""
+    from tlgnn.data import TransferDataModule
+
+    dm = TransferDataModule(config.data)
+    dm.prepare_data()
+    dm.setup(stage)
+    return dm
+
+
+def target_stats(dm: Any) -> dict[str, dict[str, float]]:
+    """``{"mean": {...}, "std": {...}}`` of the regression tasks on the training split."""
+    stats = dm.target_stats()
+    if isinstance(stats, tuple):
+        mean, std = stats
+    else:
+        mean, std = stats["mean"], stats["std"]
+    return {"mean": {k: float(v) for k, v in mean.items()}, "std": {k: float(v) for k, v in std.items()}}
+
+
+def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:
+    """The graph builder settings used for the data (stored in checkpoints, reused by ``predict``)."""
+    cache = dm.graph_cache() if hasattr(dm, "graph_cache") else None
+    builder = getattr(cache, "builder", None)
+    if builder is None:
+        from tlgnn.graphs import CrystalGraphBuilder
+
+        builder = CrystalGraphBuilder(cutoff=config.data.graph.cutoff, max_neighbors=config.data.graph.max_neighbors)
+    return dict(builder.settings)
+
+
+def build_module(config: RunConfig, dm: Any) -> TransferModule:
+    """A fresh :class:`TransferModule` for the data module's tasks, normalised by its training split."""
+    from tlgnn.utils.config import ConfigError
+
+    try:
+        return TransferModule(
+            model={"encoder": dict(config.model.encoder), "head": dict(config.model.head)},
+            tasks=list(dm.tasks),
+            optim=_asdict(config.optim),
+            loss=_asdict(config.loss),
+            graph=graph_settings(dm, config),
+            target_stats=target_stats(dm),
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        # the model registries' messages start with "model.encoder"/"model.head" and name the option
+        raise ConfigError("model", str(err)) from err
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    from tlgnn.utils.config import to_dict
+
+    return to_dict(obj)
+
+
+class EpochSeeder(Callback):
+    """Seeds every epoch from ``(seed, epoch)`` so an interrupted and resumed run repeats an uninterrupted one.
+
+    The training loader's shuffling generator is seeded with ``(seed, epoch)`` before each epoch's iterator
+    is created: when the loader is made (first epoch of a fresh or a resumed run, via a wrapper around the data
+    module's ``train_dataloader``) and at the start of every later epoch. The global RNGs (dropout) are reset at
+    each epoch start as well. So epoch k sees the same batches and random draws however the run got there.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def loader_seed(self, epoch: int) -> int:
+        return (self.seed * 1_000_003 + 7919 * (epoch + 1)) % 2**63
+
+    def _seed_loader(self, loader: Any, epoch: int) -> None:
+        generator = getattr(loader, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(self.loader_seed(epoch))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if stage != "fit" or dm is None or getattr(dm, "_tlgnn_epoch_seeded", False):
+            return
+        original = dm.train_dataloader
+
+        @functools.wraps(original)
+        def train_dataloader() -> Any:
+            loader = original()
+            self._seed_loader(loader, int(trainer.current_epoch))
+            return loader
+
+        dm.train_dataloader = train_dataloader
+        dm._tlgnn_epoch_seeded = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = int(trainer.current_epoch)
+        self._seed_loader(trainer.train_dataloader, epoch)
+        torch.manual_seed(self.seed * 1_000_003 + epoch)
+        np.random.seed((self.seed * 1_000_003 + epoch) % 2**32)
+
+
+def _devices(config: RunConfig) -> tuple[str, Any, str]:
+    """``(accelerator, devices, precision)``; mixed 16-bit precision falls back to 32 without a GPU."""
+    t = config.trainer
+    accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
+    precision = t.precision
+    has_gpu = torch.cuda.is_available()
+    if accelerator == "auto" and not has_gpu and precision in ("16-mixed", "16-true"):
+        print(f"tlgnn: precision {precision!r} needs a GPU; none found, training in 32-bit", file=sys.stderr)
+        precision = "32"
+    return accelerator, t.devices, precision
+
+
+def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callbacks: list[Callback],
+                  evaluation: bool = False) -> L.Trainer:
+    """A Lightning ``Trainer`` from the ``trainer`` section (``evaluation``: one device, no training extras)."""
+    t = config.trainer
+    accelerator, devices, precision = _devices(config)
+    kwargs: dict[str, Any] = dict(
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=not evaluation,
+        deterministic=t.deterministic,
+        limit_test_batches=t.limit_test_batches,
+    )
+    if evaluation:
+        kwargs.update(devices=1 if devices == "auto" else devices, num_nodes=1)
+    else:
+        kwargs.update(
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
+            max_epochs=t.max_epochs,
+            max_time=t.max_time,
+            gradient_clip_val=t.gradient_clip_val,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            log_every_n_steps=t.log_every_n_steps,
+            limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches,
+            check_val_every_n_epoch=t.check_val_every_n_epoch,
+            num_sanity_val_steps=t.num_sanity_val_steps,
+        )
+    return L.Trainer(**kwargs)
+
+
+def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    """Checkpointing (best + last), early stopping, LR monitor and the epoch seeder."""
+    es = config.trainer.early_stopping
+    checkpoint = ModelCheckpoint(
+        dirpath=str(output_dir / "checkpoints"),
+        filename="best",
+        monitor=es.monitor,
+        mode=es.resolved_mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[Callback] = [checkpoint, EpochSeeder(config.trainer.seed)]
+    if es.patience is not None:
+        callbacks.append(
+            EarlyStopping(monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta)
+        )
+    if config.optim.scheduler != "none" or config.optim.warmup_epochs > 0:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    return callbacks, checkpoint
+
+
+def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``"last"`` -> ``output_dir/checkpoints/last.ckpt``, a path, or ``None``."""
+    if resume is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume).expanduser()
+    if not path.is_file():
+        raise RunError(f"cannot resume: checkpoint not found: {path}")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------- fit
+def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwrite: bool = False) -> FitResult:
+    """Train the model of ``config`` (resuming from ``resume``: ``"last"`` or a checkpoint path), then test it."""
+    out = Path(config.output_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = resume_checkpoint(resume, out)
+    if ckpt_path is None and (ckpt_dir / "last.ckpt").exists():
+        if not overwrite:
+            raise RunError(
+                f"{out} already holds a run ({ckpt_dir / 'last.ckpt'}); pass --resume to continue it, "
+                "--overwrite to start over, or choose another output_dir"
+            )
+        shutil.rmtree(ckpt_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, out / "config.yaml")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+
+    dm = build_datamodule(config, "fit")
+    module = build_module(config, dm)
+    loggers = build_loggers(config.logger, out, config.to_dict())
+    callbacks, checkpoint = training_callbacks(config, out)
+    trainer = build_trainer(config, out, loggers, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    last = ckpt_dir / "last.ckpt"
+    result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last if last.exists() else None,
+                       epochs=int(trainer.current_epoch))
+    if test:
+        ckpt = best or result.last_checkpoint
+        result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
+    for logger in loggers:
+        logger.finalize("success")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- test
+def _check_tasks(module: TransferModule, dm: Any, checkpoint: str | Path) -> None:
+    model_tasks = [t.name for t in module.tasks]
+    data_tasks = [t.name for t in dm.tasks]
+    if model_tasks != data_tasks:
+        raise RunError(
+            f"{checkpoint}: the model was trained on tasks {model_tasks}, the config's data gives {data_tasks}; "
+            f"set data.tasks to {model_tasks}"
+        )
+
+
+def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | None = None) -> TestResult:
+    """Evaluate ``checkpoint`` on the test split of ``config``'s data; write metrics, predictions, plots."""
+    out = Path(output_dir).expanduser().resolve() if output_dir else Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    module = load_module(checkpoint)
+    dm = build_datamodule(config, "test")
+    _check_tasks(module, dm, checkpoint)
+    loggers = build_loggers(config.logger, out, config.to_dict())
+    trainer = build_trainer(config, out, loggers, [], evaluation=True)
+    result = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=str(checkpoint))
+    for logger in loggers:
+        logger.finalize("success")
+    return result
+
+
+@torch.no_grad()
+def collect_predictions(module: TransferModule, loader: Any) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``(ids, {task: pred}, y [n, T], y_mask [n, T])`` over a loader (classification preds = probabilities)."""
+    module.eval()
+    device = module.device
+    ids: list[str] = []
+    preds: dict[str, list[np.ndarray]] = {}
+    ys, masks = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        out = module(batch)
+        for task in module.tasks:
+            if task.name not in out:
+                continue
+            value = out[task.name].float()
+            if task.kind == "classification":
+                value = torch.softmax(value, dim=-1)
+            preds.setdefault(task.name, []).append(value.cpu().numpy())
+        ys.append(batch.y.float().cpu().numpy())
+        masks.append(batch.y_mask.bool().cpu().numpy())
+        mids = getattr(batch, "material_id", None)
+        if mids is None:
+            mids = [str(int(i)) for i in batch.idx.cpu()]
+        ids.extend(str(m) for m in mids)
+    n_tasks = len(module.tasks)
+    y = np.concatenate(ys) if ys else np.zeros((0, n_tasks), np.float32)
+    mask = np.concatenate(masks) if masks else np.zeros((0, n_tasks), bool)
+    return ids, {k: np.concatenate(v) for k, v in preds.items()}, y, mask
+
+
+def _alignment_report(dm: Any) -> str | None:
+    """The text of the data's alignment report (``report.md``), if the data module has one."""
+    path = getattr(dm, "alignment_report", None)
+    if path is None or not Path(path).is_file():
+        return None
+    return Path(path).read_text()
+
+
+def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ckpt_path: str | None,
+              loggers: list[Any], checkpoint_label: str | None = None) -> TestResult:
+    """Test, then (on the main process) write metrics.json, predictions_test.csv, parity plots; log to W&B."""
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+    scores: dict[str, dict[str, float]] = getattr(module, "last_test_scores", {})
+    tasks: list[TaskSpec] = [t for t in module.tasks if t.name in module.outputs]
+    table = format_metrics_table(scores, tasks)
+    metrics_path = out / "metrics.json"
+    predictions_path: Path | None = None
+    plots: dict[str, Path] = {}
+    if trainer.is_global_zero:
+        ids, preds, y, mask = collect_predictions(module, dm.test_dataloader())
+        frame = prediction_frame(ids, preds, module.tasks, targets=y, mask=mask, id_column="material_id")
+        predictions_path = out / "predictions_test.csv"
+        frame.to_csv(predictions_path, index=False)
+        plots = parity_plots(frame, tasks, out, scores)
+        write_metrics_json(
+            metrics_path,
+            scores,
+            checkpoint=checkpoint_label or ckpt_path,
+            epochs=int(trainer.current_epoch),
+            tasks=[t.to_dict() for t in tasks],
+        )
+        wandb_logger = wandb_logger_of(loggers)
+        if wandb_logger is not None:
+            report_text = _alignment_report(dm)
+            files = [metrics_path, predictions_path, out / "config.yaml"]
+            if report_text:
+                (out / "alignment_report.md").write_text(report_text)
+                files.append(out / "alignment_report.md")
+            log_test_results_to_wandb(wandb_logger, scores, plots, report_text, files)
+    return TestResult(scores=scores, table=table, output_dir=out, metrics_path=metrics_path,
+                      predictions_path=predictions_path, plots=plots)
+
+
+__all__ = [
+    "EpochSeeder",
+    "FitResult",
+    "RunError",
+    "TestResult",
+    "build_datamodule",
+    "build_module",
+    "build_trainer",
+    "collect_predictions",
+    "fit",
+    "resume_checkpoint",
+    "test",
+]
