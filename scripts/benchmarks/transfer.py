@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Transfer benchmark (issue 7): run experiments cell by cell (resumable), then report into docs/results.md.
+
+  scripts/benchmarks/transfer.py run [--quick] [--only 'hse/rf_*'] [--results results] [--data [EXP=]PATH]
+  scripts/benchmarks/transfer.py report [--results results] [--output docs/results.md]
+
+Experiments are the YAMLs in configs/benchmarks/ (one per experiment). A cell is (experiment, model, fold,
+training size, seed); it writes results/<exp>/<model>/fold<k>_n<N>_s<seed>.json and .predictions.csv when it
+finishes, and a rerun skips finished cells. --quick runs the configs' quick subset into results/quick/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _data_overrides(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    default, per_experiment = None, {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and "/" not in name and not Path(value).exists():
+            per_experiment[name] = path
+        else:
+            default = value
+    return default, per_experiment
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tlgnn.benchmark.config import load_experiment
+    from tlgnn.benchmark.runner import plan_cells, run_experiment
+
+    results = Path(args.results or (REPO / "results" / ("quick" if args.quick else "")))
+    default_data, per_experiment = _data_overrides(args.data)
+    configs = sorted(Path(args.configs).glob("*.yaml"))
+    if not configs:
+        print(f"no experiment YAMLs in {args.configs}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    failed = 0
+    for path in configs:
+        config = load_experiment(path)
+        if not plan_cells(config, args.quick, args.only):
+            continue
+        data = per_experiment.get(config.name, default_data)
+        print(f"== {config.name} ({path.name}) -> {results / config.name}", flush=True)
+        summary = run_experiment(
+            config, results, data_path=data, repo_root=REPO, quick=args.quick, only=args.only, force=args.force,
+            keep_going=not args.fail_fast, log=lambda msg: print(msg, flush=True),
+        )
+        failed += len(summary.failed)
+        print(f"== {config.name}: ran {len(summary.ran)}, skipped {len(summary.skipped)} finished, "
+              f"failed {len(summary.failed)} ({summary.wall_time_s:.0f} s)", flush=True)
+    print(f"total wall time {time.perf_counter() - start:.0f} s", flush=True)
+    if args.report:
+        return cmd_report(args)
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tlgnn.benchmark.report import write_report
+
+    results = Path(args.results or (REPO / "results" / ("quick" if getattr(args, "quick", False) else "")))
+    output = write_report(results, args.output, args.figures)
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) the benchmark cells")
+    run.add_argument("--configs", default=str(REPO / "configs" / "benchmarks"), help="folder of experiment YAMLs")
+    run.add_argument("--results", default=None, help="results folder (default results/, results/quick/ with --quick)")
+    run.add_argument("--data", action="append", default=[], metavar="[EXP=]PATH",
+                     help="table for every selected experiment, or EXP=PATH for one: a raw dataset folder "
+                          "(labels.csv.gz), an aligned.parquet or its folder (default: each config's data.path)")
+    run.add_argument("--quick", action="store_true", help="the configs' quick subset (folds, sizes, fewer trees)")
+    run.add_argument("--only", action="append", default=[], metavar="GLOB",
+                     help="cell filter on '<exp>/<model>/fold<k>_n<N>_s<seed>' (prefix globs: 'hse', 'hse/rf_*')")
+    run.add_argument("--force", action="store_true", help="recompute finished cells")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
+    run.add_argument("--report", action="store_true", help="write the report after running")
+    run.add_argument("--output", default=str(REPO / "docs" / "results.md"))
+    run.add_argument("--figures", default=str(REPO / "docs" / "results"))
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="aggregate finished cells into docs/results.md and PNG plots")
+    report.add_argument("--results", default=None, help="results folder (default results/)")
+    report.add_argument("--quick", action="store_true", help="report results/quick/ (default folder only)")
+    report.add_argument("--output", default=str(REPO / "docs" / "results.md"))
+    report.add_argument("--figures", default=str(REPO / "docs" / "results"))
+    report.set_defaults(func=cmd_report)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The transfer benchmark (issue 7): experiments, grouped k-fold cells, model contract, runner and report.
+
+- :mod:`tlgnn.benchmark.config` — experiment YAMLs (``configs/benchmarks/*.yaml``)
+- :mod:`tlgnn.benchmark.data` — the experiment table (raw shared data or an aligned parquet)
+- :mod:`tlgnn.benchmark.folds` — grouped folds balanced on the scarce labels, nested learning-curve subsets
+- :mod:`tlgnn.benchmark.models` — ``CellInput -> CellOutput`` contract and the model-kind registry
+- :mod:`tlgnn.benchmark.baseline_models` — random forests and the affine map as model kinds
+- :mod:`tlgnn.benchmark.runner` — resumable cells (atomic files, skip finished)
+- :mod:`tlgnn.benchmark.report` — tables and plots into ``docs/results.md``
+
+Command line: ``scripts/benchmarks/transfer.py``.
+"""

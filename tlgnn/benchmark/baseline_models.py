@@ -1,0 +1,133 @@
+"""Benchmark adapters for the classical baselines (kinds ``rf_single``, ``rf_difference``, ``affine``).
+
+Features are the composition descriptors of :mod:`tlgnn.baselines.composition` (the "structure only" view of a
+composition model); in the ``low_fidelity_known`` regime ``rf_single`` also gets the known low-fidelity label as
+one more feature. Forest options (``n_estimators``, ``max_features``, ``min_samples_leaf``, ``n_jobs``) come from
+``model.options``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tlgnn.baselines.affine import AffineLogit, AffineMap
+from tlgnn.baselines.composition import featurize
+from tlgnn.baselines.forest import DifferenceForest, ForestConfig, fit_classifier, fit_regressor, predict_proba_full
+from tlgnn.benchmark.models import CellInput, CellOutput
+from tlgnn.utils.config import ConfigError, from_dict
+
+
+def forest_config(cell: CellInput) -> ForestConfig:
+    """The forest settings of the cell's model (unknown option keys are a ConfigError naming the model)."""
+    options = {k: v for k, v in cell.model.options.items() if k in ForestConfig.__dataclass_fields__}
+    unknown = set(cell.model.options) - set(options)
+    if unknown:
+        raise ConfigError(f"models[{cell.model.name}].options", f"unknown forest option(s) {sorted(unknown)}")
+    return from_dict(ForestConfig, options)
+
+
+def composition_features(cell: CellInput) -> np.ndarray:
+    """Composition features of every row of the experiment table (memoised per experiment)."""
+    key = ("composition_features", cell.experiment.name, len(cell.frame))
+    if key not in cell.shared:
+        cell.shared[key] = featurize(cell.frame["formula"].tolist())
+    return cell.shared[key]
+
+
+def _known_low(cell: CellInput, rows: np.ndarray, what: str) -> np.ndarray:
+    low = cell.low_values(rows)
+    missing = ~np.isfinite(low)
+    if missing.any():
+        ids = cell.frame["id"].to_numpy()[rows[missing]][:5]
+        raise ValueError(
+            f"{cell.experiment.name}/{cell.model.name}: {int(missing.sum())} {what} rows lack the low-fidelity "
+            f"label {cell.experiment.low!r} (e.g. {', '.join(ids)})"
+        )
+    return low
+
+
+def low_forest_predictions(cell: CellInput) -> np.ndarray:
+    """Low-fidelity labels of the test rows predicted by a forest trained on every training-fold low label.
+
+    Memoised per (experiment, fold, seed, forest settings, training rows): the low forest does not depend on the
+    scarce-label training size.
+    """
+    config = forest_config(cell)
+    train_low = cell.train_idx[np.isfinite(cell.low_values(cell.train_idx))]
+    key = (
+        "low_forest",
+        cell.experiment.name,
+        cell.fold,
+        cell.seed,
+        json.dumps(config.kwargs(cell.seed), sort_keys=True),
+        len(train_low),
+        int(train_low.sum()),
+    )
+    if key not in cell.shared:
+        features = composition_features(cell)
+        model = fit_regressor(features[train_low], cell.low_values(train_low), config, cell.seed)
+        cell.shared[key] = model.predict(features[cell.test_idx])
+    return cell.shared[key]
+
+
+def run_rf_single(cell: CellInput) -> CellOutput:
+    """Forest on the scarce labels only (plus the known low label as a feature in ``low_fidelity_known``)."""
+    features = composition_features(cell)
+    train, test = cell.train_target_idx, cell.test_idx
+    X_train, X_test = features[train], features[test]
+    info = {"features": "composition"}
+    if cell.regime == "low_fidelity_known":
+        X_train = np.column_stack([X_train, _known_low(cell, train, "training")])
+        X_test = np.column_stack([X_test, _known_low(cell, test, "test")])
+        info["features"] = f"composition + {cell.experiment.low}"
+    config = forest_config(cell)
+    y = cell.target_values(train)
+    columns: dict[str, np.ndarray] = {}
+    if cell.experiment.kind == "classification":
+        model = fit_classifier(X_train, y.astype(np.int64), config, cell.seed)
+        pred = predict_proba_full(model, X_test, len(cell.experiment.classes or []))
+    else:
+        pred = fit_regressor(X_train, y, config, cell.seed).predict(X_test)
+        if cell.regime == "structure_only" and cell.experiment.low is not None:
+            # the "difference of two separately predicted gaps" used by the correction metric
+            columns["low_pred"] = low_forest_predictions(cell)
+    info["n_features"] = int(X_train.shape[1])
+    return CellOutput(pred, columns, info)
+
+
+def run_rf_difference(cell: CellInput) -> CellOutput:
+    """Forest on ``target − low``; the test low label is known or predicted by a forest on all low labels."""
+    if cell.experiment.kind != "regression" or cell.experiment.low is None:
+        raise ConfigError(f"models[{cell.model.name}].kind", "rf_difference needs a regression target and a 'low' column")
+    features = composition_features(cell)
+    train, test = cell.train_target_idx, cell.test_idx
+    model = DifferenceForest(forest_config(cell), cell.seed)
+    model.fit(features[train], cell.target_values(train), _known_low(cell, train, "training"))
+    if cell.regime == "low_fidelity_known":
+        low = _known_low(cell, test, "test")
+    else:
+        low = low_forest_predictions(cell)
+    delta = model.predict_delta(features[test])
+    return CellOutput(low + delta, {"low_pred": low, "delta_pred": delta}, {"features": "composition"})
+
+
+def run_affine(cell: CellInput) -> CellOutput:
+    """No learning beyond ``target ≈ a·low + b`` (regression) or a logistic map of ``low`` (classification)."""
+    if cell.regime != "low_fidelity_known":
+        raise ConfigError(f"models[{cell.model.name}].regime", "affine needs regime 'low_fidelity_known'")
+    train, test = cell.train_target_idx, cell.test_idx
+    low_train, low_test = _known_low(cell, train, "training"), _known_low(cell, test, "test")
+    y = cell.target_values(train)
+    if cell.experiment.kind == "classification":
+        model = AffineLogit(cell.seed).fit(low_train, y.astype(np.int64))
+        proba = np.zeros((len(test), len(cell.experiment.classes or [])))
+        proba[:, model.classes_.astype(np.int64)] = model.predict_proba(low_test)
+        coef = model.model.coef_.ravel().tolist()
+        return CellOutput(proba, {}, {"coef": coef, "intercept": model.model.intercept_.tolist()})
+    fit = AffineMap.fit(low_train, y)
+    return CellOutput(fit.predict(low_test), {}, {"slope": fit.slope, "intercept": fit.intercept})
+
+
+__all__ = ["composition_features", "forest_config", "low_forest_predictions", "run_affine", "run_rf_difference", "run_rf_single"]

@@ -1,0 +1,68 @@
+"""Scores of one cell on the scarce task: MAE/RMSE (regression, units of the target), accuracy/F1/ROC-AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``mae``, ``rmse``, ``r2``, ``max_abs_error`` and ``n``; raises on shape mismatch or NaN predictions."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"predictions {y_pred.shape} do not match labels {y_true.shape}")
+    if not np.all(np.isfinite(y_pred)):
+        raise ValueError(f"{int((~np.isfinite(y_pred)).sum())} predictions are NaN/inf")
+    error = y_pred - y_true
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    return {
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "r2": float(1.0 - (error**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        "max_abs_error": float(np.abs(error).max()),
+        "n": int(y_true.size),
+    }
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """``accuracy``, ``f1`` (binary: of class index 1; else macro), ``roc_auc`` (binary, or one-vs-rest macro), ``n``.
+
+    ``proba`` is [n, n_classes]; the predicted class is the arg-max. ROC-AUC is NaN when a class is absent.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true).astype(np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[0] != y_true.size:
+        raise ValueError(f"probabilities {proba.shape} do not match {y_true.size} labels")
+    n_classes = proba.shape[1]
+    y_pred = proba.argmax(axis=1)
+    binary = n_classes == 2
+    f1 = f1_score(y_true, y_pred, average="binary" if binary else "macro", labels=None if binary else list(range(n_classes)))
+    if np.unique(y_true).size < 2:
+        auc = float("nan")
+    elif binary:
+        auc = roc_auc_score(y_true, proba[:, 1])
+    else:
+        auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "f1": float(f1),
+        "roc_auc": float(auc),
+        "n": int(y_true.size),
+    }
+
+
+def correction_metrics(y_true: np.ndarray, y_pred: np.ndarray, low_true: np.ndarray, low_pred: np.ndarray) -> dict[str, float]:
+    """Error of the predicted correction ``high − low`` against the true one: ``correction_mae``/``_rmse``."""
+    truth = np.asarray(y_true, dtype=np.float64) - np.asarray(low_true, dtype=np.float64)
+    pred = np.asarray(y_pred, dtype=np.float64) - np.asarray(low_pred, dtype=np.float64)
+    ok = np.isfinite(truth) & np.isfinite(pred)
+    if not ok.any():
+        return {}
+    error = pred[ok] - truth[ok]
+    return {"correction_mae": float(np.abs(error).mean()), "correction_rmse": float(np.sqrt((error**2).mean()))}
+
+
+__all__ = ["classification_metrics", "correction_metrics", "regression_metrics"]

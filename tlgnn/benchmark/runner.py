@@ -1,0 +1,287 @@
+"""Plan and run the cells of an experiment, resumably.
+
+For each (model, fold, training size, seed) the runner builds the masked :class:`CellInput`, calls the model,
+scores the test rows on the scarce target only and writes the cell's predictions and JSON. A cell whose JSON
+already exists is skipped (a warning is printed when its recorded settings differ from the current ones; pass
+``force=True`` to recompute).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from tlgnn.benchmark.cells import CellKey, git_commit, hardware_info, read_finished, write_csv, write_json
+from tlgnn.benchmark.config import ExperimentConfig, ModelEntry, TrainSize
+from tlgnn.benchmark.data import BenchmarkTable, load_table, require_columns
+from tlgnn.benchmark.folds import grouped_folds, learning_curve_order
+from tlgnn.benchmark.metrics import classification_metrics, correction_metrics, regression_metrics
+from tlgnn.benchmark.models import CellInput, resolve_model
+from tlgnn.utils.config import to_dict
+
+
+@dataclass
+class PlannedCell:
+    """A cell to run: its key and the model entry (options with ``--quick`` overrides merged)."""
+
+    key: CellKey
+    model: ModelEntry
+
+
+@dataclass
+class RunSummary:
+    """What a run did: cell ids run, skipped (finished before), too large (the training size exceeds the scarce
+    labels of the training folds; the ``all`` cell covers it) and failed (with the error)."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def matches(cell_id: str, patterns: list[str] | None) -> bool:
+    """Whether ``cell_id`` (``exp/model/foldK_nN_sS``) matches any glob in ``patterns`` (prefixes match too)."""
+    if not patterns:
+        return True
+    return any(fnmatch.fnmatch(cell_id, p) or fnmatch.fnmatch(cell_id, p.rstrip("/") + "/*") for p in patterns)
+
+
+def plan_cells(config: ExperimentConfig, quick: bool = False, only: list[str] | None = None) -> list[PlannedCell]:
+    """The cells of ``config`` (the ``quick`` subset when asked), filtered by ``only`` globs."""
+    folds = config.quick.folds if quick else list(range(config.folds.n_folds))
+    sizes = config.quick.train_sizes if quick else config.train_sizes
+    seeds = config.quick.seeds if quick else config.seeds
+    cells = []
+    for entry in config.models:
+        model = ModelEntry(entry.kind, entry.name, entry.regime, {**entry.options, **(config.quick.options if quick else {})})
+        for seed in seeds:
+            for fold in folds:
+                for size in sizes:
+                    key = CellKey(config.name, str(entry.name), fold, size, seed)
+                    if matches(key.id, only):
+                        cells.append(PlannedCell(key, model))
+    return cells
+
+
+def settings_hash(config: ExperimentConfig, model: ModelEntry, table: BenchmarkTable, quick: bool) -> str:
+    """Hash of everything a cell's result depends on besides its coordinates (data, folds, model options)."""
+    payload = {
+        "target": config.target,
+        "low": config.low,
+        "auxiliary": config.auxiliary,
+        "data": {k: v["sha256"] for k, v in table.files.items()},
+        "group_by": config.data.group_by,
+        "max_low_only_rows": config.data.max_low_only_rows,
+        "folds": to_dict(config.folds),
+        "model": to_dict(model),
+        "quick": quick,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ExperimentData:
+    """The loaded table, the fold of every row and the scarce-label mask (shared by all cells)."""
+
+    table: BenchmarkTable
+    folds: np.ndarray
+    has_target: np.ndarray
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.table.frame
+
+
+def prepare(config: ExperimentConfig, data_path: str | Path | None = None, repo_root: str | Path | None = None) -> ExperimentData:
+    """Load the experiment's table, check its columns and assign grouped folds."""
+    table = load_table(config.data, data_path, repo_root)
+    columns = [config.target, *([config.low] if config.low else []), *config.auxiliary]
+    require_columns(table.frame, columns, table.path)
+    has_target = table.frame[config.target].notna().to_numpy()
+    if config.kind == "classification":
+        values = table.frame.loc[has_target, config.target].to_numpy(dtype=np.float64)
+        bad = ~np.isin(values, np.arange(len(config.classes or [])))
+        if bad.any():
+            raise ValueError(f"{table.path}: {config.target!r} holds values other than class indices 0..{len(config.classes or []) - 1}")
+    folds = grouped_folds(table.frame["group"].to_numpy(), has_target.astype(float), config.folds.n_folds, config.folds.seed)
+    return ExperimentData(table, folds, has_target)
+
+
+def cell_rows(config: ExperimentConfig, data: ExperimentData, fold: int, size: TrainSize, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_idx, train_target_idx, test_idx)`` of a cell (row positions).
+
+    ``train_target_idx`` is the first ``size`` rows of a seeded permutation of the training-fold scarce rows
+    (nested subsets); when ``size`` exceeds what is available all are returned (the runner skips such cells).
+    Training rows with no scarce label of any kind (target, low excluded, auxiliary) are subsampled to
+    ``data.max_low_only_rows`` when set.
+    """
+    in_test = data.folds == fold
+    test_idx = np.flatnonzero(in_test & data.has_target)
+    candidates = np.flatnonzero(~in_test & data.has_target)
+    order = learning_curve_order(candidates, fold, seed)
+    chosen = order if size == "all" else order[: int(size)]
+    train_target_idx = np.sort(chosen)
+    train_mask = ~in_test
+    if config.data.max_low_only_rows is not None:
+        scarce = data.frame[[config.target, *config.auxiliary]].notna().any(axis=1).to_numpy()
+        low_only = np.flatnonzero(train_mask & ~scarce)
+        if low_only.size > config.data.max_low_only_rows:
+            rng = np.random.default_rng([seed, fold, 104729])
+            drop = rng.choice(low_only, low_only.size - config.data.max_low_only_rows, replace=False)
+            train_mask = train_mask.copy()
+            train_mask[drop] = False
+    return np.flatnonzero(train_mask), train_target_idx, test_idx
+
+
+def masked_frame(config: ExperimentConfig, frame: pd.DataFrame, model: ModelEntry, train_target_idx: np.ndarray, test_idx: np.ndarray) -> pd.DataFrame:
+    """A copy of ``frame`` in which the model cannot see what it must not (see :mod:`tlgnn.benchmark.models`)."""
+    out = frame.copy()
+    target = np.full(len(out), np.nan)
+    target[train_target_idx] = out[config.target].to_numpy(dtype=np.float64)[train_target_idx]
+    out[config.target] = target
+    hidden = [*config.auxiliary]
+    if config.low is not None and model.regime != "low_fidelity_known":
+        hidden.append(config.low)
+    for column in hidden:
+        values = out[column].to_numpy(dtype=np.float64).copy()
+        values[test_idx] = np.nan
+        out[column] = values
+    return out
+
+
+def _score(config: ExperimentConfig, frame: pd.DataFrame, test_idx: np.ndarray, output) -> tuple[dict, pd.DataFrame]:
+    y_true = frame[config.target].to_numpy(dtype=np.float64)[test_idx]
+    predictions = pd.DataFrame({"id": frame["id"].to_numpy()[test_idx], "y_true": y_true})
+    if config.kind == "classification":
+        proba = np.asarray(output.y_pred, dtype=np.float64)
+        n_classes = len(config.classes or [])
+        if proba.shape != (len(test_idx), n_classes):
+            raise ValueError(f"classification output must be [n_test={len(test_idx)}, {n_classes}], got {proba.shape}")
+        metrics = classification_metrics(y_true.astype(np.int64), proba)
+        predictions["y_pred"] = proba.argmax(axis=1)
+        for c in range(n_classes):
+            predictions[f"p_{config.classes[c]}"] = proba[:, c]
+    else:
+        y_pred = np.asarray(output.y_pred, dtype=np.float64).reshape(-1)
+        if y_pred.shape != y_true.shape:
+            raise ValueError(f"regression output must be [n_test={len(test_idx)}], got {np.shape(output.y_pred)}")
+        metrics = regression_metrics(y_true, y_pred)
+        predictions["y_pred"] = y_pred
+        if config.low is not None:
+            low_true = frame[config.low].to_numpy(dtype=np.float64)[test_idx]
+            predictions["low_true"] = low_true
+            if "low_pred" in output.columns:
+                metrics.update(correction_metrics(y_true, y_pred, low_true, output.columns["low_pred"]))
+    for name, values in output.columns.items():
+        values = np.asarray(values)
+        if values.shape[0] != len(test_idx):
+            raise ValueError(f"extra column {name!r} has {values.shape[0]} rows, expected {len(test_idx)}")
+        predictions[name] = values
+    return metrics, predictions
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    results: str | Path,
+    *,
+    data_path: str | Path | None = None,
+    repo_root: str | Path | None = None,
+    quick: bool = False,
+    only: list[str] | None = None,
+    force: bool = False,
+    keep_going: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Run every planned cell of ``config`` not finished yet under ``results``; returns a :class:`RunSummary`.
+
+    With ``keep_going`` a failing cell is reported and the others still run; otherwise the error propagates.
+    """
+    results = Path(results)
+    start = time.perf_counter()
+    summary = RunSummary()
+    cells = plan_cells(config, quick, only)
+    if not cells:
+        return summary
+    data = prepare(config, data_path, repo_root)
+    hashes: dict[str, str] = {}
+    shared: dict[str, Any] = {}
+    hardware = hardware_info()
+    for cell in cells:
+        key, model = cell.key, cell.model
+        h = hashes.setdefault(str(model.name), settings_hash(config, model, data.table, quick))
+        json_path = key.json_path(results)
+        done = read_finished(json_path)
+        if done is not None and not force:
+            if done.get("settings_hash") != h:
+                log(f"[stale] {key.id}: recorded settings differ from the config; kept (rerun with --force)")
+            summary.skipped.append(key.id)
+            continue
+        train_idx, train_target_idx, test_idx = cell_rows(config, data, key.fold, key.train_size, key.seed)
+        if key.train_size != "all" and len(train_target_idx) < int(key.train_size):
+            summary.too_large.append(key.id)
+            log(f"[n/a] {key.id}: only {len(train_target_idx)} scarce training labels")
+            continue
+        frame = masked_frame(config, data.frame, model, train_target_idx, test_idx)
+        work_dir = results / config.name / str(model.name) / "work" / key.stem
+        cell_input = CellInput(
+            experiment=config, model=model, frame=frame, train_idx=train_idx, train_target_idx=train_target_idx,
+            test_idx=test_idx, groups=data.frame["group"].to_numpy(), fold=key.fold, train_size=key.train_size,
+            seed=key.seed, quick=quick, data_path=data.table.path, work_dir=work_dir, shared=shared,
+        )
+        t0 = time.perf_counter()
+        try:
+            output = resolve_model(model.kind)(cell_input)
+            metrics, predictions = _score(config, data.frame, test_idx, output)
+        except Exception as err:  # one failing cell must not lose the others' results
+            if not keep_going:
+                raise
+            summary.failed[key.id] = f"{type(err).__name__}: {err}"
+            log(f"[failed] {key.id}: {type(err).__name__}: {err}")
+            continue
+        wall = time.perf_counter() - t0
+        record = {
+            "experiment": config.name,
+            "model": model.name,
+            "kind": model.kind,
+            "regime": model.regime,
+            "task_kind": config.kind,
+            "target": config.target,
+            "low": config.low,
+            "fold": key.fold,
+            "train_size": key.train_size,
+            "n_train_target": int(len(train_target_idx)),
+            "n_train_rows": int(len(train_idx)),
+            "n_test": int(len(test_idx)),
+            "seed": key.seed,
+            "quick": quick,
+            "metrics": metrics,
+            "wall_time_s": round(wall, 3),
+            "info": output.info,
+            "options": model.options,
+            "settings_hash": h,
+            "data": {"path": data.table.path, "files": data.table.files},
+            "folds": {"n_folds": config.folds.n_folds, "seed": config.folds.seed, "group_by": config.data.group_by},
+            "hardware": hardware,
+            "git_commit": git_commit(),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_csv(key.predictions_path(results), predictions)
+        write_json(json_path, record)
+        summary.ran.append(key.id)
+        main = metrics.get("mae", metrics.get("accuracy"))
+        log(f"[done] {key.id}: {'mae' if 'mae' in metrics else 'accuracy'}={main:.4f} n_train={len(train_target_idx)} ({wall:.1f} s)")
+    summary.wall_time_s = time.perf_counter() - start
+    return summary
+
+
+__all__ = ["ExperimentData", "PlannedCell", "RunSummary", "cell_rows", "masked_frame", "matches", "plan_cells", "prepare", "run_experiment", "settings_hash"]
