@@ -482,11 +482,14 @@ def _row_label(i: int, ids: list[str]) -> str:
 
 def reduced_formula(formula: str) -> str:
     """pymatgen reduced formula of a formula string (``"Ag(AuS)2"`` -> ``"Ag(AuS)2"``; ``"Fe4O6"`` -> ``"Fe2O3"``)."""
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     comp = Composition(formula)
     if comp.num_atoms <= 0:
         raise ValueError("empty composition")
+    unknown = [str(el) for el in comp.elements if not isinstance(el, Element)]
+    if unknown:
+        raise ValueError(f"unknown element symbol(s) {unknown}")
     return comp.reduced_formula
 
 

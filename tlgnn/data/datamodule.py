@@ -1,0 +1,203 @@
+"""``TransferDataModule``: the data config -> aligned table -> graphs -> split -> PyG DataLoaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch_geometric.loader import DataLoader
+
+from tlgnn.data.config import DataConfig
+from tlgnn.data.dataset import MaterialDataset, StructureDataset
+from tlgnn.data.splits import Split, check_split, load_split, make_split, save_split
+from tlgnn.data.table import TABLE_FILE, MaterialTable
+from tlgnn.data.tasks import TaskSpec, select_tasks
+
+MIN_STD = 1e-8
+
+
+def _source_fingerprint(config: DataConfig) -> str:
+    """Hash of the source YAML, its overrides and the size/mtime of every file it names (cache key)."""
+    from tlgnn.data.sources import load_source_config
+
+    path = Path(config.sources)  # type: ignore[arg-type]
+    align_cfg, base = load_source_config(path, config.source_overrides)
+    h = hashlib.sha256(path.read_bytes())
+    h.update(json.dumps(config.source_overrides).encode())
+    for spec in align_cfg.sources:
+        names = [spec.path] + ([spec.structure.path] if spec.structure and spec.structure.path else [])
+        for name in names:
+            p = Path(name).expanduser()
+            p = p if p.is_absolute() else base / p
+            stat = p.stat() if p.exists() else None
+            h.update(f"{p}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
+    return h.hexdigest()[:20]
+
+
+def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None]:
+    """The aligned table of ``config`` and the path of its report (``None`` if there is none).
+
+    With ``sources``, the alignment runs on first use and is stored under ``align_dir`` (default:
+    ``<cache_dir>/aligned/<fingerprint>``), reused while the YAML and its files are unchanged.
+    """
+    if config.aligned is not None:
+        path = Path(config.aligned).expanduser()
+        table = MaterialTable.load(path)
+        folder = path if path.is_dir() else path.parent
+        report = folder / "report.md"
+        return table, (report if report.is_file() else None)
+    from tlgnn.data.align import align_config, write_alignment
+
+    out = Path(config.align_dir).expanduser() if config.align_dir else \
+        Path(config.cache_dir).expanduser() / "aligned" / _source_fingerprint(config)
+    if not (out / TABLE_FILE).is_file():
+        table, report = align_config(config.sources, config.source_overrides,  # type: ignore[arg-type]
+                                     n_jobs=config.n_jobs, cache_dir=config.cache_dir, log=log)
+        write_alignment(table, report, out)
+    return MaterialTable.load(out), out / "report.md"
+
+
+class TransferDataModule(L.LightningDataModule):
+    """PyG batches (``y`` [B, T], ``y_mask`` [B, T], ``idx`` [B]) for the tasks of a :class:`DataConfig`.
+
+    After :meth:`setup`: ``tasks`` (list of :class:`TaskSpec`), ``table`` (the aligned table restricted to rows
+    with at least one selected label when ``drop_missing``), ``split``, ``train_set``/``val_set``/``test_set``,
+    ``alignment_report`` (path of report.md, or ``None``).
+
+    Args:
+        config: the data config (paths already resolved, see :meth:`DataConfig.resolve_paths`).
+        table: an already aligned table to use instead of ``config.sources``/``config.aligned``.
+    """
+
+    def __init__(self, config: DataConfig, table: MaterialTable | None = None):
+        super().__init__()
+        self.config = config
+        self._given_table = table
+        self.table: MaterialTable | None = None
+        self.tasks: list[TaskSpec] = []
+        self.split: Split | None = None
+        self.alignment_report: Path | None = None
+        self.dataset: MaterialDataset | None = None
+        self.train_set = self.val_set = self.test_set = None
+        self._cache = None
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Load/align the table, select tasks, build graphs (cached), draw or load the split. Idempotent."""
+        if self.dataset is not None:
+            return
+        cfg = self.config
+        if self._given_table is not None:
+            table, self.alignment_report = self._given_table, None
+        else:
+            table, self.alignment_report = load_table(cfg)
+        self.tasks = select_tasks(table.tasks, cfg.tasks)
+        names = [t.name for t in self.tasks]
+        if cfg.drop_missing:
+            keep = table.frame[names].notna().any(axis=1).to_numpy()
+            if not keep.all():
+                table = MaterialTable(table.frame.loc[keep].reset_index(drop=True), table.tasks)
+        if len(table) == 0:
+            raise ValueError(f"data: no material has any of the tasks {names}")
+        self.table = table
+        self.dataset = MaterialDataset(table, self.graph_cache(), names)
+        if cfg.split.file and Path(cfg.split.file).is_file():
+            self.split = load_split(cfg.split.file, table)
+        else:
+            self.split = make_split(table, cfg.split)
+            if cfg.split.file:
+                save_split(self.split, table, cfg.split.file)
+        check_split(self.split, table)
+        self.train_set = self.dataset.subset(self.split.train)
+        self.val_set = self.dataset.subset(self.split.val)
+        self.test_set = self.dataset.subset(self.split.test)
+
+    def graph_cache(self):
+        """The graph cache for ``config.graph`` under ``config.cache_dir``."""
+        if self._cache is None:
+            from tlgnn.data.graphs import graph_cache
+
+            self._cache = graph_cache(self.config.cache_dir, self.config.graph.cutoff, self.config.graph.max_neighbors)
+        return self._cache
+
+    def save_split(self, path: str | Path) -> Path:
+        """Write the current split (material ids) to ``path`` for reuse via ``split.file``."""
+        self._require_setup()
+        return save_split(self.split, self.table, path)  # type: ignore[arg-type]
+
+    def _require_setup(self) -> None:
+        if self.dataset is None:
+            raise RuntimeError("TransferDataModule: call setup() first")
+
+    # ---------------------------------------------------------------------------------------- statistics
+    def target_stats(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per regression task: mean and std (population) of the labels present in the TRAINING split.
+
+        A task with fewer than two training labels, or zero spread, gets std 1.0 (mean 0.0 if it has none).
+        """
+        self._require_setup()
+        train = np.asarray(self.split.train, dtype=np.int64)  # type: ignore[union-attr]
+        mean: dict[str, float] = {}
+        std: dict[str, float] = {}
+        for k, task in enumerate(self.tasks):
+            if task.kind != "regression":
+                continue
+            mask = self.dataset.y_mask[train, k].numpy()  # type: ignore[union-attr]
+            vals = self.dataset.y[train, k].numpy()[mask].astype(np.float64)  # type: ignore[union-attr]
+            mean[task.name] = float(vals.mean()) if len(vals) else 0.0
+            s = float(vals.std()) if len(vals) > 1 else 1.0
+            std[task.name] = s if s > MIN_STD else 1.0
+        return mean, std
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Labels present per task in each split part."""
+        self._require_setup()
+        out = {}
+        for part, rows in self.split.parts().items():  # type: ignore[union-attr]
+            m = self.dataset.y_mask[np.asarray(rows, dtype=np.int64)]  # type: ignore[union-attr]
+            out[part] = {t.name: int(m[:, k].sum()) for k, t in enumerate(self.tasks)}
+        return out
+
+    # --------------------------------------------------------------------------------------- dataloaders
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        cfg = self.config
+        import torch
+
+        generator = torch.Generator().manual_seed(cfg.split.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
+                          pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataset(self, records: Any) -> StructureDataset:
+        """A :class:`StructureDataset` of new structures with this module's tasks and graph settings."""
+        from tlgnn.graphs import CrystalGraphBuilder
+
+        builder = CrystalGraphBuilder(cutoff=self.config.graph.cutoff, max_neighbors=self.config.graph.max_neighbors)
+        return StructureDataset(records, builder, self.tasks or None)
+
+    def predict_dataloader_for(self, records: Any) -> DataLoader:
+        """Batches of new structures (``y_mask`` all False) for ``Trainer.predict``."""
+        return self._loader(self.predict_dataset(records), shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tasks and split sizes, saved in Lightning checkpoints (the split itself lives in ``split.file``)."""
+        return {"tasks": [t.to_dict() for t in self.tasks],
+                "split": self.split.sizes() if self.split is not None else None}
+
+
+__all__ = ["TransferDataModule", "load_table"]
