@@ -164,7 +164,7 @@ _TOKEN = re.compile(r"\s+")
 @functools.lru_cache(maxsize=200_000)
 def _parse(formula: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Element indices (Z − 1) and atomic fractions of one formula; cached per formula string."""
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     try:
         composition = Composition(formula)
@@ -172,6 +172,8 @@ def _parse(formula: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         raise ValueError(f"formula {formula!r}: cannot be parsed ({err})") from err
     amounts: dict[int, float] = {}
     for element, amount in composition.element_composition.items():
+        if not isinstance(element, Element):
+            raise ValueError(f"formula {formula!r}: {element} is not a chemical element")
         z = element.Z
         if z > MAX_Z:
             raise ValueError(f"formula {formula!r}: element {element} (Z={z}) has no elemental data (Z > {MAX_Z})")
