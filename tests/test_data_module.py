@@ -1,0 +1,97 @@
+"""Dataset and TransferDataModule on the shipped sample: masks are right, statistics come from training rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tlgnn.data import DataConfig, TransferDataModule
+from tlgnn.data.dataset import StructureDataset
+from tlgnn.utils.config import ConfigError, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ["gap_pbe_mf", "gap_hse", "is_metal_exp"]
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    raw = {"sources": "configs/data/mp_sample.yaml", "tasks": TASKS, "batch_size": 64,
+           "split": {"kind": "target_task", "target_task": "gap_hse", "seed": 0, "file": str(base / "split.json")},
+           "cache_dir": str(base / "tlgnn-parse-cache")}
+    config = from_dict(DataConfig, raw).resolve_paths(ROOT)
+    module = TransferDataModule(config)
+    module.setup("fit")
+    return module
+
+
+def test_batches_carry_labels_and_masks(dm):
+    table = dm.table
+    values = table.labels(TASKS)
+    seen = 0
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            assert batch.y.dtype == torch.float32 and batch.y_mask.dtype == torch.bool
+            assert batch.y.shape == batch.y_mask.shape == (batch.num_graphs, 3)
+            rows = batch.idx.numpy()
+            expected = values[rows]
+            np.testing.assert_array_equal(batch.y_mask.numpy(), ~np.isnan(expected))
+            present = batch.y_mask.numpy()
+            np.testing.assert_allclose(batch.y.numpy()[present], expected[present].astype(np.float32))
+            assert list(batch.material_id) == table.frame["material_id"].to_numpy()[rows].tolist()
+            assert batch.z.shape[0] == int(table.frame["n_sites"].to_numpy()[rows].sum())
+            seen += batch.num_graphs
+    assert seen == len(table)
+    # a missing label never becomes a training signal: 0.0 only ever appears masked or as a real label
+    assert (~dm.dataset.y_mask).sum() > 0 and torch.all(dm.dataset.y[~dm.dataset.y_mask] == 0)
+
+
+def test_tasks_rows_and_split(dm):
+    assert [t.name for t in dm.tasks] == TASKS and dm.tasks[2].kind == "classification"
+    assert dm.table.frame[TASKS].notna().any(axis=1).all()  # rows without any selected label were dropped
+    hse = dm.table.frame["gap_hse"].notna().to_numpy()
+    assert hse[dm.split.val].all() and hse[dm.split.test].all()
+    assert Path(dm.config.split.file).is_file() and dm.alignment_report.name == "report.md"
+
+
+def test_target_stats_from_training_split_only(dm):
+    mean, std = dm.target_stats()
+    assert set(mean) == {"gap_pbe_mf", "gap_hse"}  # regression tasks only
+    train = dm.table.frame.iloc[dm.split.train]
+    assert mean["gap_hse"] == pytest.approx(train["gap_hse"].dropna().mean(), rel=1e-6)
+    assert std["gap_hse"] == pytest.approx(train["gap_hse"].dropna().std(ddof=0), rel=1e-5)
+    assert mean["gap_hse"] != pytest.approx(dm.table.frame["gap_hse"].dropna().mean(), rel=1e-6)
+
+
+def test_reuse_saved_split_and_aligned_table(dm, tmp_path):
+    cfg = DataConfig(aligned=str(dm.alignment_report.parent), tasks=TASKS, cache_dir=dm.config.cache_dir)
+    cfg.split.file = dm.config.split.file
+    again = TransferDataModule(cfg)
+    again.setup()
+    for a, b in zip(dm.split.parts().values(), again.split.parts().values()):
+        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+
+
+def test_structure_dataset_for_prediction(dm):
+    from tlgnn.graphs import CrystalGraphBuilder
+
+    structures = [(mid, dm.table.structure(i)) for i, mid in enumerate(dm.table.frame["material_id"][:3])]
+    ds = StructureDataset(structures, CrystalGraphBuilder(), tasks=dm.tasks)
+    item = ds[1]
+    assert item.y.shape == (1, 3) and not item.y_mask.any() and item.id == structures[1][0]
+    ref = dm.dataset[1]
+    torch.testing.assert_close(item.edge_dist, ref.edge_dist)
+
+
+def test_data_config_validation():
+    with pytest.raises(ConfigError, match="give exactly one of 'sources'"):
+        from_dict(DataConfig, {})
+    with pytest.raises(ConfigError, match=r"split.test_fraction: must be in \[0, 1\)"):
+        from_dict(DataConfig, {"aligned": "x", "split": {"test_fraction": 1.0}})
+    with pytest.raises(ConfigError, match="split.target_task: 'gap_hse' is not one of data.tasks"):
+        from_dict(DataConfig, {"aligned": "x", "tasks": ["a"], "split": {"kind": "target_task", "target_task": "gap_hse"}})
+    cfg = from_dict(DataConfig, {"aligned": "runs/a", "split": {"file": "/abs/split.json"}}).resolve_paths("/base/cfg")
+    assert cfg.aligned == "/base/cfg/runs/a" and cfg.split.file == "/abs/split.json"
