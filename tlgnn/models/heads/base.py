@@ -37,6 +37,21 @@ def build_head(name: str, in_dim: int, tasks: Sequence[Any], **options: Any) -> 
     return HEADS.build(name, in_dim, list(tasks), **options)
 
 
+def find_task(tasks: Sequence[Any], name: str, where: str, kind: str | None = None) -> Any:
+    """The task called ``name`` in ``tasks``; ``ValueError`` naming ``where`` (e.g. "difference head option
+    chain[1]") with close matches if it is unknown, or if it is not of ``kind``."""
+    by_name = {t.name: t for t in tasks}
+    if name not in by_name:
+        raise ValueError(
+            f"{where}: unknown task {name!r}{close_matches(str(name), list(by_name))}; "
+            f"tasks: {', '.join(by_name)}"
+        )
+    task = by_name[name]
+    if kind is not None and task.kind != kind:
+        raise ValueError(f"{where}: task {name!r} is {task.kind}, needs {kind}")
+    return task
+
+
 class Head(nn.Module):
     """Base class of prediction heads.
 
@@ -98,15 +113,8 @@ class Head(nn.Module):
 
     def require_task(self, name: str, option: str, kind: str | None = None) -> Any:
         """The task called ``name``; a clear error naming ``option`` if it is unknown or of the wrong kind."""
-        if name not in self.task_by_name:
-            raise ValueError(
-                f"{type(self).__name__} option {option}: unknown task {name!r}"
-                f"{close_matches(str(name), list(self.task_by_name))}; tasks: {', '.join(self.task_by_name)}"
-            )
-        task = self.task_by_name[name]
-        if kind is not None and task.kind != kind:
-            raise ValueError(f"{type(self).__name__} option {option}: task {name!r} is {task.kind}, needs {kind}")
-        return task
+        head = getattr(type(self), "registry_name", type(self).__name__)
+        return find_task(self.tasks, name, f"{head} head option {option}", kind)
 
     def out_size(self, name: str) -> int:
         """Raw output width for a task: 1 for regression, the number of classes for classification."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tlgnn.models.encoders.base import EncoderOutput
-from tlgnn.models.heads.base import Head, register_head
+from tlgnn.models.heads.base import Head, find_task, register_head
 
 
 @register_head("difference")
@@ -40,9 +40,9 @@ class DifferenceHead(Head):
             raise ValueError(f"difference head option chain needs at least 2 tasks (low ... high), got {chain}")
         if len(set(chain)) != len(chain):
             raise ValueError(f"difference head option chain lists a task twice: {chain}")
-        super().__init__(in_dim, tasks, chain, **common)
         for k, name in enumerate(chain):
-            self.require_task(name, f"chain[{k}]", kind="regression")
+            find_task(tasks, name, f"difference head option chain[{k}]", kind="regression")
+        super().__init__(in_dim, tasks, chain, **common)
         self.chain = chain
         self.use_known_low = bool(use_known_low)
         self.base = self.make_mlp(1)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tlgnn.models.encoders.base import EncoderOutput
-from tlgnn.models.heads.base import Head, register_head
+from tlgnn.models.heads.base import Head, find_task, register_head
 from tlgnn.models.heads.expressions import FUNCTIONS, CompiledExpression, ExpressionError, compile_expression
 
 
@@ -70,6 +70,7 @@ class ELVHead(Head):
         variables = set(latents) | set(parameters)
         compiled: dict[str, CompiledExpression] = {}
         for task, text in expressions.items():
+            find_task(tasks, task, f"elv head option expressions[{task!r}]", kind="regression")
             if task in latents:
                 raise ValueError(f"elv head: task {task!r} is a latent and also has an expression; keep one")
             compiled[task] = compile_expression(text, task, variables)
@@ -77,8 +78,6 @@ class ELVHead(Head):
                 raise ExpressionError(task, text, "uses no latent, so it cannot depend on the structure")
         outputs = list(expressions) + [n for n in latents if n in task_names]
         super().__init__(in_dim, tasks, outputs, **common)
-        for task in expressions:
-            self.require_task(task, f"expressions[{task!r}]", kind="regression")
         for name in outputs[len(expressions):]:
             self.require_task(name, f"latents ({name!r} is a task)", kind="regression")
         used = set().union(*(c.names for c in compiled.values())) if compiled else set()

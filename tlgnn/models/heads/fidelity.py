@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tlgnn.models.encoders.base import EncoderOutput
-from tlgnn.models.heads.base import Head, register_head
+from tlgnn.models.heads.base import Head, find_task, register_head
 
 
 @register_head("fidelity")
@@ -37,10 +37,10 @@ class FidelityHead(Head):
             raise ValueError(f"fidelity head option targets needs distinct task names, got {names}")
         if int(embedding_dim) < 1:
             raise ValueError(f"fidelity head option embedding_dim must be >= 1, got {embedding_dim}")
+        found = [find_task(tasks, n, f"fidelity head option targets[{k}]", "regression") for k, n in enumerate(names)]
         super().__init__(in_dim, tasks, names, **common)
         self.fidelities: list[str] = []
-        for k, name in enumerate(names):
-            task = self.require_task(name, f"targets[{k}]", kind="regression")
+        for name, task in zip(names, found):
             fidelity = getattr(task, "fidelity", None) or task.name
             if fidelity in self.fidelities:
                 other = names[self.fidelities.index(fidelity)]

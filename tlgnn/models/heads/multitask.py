@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tlgnn.models.encoders.base import EncoderOutput
-from tlgnn.models.heads.base import Head, register_head
+from tlgnn.models.heads.base import Head, find_task, register_head
 
 
 @register_head("multitask")
@@ -34,6 +34,8 @@ class MultiTaskHead(Head):
         names = [t.name for t in tasks] if targets is None else list(targets)
         if len(set(names)) != len(names):
             raise ValueError(f"multitask head option targets lists a task twice: {names}")
+        for k, name in enumerate(names):
+            find_task(tasks, name, f"multitask head option targets[{k}]")
         super().__init__(in_dim, tasks, names, **common)
         self.shared_hidden = bool(shared_hidden)
         sizes = [self.out_size(n) for n in self.outputs]

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from tlgnn.models.encoders.base import EncoderOutput
-from tlgnn.models.heads.base import Head, register_head
+from tlgnn.models.heads.base import Head, find_task, register_head
 
 
 @register_head("single")
@@ -23,6 +23,7 @@ class SingleHead(Head):
                     f"({', '.join(t.name for t in tasks)})"
                 )
             task = tasks[0].name
+        find_task(tasks, task, "single head option task")
         super().__init__(in_dim, tasks, [task], **common)
         self.task = task
         self.net = self.make_mlp(self.out_size(task))
