@@ -185,6 +185,9 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
             if reason is not None:
                 for i in group:
                     stats.drop(i, src.ids[i], reason[0], reason[1])
+                    for task in src.tasks:
+                        if not math.isnan(src.labels[task.name][i]):
+                            stats.dropped_labels[task.name] += 1
                 continue
             stats.count(how, group[0])
             for i in group[1:]:
@@ -234,9 +237,9 @@ def _unmatched_reason(src: SourceTable, row: int, ps, keys, formula, matchers, h
         what = "no structure"
     tried = []
     if "id" in matchers and keys:
-        tried.append("id " + ", ".join(f"{n}:{i}" for n, i in keys) + " not found")
+        tried.append("id " + ", ".join(f"{n}:{i}" for n, i in keys) + " matches no material")
     if "composition" in matchers and formula:
-        tried.append(f"formula {formula} not found")
+        tried.append(f"formula {formula} matches no material")
     if not tried:
         return "unmatched", f"{what}; no id/formula a declared matcher could use"
     return "unmatched", f"{what}; " + "; ".join(tried)

@@ -25,6 +25,7 @@ class SourceStats:
     counts: Counter = field(default_factory=Counter)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     ambiguous_formulas: int = 0
+    dropped_labels: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     _seen: set = field(default_factory=set, repr=False)
 
@@ -56,7 +57,8 @@ class SourceStats:
         return {
             "rows": self.rows, "outcomes": {o: self.counts[o] for o in OUTCOMES},
             "dropped": len(self.dropped), "dropped_by_reason": dict(Counter(d["code"] for d in self.dropped)),
-            "ambiguous_formulas": self.ambiguous_formulas, "notes": self.notes, "dropped_rows": self.dropped,
+            "ambiguous_formulas": self.ambiguous_formulas, "dropped_labels": dict(self.dropped_labels),
+            "notes": self.notes, "dropped_rows": self.dropped,
         }
 
 
@@ -194,7 +196,9 @@ class AlignmentReport:
                 continue
             reasons = Counter(d["code"] for d in s.dropped)
             out.append(f"**{s.name}**: {len(s.dropped)} rows (" +
-                       ", ".join(f"{k}: {v}" for k, v in reasons.items()) + f"); first {min(LIST_LIMIT, len(s.dropped))}:")
+                       ", ".join(f"{k}: {v}" for k, v in reasons.items()) + "); labels they carried: " +
+                       (", ".join(f"{k} {v}" for k, v in s.dropped_labels.items()) or "none") +
+                       f". First {min(LIST_LIMIT, len(s.dropped))}:")
             out.append("")
             for d in s.dropped[:LIST_LIMIT]:
                 out.append(f"- row {d['row']} (id `{d['id']}`): {d['reason']}")
