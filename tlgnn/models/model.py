@@ -62,7 +62,10 @@ class TransferModel(nn.Module):
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         if self.frozen_groups:
-            for group in self.encoder.layer_groups()[: self.frozen_groups]:
+            groups = self.encoder.layer_groups()
+            if self.frozen_groups == len(groups):
+                self.encoder.eval()
+            for group in groups[: self.frozen_groups]:
                 group.eval()
         return self
 

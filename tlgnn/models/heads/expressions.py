@@ -174,7 +174,7 @@ class _Compiler:
             return lambda env: left(env) ** exponent
         op = _BINARY.get(type(node.op))
         if op is None:
-            symbol = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMul: "@", ast.BitAnd: "&", ast.BitOr: "|",
+            symbol = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitAnd: "&", ast.BitOr: "|",
                       ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}.get(type(node.op), type(node.op).__name__)
             raise self.fail(node, f"operator {symbol!r} in {self.segment(node)!r} is not allowed (only + - * / **)")
         right = self.visit(node.right)
