@@ -38,6 +38,7 @@ PATH_KEYS = (
     "data.cache_dir",
     "data.align_dir",
     "data.split.file",
+    "model.init_from",
 )
 
 
@@ -46,19 +47,64 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass
+class FinetuneConfig:
+    """How a model is fine-tuned (see ``docs/finetuning.md``); applied by :mod:`tlgnn.training.finetune`.
+
+    Attributes:
+        freeze: ``none`` (train everything), ``encoder`` (the whole encoder) or an integer k: the first k of
+            the encoder's layer groups (input embedding, then each interaction block, then the readout layer).
+        load_head: ``auto`` (reuse the checkpoint's head when its head config and tasks equal this run's, else
+            build a new head), ``always`` (an error if they differ) or ``never``.
+        encoder_lr: learning rate of the encoder's parameters (``null``: ``optim.lr``).
+        head_lr: learning rate of the head's parameters (``null``: ``optim.lr``).
+        unfreeze_every: gradual unfreezing (Howard & Ruder 2018): every this many epochs the last still-frozen
+            layer group is unfrozen, until none is frozen (``null``: the frozen groups stay frozen).
+    """
+
+    freeze: int | Literal["none", "encoder"] = "none"
+    load_head: Literal["auto", "always", "never"] = "auto"
+    encoder_lr: float | None = None
+    head_lr: float | None = None
+    unfreeze_every: int | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.freeze, int) and self.freeze < 0:
+            raise ConfigError("freeze", f"must be 'none', 'encoder' or a number of layer groups >= 0, got {self.freeze}")
+        for name in ("encoder_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(name, f"must be > 0 or null (= optim.lr), got {value}")
+        if self.unfreeze_every is not None:
+            if self.unfreeze_every < 1:
+                raise ConfigError("unfreeze_every", f"must be >= 1 epoch or null, got {self.unfreeze_every}")
+            if self.freeze in ("none", 0):
+                raise ConfigError("unfreeze_every", "gradual unfreezing needs frozen layers: set freeze to "
+                                                    "'encoder' or a number of layer groups")
+
+    @property
+    def active(self) -> bool:
+        """Whether any setting differs from plain training."""
+        return self != FinetuneConfig()
+
+
+@dataclass
 class ModelConfig:
-    """Encoder and head, each ``{name: <registered name>, **options}``.
+    """Encoder and head, each ``{name: <registered name>, **options}``, and fine-tuning settings.
 
     Attributes:
         encoder: encoder name and options, e.g. ``{name: cgcnn, hidden: 64, num_layers: 3}``.
         head: head name and options, e.g. ``{name: difference, chain: [band_gap_pbe, gap_hse]}``.
+        init_from: a tlgnn checkpoint (``.ckpt``) whose encoder (and head, see ``finetune.load_head``)
+            initialises this model; its graph settings and encoder options must equal this config's.
+        finetune: freezing, per-part learning rates, gradual unfreezing (:class:`FinetuneConfig`).
 
-    Fine-tuning settings (initialising from a pretrained checkpoint, freezing encoder layers) belong in this
-    section as well; they are applied by :func:`tlgnn.training.module.build_transfer_model`.
+    Fine-tuning is applied by :func:`tlgnn.training.finetune.apply_finetuning` after the model is built.
     """
 
     encoder: dict[str, Any] = field(default_factory=lambda: {"name": "cgcnn"})
     head: dict[str, Any] = field(default_factory=lambda: {"name": "multitask"})
+    init_from: str | None = None
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
         for section in ("encoder", "head"):
@@ -275,6 +321,7 @@ class RunConfig:
         base = Path(base_dir).expanduser()
         out = Path(os.path.expanduser(self.output_dir))
         self.output_dir = str(out if out.is_absolute() else (base / out).resolve())
+        self.model.init_from = _absolute(self.model.init_from, base)
         self.data.resolve_paths(base)
         return self
 
@@ -390,6 +437,7 @@ __all__ = [
     "PATH_KEYS",
     "PRECISIONS",
     "EarlyStoppingConfig",
+    "FinetuneConfig",
     "LoggerConfig",
     "LossConfig",
     "ModelConfig",

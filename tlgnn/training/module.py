@@ -45,6 +45,9 @@ def _task_dicts(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> list[dict[str,
 class TransferModule(L.LightningModule):
     """Lightning wrapper of an encoder + head model.
 
+    ``finetune_plan`` (set by :func:`tlgnn.training.finetune.apply_finetuning`, else ``None``) supplies the
+    optimiser's parameter groups and the gradual-unfreezing callback.
+
     Args:
         model: ``{"encoder": {"name": ..., **options}, "head": {"name": ..., **options}}``.
         tasks: the dataset's ordered tasks (``TaskSpec`` or their dicts); column order of ``batch.y``.
@@ -84,6 +87,7 @@ class TransferModule(L.LightningModule):
         self.val_metrics = TaskMetrics(self.tasks)
         self.test_metrics = TaskMetrics(self.tasks)
         self._loss_std: dict[str, float] | None = None
+        self.finetune_plan: Any = None
 
     # ------------------------------------------------------------------ statistics
     def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
@@ -179,7 +183,9 @@ class TransferModule(L.LightningModule):
         from tlgnn.training.optim import build_optimizer, build_scheduler
 
         cfg = dict(self.hparams["optim"])
-        params = [p for p in self.parameters() if p.requires_grad]
+        plan = self.finetune_plan  # fine-tuning: encoder and head groups with their own learning rates
+        params = plan.param_groups(self, float(cfg.get("lr", 1e-3))) if plan is not None else \
+            [p for p in self.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, cfg)
         total_steps = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total_steps // max(1, int(self.trainer.max_epochs or 1)))
@@ -187,6 +193,12 @@ class TransferModule(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def configure_callbacks(self) -> list[Any]:
+        """Callbacks of the fine-tuning plan (gradual unfreezing), if any."""
+        from tlgnn.training.finetune import plan_callbacks
+
+        return plan_callbacks(self.finetune_plan)
 
     # ------------------------------------------------------------------ checkpoints
     def describe(self) -> dict[str, Any]:

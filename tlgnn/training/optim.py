@@ -56,7 +56,8 @@ def build_scheduler(
     if kind == "onecycle":
         pct = warmup / total_steps if warmup else 0.3
         pct = min(max(pct, 1.0 / total_steps), 0.99)
-        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct)
+        peaks = [float(g.get("lr", lr)) for g in optimizer.param_groups]  # per group (fine-tuning: encoder, head)
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct)
         return {"scheduler": sched, "interval": "step"}
     if kind == "plateau":
         monitor = cfg.get("monitor", "val/loss")
