@@ -94,7 +94,7 @@ def build_module(config: RunConfig, dm: Any) -> TransferModule:
     from tlgnn.utils.config import ConfigError
 
     try:
-        return TransferModule(
+        module = TransferModule(
             model={"encoder": dict(config.model.encoder), "head": dict(config.model.head)},
             tasks=list(dm.tasks),
             optim=_asdict(config.optim),
@@ -107,6 +107,11 @@ def build_module(config: RunConfig, dm: Any) -> TransferModule:
             raise
         # the model registries' messages start with "model.encoder"/"model.head" and name the option
         raise ConfigError("model", str(err)) from err
+    if config.model.init_from is not None or config.model.finetune.active:
+        from tlgnn.training.finetune import apply_finetuning
+
+        apply_finetuning(module, config.model.init_from, config.model.finetune)  # pretrained weights, freezing
+    return module
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
