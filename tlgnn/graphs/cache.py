@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap as mmap_module
 import os
 import shutil
 import sys
@@ -131,7 +132,14 @@ def write_pack(directory: Path, keys: Sequence[str], graphs: Sequence[GraphArray
 
 
 class Pack:
-    """One verified, read-only pack. ``mmap=True`` memory-maps the arrays instead of reading them into RAM."""
+    """One verified, read-only pack.
+
+    ``mmap=False`` reads the arrays into RAM. ``mmap=True`` keeps them on disk: the files are memory-mapped
+    to check them, and each graph is then read with positioned reads (``os.preadv``) into fresh arrays, so
+    the process's resident memory stays flat however large the pack and however many graphs are read
+    (random access through a mapping would leave every touched page, often a large folio, in the RSS).
+    Where ``os.preadv`` is missing (Windows), items are copied out of the mapping instead.
+    """
 
     def __init__(self, path: Path, keys: list[str], arrays: dict[str, np.ndarray], mmap: bool):
         self.path, self.keys, self.mmap = Path(path), keys, mmap
@@ -141,6 +149,10 @@ class Pack:
         # in-RAM packs hold ready torch tensors in their final dtypes; items are views (like PyG InMemoryDataset)
         self._t = None if mmap else _as_torch(arrays)
         self._views: list[tuple[torch.Tensor, ...]] | None = None
+        # mmap packs: name -> (file, data offset, dtype, shape) for positioned reads; fds opened per process
+        self._files: dict[str, tuple[Path, int, np.dtype, tuple[int, ...]]] = {}
+        self._fds: dict[str, int] = {}
+        self._fd_pid = 0
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -166,7 +178,7 @@ class Pack:
             raise CorruptPackError(path, f"meta.json has {len(keys)} keys for {n_graphs} graphs")
         expected_lead = {"z": n_nodes, "pos": n_nodes, "cell": n_graphs, "edge_vec": n_edges, "edge_dist": n_edges,
                          "cell_offset": n_edges, "node_ptr": n_graphs + 1, "edge_ptr": n_graphs + 1}
-        arrays = {}
+        arrays, files, maps = {}, {}, []
         for name in _ARRAYS:
             file = path / f"{name}.npy"
             if name not in spec:
@@ -188,21 +200,73 @@ class Pack:
                 raise CorruptPackError(path, f"{name}.npy has {lead} rows, expected {want}")
             if verify and _checksum(arr) != spec[name]["xxh3_64"]:
                 raise CorruptPackError(path, f"{name}.npy checksum mismatch (corrupted data)")
+            if mmap and isinstance(arr, np.memmap):
+                files[name] = (file, int(arr.offset), arr.dtype, tuple(arr.shape))
+                maps.append(arr._mmap)
             arrays[name] = arr.view(np.ndarray) if mmap else arr  # plain ndarray view: slicing is 3x faster
         for ptr, total in (("node_ptr", n_nodes), ("edge_ptr", n_edges)):
             p = arrays[ptr]
             if len(p) and (p[0] != 0 or p[-1] != total or np.any(np.diff(p) < 0)):
                 raise CorruptPackError(path, f"{ptr}.npy is not a valid offset array")
-        return cls(path, keys, arrays, mmap)
+        pack = cls(path, keys, arrays, mmap)
+        if hasattr(os, "preadv") and len(files) == len(_ARRAYS):
+            pack._files = files
+        _drop_pages(maps)  # verification touched every page: hand them back (they stay in the page cache)
+        return pack
 
     def arrays_at(self, i: int) -> GraphArrays:
         """Graph ``i`` as numpy ``GraphArrays`` (copies, contract dtypes)."""
         a, n0, n1, e0, e1 = self._np, *self._bounds(i)
+        if self._files:
+            edge_index = np.empty((2, e1 - e0), self._files["edge_index"][2])
+            total = self._files["edge_index"][3][1]
+            self._read_into("edge_index", edge_index[0], e0)
+            self._read_into("edge_index", edge_index[1], total + e0)
+            return GraphArrays(
+                z=self._rows("z", n0, n1).astype(np.int64), pos=self._rows("pos", n0, n1),
+                cell=self._rows("cell", i, i + 1), edge_index=edge_index.astype(np.int64),
+                edge_vec=self._rows("edge_vec", e0, e1), edge_dist=self._rows("edge_dist", e0, e1),
+                cell_offset=self._rows("cell_offset", e0, e1).astype(np.int64),
+            )
         return GraphArrays(
             z=a["z"][n0:n1].astype(np.int64), pos=np.array(a["pos"][n0:n1]), cell=np.array(a["cell"][i : i + 1]),
             edge_index=a["edge_index"][:, e0:e1].astype(np.int64), edge_vec=np.array(a["edge_vec"][e0:e1]),
             edge_dist=np.array(a["edge_dist"][e0:e1]), cell_offset=a["cell_offset"][e0:e1].astype(np.int64),
         )
+
+    def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (first axis) of array ``name``, read from disk into a new array."""
+        _, _, dtype, shape = self._files[name]
+        out = np.empty((stop - start, *shape[1:]), dtype)
+        self._read_into(name, out, start * (out[0].size if len(out) else 0))
+        return out
+
+    def _read_into(self, name: str, out: np.ndarray, first: int) -> None:
+        """Fill the contiguous ``out`` from array ``name``, starting at flat element ``first``."""
+        if out.nbytes == 0:
+            return
+        file, offset, dtype, _ = self._files[name]
+        if self._fd_pid != os.getpid():  # descriptors are per process (DataLoader workers fork)
+            self._fds, self._fd_pid = {}, os.getpid()
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = self._fds[name] = os.open(file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        got = os.preadv(fd, [memoryview(out).cast("B")], offset + first * dtype.itemsize)
+        if got != out.nbytes:
+            raise OSError(f"{file}: short read ({got} of {out.nbytes} bytes); was the pack changed after opening?")
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd_pid", 0) == os.getpid():
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fds"], state["_fd_pid"] = {}, 0  # descriptors do not travel to another process
+        return state
 
     def data(self, i: int) -> Data:
         """Graph ``i`` as ``Data`` (contract fields; see docs/architecture.md)."""
@@ -232,6 +296,17 @@ class Pack:
 
     def _bounds(self, i: int) -> tuple[int, int, int, int]:
         return self.node_ptr[i], self.node_ptr[i + 1], self.edge_ptr[i], self.edge_ptr[i + 1]
+
+
+def _drop_pages(maps: Iterable[mmap_module.mmap]) -> None:
+    """Unmap the resident pages of read-only file mappings from this process (``madvise(MADV_DONTNEED)``)."""
+    if not hasattr(mmap_module, "MADV_DONTNEED"):
+        return
+    for m in maps:
+        try:
+            m.madvise(mmap_module.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed or unsupported mapping: nothing resident to drop
+            pass
 
 
 def _as_torch(a: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
