@@ -125,12 +125,24 @@ class EpochSeeder(Callback):
 
     The training loader's shuffling generator is seeded with ``(seed, epoch)`` before each epoch's iterator
     is created: when the loader is made (first epoch of a fresh or a resumed run, via a wrapper around the data
-    module's ``train_dataloader``) and at the start of every later epoch. The global RNGs (dropout) are reset at
+    module's ``train_dataloader``; the resumed epoch is read from the checkpoint) and at the start of every later
+    epoch. The global RNGs (dropout) are reset at
     each epoch start as well. So epoch k sees the same batches and random draws however the run got there.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
+        self._resume_epoch: int | None = None
+        self._loader_epoch: int | None = None  # epoch whose seed the freshly made loader got
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Called before the optimisers are configured; ``estimated_stepping_batches`` may then create the train
+        # loader (and draw its first permutation) before Lightning restores the loop counters: take the epoch to
+        # resume at from the checkpoint itself.
+        try:
+            self._resume_epoch = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        except (KeyError, TypeError):
+            self._resume_epoch = None
 
     def loader_seed(self, epoch: int) -> int:
         return (self.seed * 1_000_003 + 7919 * (epoch + 1)) % 2**63
@@ -149,15 +161,27 @@ class EpochSeeder(Callback):
         @functools.wraps(original)
         def train_dataloader() -> Any:
             loader = original()
-            self._seed_loader(loader, int(trainer.current_epoch))
+            epoch = self._resume_epoch if self._resume_epoch is not None else self._epoch(trainer)
+            self._seed_loader(loader, epoch)
+            self._loader_epoch = epoch
             return loader
 
         dm.train_dataloader = train_dataloader
         dm._tlgnn_epoch_seeded = True
 
+    @staticmethod
+    def _epoch(trainer: L.Trainer) -> int:
+        """The epoch about to run: epochs *processed* so far (a checkpoint written at the end of epoch k has
+        processed k + 1 but completed only k, so ``current_epoch`` would lag by one on resume)."""
+        return int(trainer.fit_loop.epoch_progress.current.processed)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = int(trainer.current_epoch)
-        self._seed_loader(trainer.train_dataloader, epoch)
+        epoch = self._epoch(trainer)
+        if epoch != self._loader_epoch:
+            # the iterator of this epoch is created after this hook (for the first epoch of a run it already
+            # exists, seeded when the loader was made, and has drawn its worker seed from the generator)
+            self._seed_loader(trainer.train_dataloader, epoch)
+        self._loader_epoch = None
         torch.manual_seed(self.seed * 1_000_003 + epoch)
         np.random.seed((self.seed * 1_000_003 + epoch) % 2**32)
 
@@ -211,25 +235,26 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
 
 
 def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    """Checkpointing (best + last), early stopping, LR monitor and the epoch seeder."""
+    """Checkpoints ``best.ckpt`` (by the early-stopping monitor) and ``last.ckpt`` (every epoch), early stopping,
+    LR monitor and the epoch seeder. Returns the callbacks and the best-checkpoint callback.
+
+    ``last.ckpt`` has its own callback: since Lightning 2.5, ``save_last=True`` rewrites ``last`` only in epochs
+    that also wrote a top-k checkpoint, so a run killed after a few non-improving epochs would lose them.
+    """
     es = config.trainer.early_stopping
-    checkpoint = ModelCheckpoint(
-        dirpath=str(output_dir / "checkpoints"),
-        filename="best",
-        monitor=es.monitor,
-        mode=es.resolved_mode,
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    callbacks: list[Callback] = [checkpoint, EpochSeeder(config.trainer.seed)]
+    ckpt_dir = str(output_dir / "checkpoints")
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=es.monitor, mode=es.resolved_mode,
+                           save_top_k=1, auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False)
+    callbacks: list[Callback] = [best, last, EpochSeeder(config.trainer.seed)]
     if es.patience is not None:
         callbacks.append(
             EarlyStopping(monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta)
         )
     if config.optim.scheduler != "none" or config.optim.warmup_epochs > 0:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    return callbacks, checkpoint
+    return callbacks, best
 
 
 def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
@@ -243,8 +268,17 @@ def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------- fit
-def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwrite: bool = False) -> FitResult:
-    """Train the model of ``config`` (resuming from ``resume``: ``"last"`` or a checkpoint path), then test it."""
+def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwrite: bool = False,
+        callbacks: list[Callback] | None = None) -> FitResult:
+    """Train the model of ``config``, then test its best checkpoint.
+
+    Args:
+        config: the run config.
+        resume: ``"last"`` (``output_dir/checkpoints/last.ckpt``) or a checkpoint path to continue from.
+        test: test the best checkpoint and write metrics/predictions/plots afterwards.
+        overwrite: start over in an ``output_dir`` that already holds checkpoints (they are deleted).
+        callbacks: extra Lightning callbacks.
+    """
     out = Path(config.output_dir)
     ckpt_dir = out / "checkpoints"
     ckpt_path = resume_checkpoint(resume, out)
@@ -262,8 +296,8 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     dm = build_datamodule(config, "fit")
     module = build_module(config, dm)
     loggers = build_loggers(config.logger, out, config.to_dict())
-    callbacks, checkpoint = training_callbacks(config, out)
-    trainer = build_trainer(config, out, loggers, callbacks)
+    run_callbacks, checkpoint = training_callbacks(config, out)
+    trainer = build_trainer(config, out, loggers, run_callbacks + list(callbacks or []))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
