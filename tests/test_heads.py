@@ -230,7 +230,7 @@ def test_combine_losses_fixed_and_uncertainty():
         unc.log_vars["is_metal"].fill_(0.0)
     total = unc.combine_losses(losses)
     expected = 0.5 / 4.0 * 2.0 + 0.5 * math.log(4.0) + 1.0 * 0.5 + 0.0
-    assert float(total) == pytest.approx(expected)
+    assert total.item() == pytest.approx(expected)
     total.backward()
     # d/ds [0.5 e^-s L + 0.5 s] = -0.5 e^-s L + 0.5
     assert float(unc.log_vars["gap_pbe"].grad) == pytest.approx(-0.5 / 4.0 * 2.0 + 0.5)
