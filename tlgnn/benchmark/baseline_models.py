@@ -3,7 +3,7 @@
 Features are the composition descriptors of :mod:`tlgnn.baselines.composition` (the "structure only" view of a
 composition model); in the ``low_fidelity_known`` regime ``rf_single`` also gets the known low-fidelity label as
 one more feature. Forest options (``n_estimators``, ``max_features``, ``min_samples_leaf``, ``n_jobs``) come from
-``model.options``.
+``model.options``; ``options.low_forest`` overrides them for the low-fidelity forest of the structure-only regime.
 """
 
 from __future__ import annotations
@@ -22,10 +22,25 @@ from tlgnn.utils.config import ConfigError, from_dict
 def forest_config(cell: CellInput) -> ForestConfig:
     """The forest settings of the cell's model (unknown option keys are a ConfigError naming the model)."""
     options = {k: v for k, v in cell.model.options.items() if k in ForestConfig.__dataclass_fields__}
-    unknown = set(cell.model.options) - set(options)
+    unknown = set(cell.model.options) - set(options) - {"low_forest"}
     if unknown:
         raise ConfigError(f"models[{cell.model.name}].options", f"unknown forest option(s) {sorted(unknown)}")
-    return from_dict(ForestConfig, options)
+    return from_dict(ForestConfig, options, prefix=f"models[{cell.model.name}].options")
+
+
+def low_forest_config(cell: CellInput) -> ForestConfig:
+    """Settings of the low-fidelity forest: the model's forest settings updated by ``options.low_forest``.
+
+    The low forest trains on every training-fold low label (~24k rows for the PBE gap), so configs may give it
+    fewer trees than the scarce-task forest.
+    """
+    from tlgnn.utils.config import to_dict
+
+    overrides = cell.model.options.get("low_forest") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"models[{cell.model.name}].options.low_forest", f"expected a mapping, got {overrides!r}")
+    base = {k: v for k, v in to_dict(forest_config(cell)).items()}
+    return from_dict(ForestConfig, {**base, **overrides}, prefix=f"models[{cell.model.name}].options.low_forest")
 
 
 def composition_features(cell: CellInput) -> np.ndarray:
@@ -52,9 +67,10 @@ def low_forest_predictions(cell: CellInput) -> np.ndarray:
     """Low-fidelity labels of the test rows predicted by a forest trained on every training-fold low label.
 
     Memoised per (experiment, fold, seed, forest settings, training rows): the low forest does not depend on the
-    scarce-label training size.
+    scarce-label training size, so its fit time is counted in the wall time of the first cell of a fold that
+    needs it.
     """
-    config = forest_config(cell)
+    config = low_forest_config(cell)
     train_low = cell.train_idx[np.isfinite(cell.low_values(cell.train_idx))]
     key = (
         "low_forest",
