@@ -140,6 +140,8 @@ def test_report_tables_plots_and_kept_prose(tmp_path, experiment):
     affine_mae = json.loads((results / "hse_sample/affine_lowknown/fold0_nall_s0.json").read_text())["metrics"]["mae"]
     row = next(line for line in text.splitlines() if line.startswith("| `affine_lowknown` | 160"))
     assert f"{affine_mae:.3f}" in row
+    summary = pd.read_csv(tmp_path / "docs" / "results" / "summary.csv")
+    assert set(summary.model) == {"rf_single", "rf_difference", "affine_lowknown"}
     png = tmp_path / "docs" / "results" / "hse_sample_mae.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -140,16 +140,19 @@ def experiment_section(summary: pd.DataFrame, cells: pd.DataFrame, experiment: s
 
 
 def render(results: str | Path, figures: str | Path, figures_rel: str = "results") -> str:
-    """The generated Markdown for every experiment under ``results`` (plots written into ``figures``)."""
+    """The generated Markdown for every experiment under ``results`` (plots and ``summary.csv`` into ``figures``)."""
     cells = collect(results)
     if cells.empty:
         return f"No finished cells under `{results}`."
     summary = summarise(cells)
+    Path(figures).mkdir(parents=True, exist_ok=True)
+    summary.to_csv(Path(figures) / "summary.csv", index=False, float_format="%.5g")
     hardware = sorted(set(cells["hardware"]))
     commits = sorted({c for c in cells["git_commit"] if c})
     lines = [
         f"Finished cells: {len(cells)} from `{results}`"
         + (" (quick mode)" if cells["quick"].all() else "")
+        + f"; every aggregate (mean, std, folds) is also in `{figures_rel}/summary.csv`"
         + f"; git commit(s): {', '.join(c[:10] for c in commits) or 'unknown'}.",
         "Hardware: " + "; ".join(
             f"{h.get('cpu')} ({h.get('cores')} cores, {h.get('memory_gb')} GB), GPU {h.get('gpu') or 'none'}, "
