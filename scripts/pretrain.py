@@ -1,0 +1,535 @@
+#!/usr/bin/env python
+"""Pretrain a shipped encoder: PBE band gap + formation energy of Materials Project crystals (multi-task head).
+
+Data: source A of ``../shared/data/mp_multifidelity_bandgap`` (``labels.csv.gz`` + ``structures.jsonl.gz``; see
+its SOURCE.md), aligned by ``configs/pretrain_data.yaml`` through the project's data layer (structures parsed and
+graphs built in parallel on all cores, both cached). Targets: ``gap_pbe_mp`` (``band_gap_pbe``, eV) and
+``e_form_mp`` (``formation_energy_per_atom``, eV/atom).
+
+Leakage: every crystal that carries a label a benchmark scores is EXCLUDED from pretraining (not only from its
+test split): any HSE06, GLLB-SC or SCAN gap, or a formula-matched experimental gap / metal class
+(``expt_*_formula_matched.csv.gz``). So a fine-tuned model scored on those crystals has never seen their PBE gap
+or formation energy either. The remaining crystals are split by reduced formula (seed 0) into train / val / test
+(90 / 5 / 5 %); the model card reports the test (held-out) metrics of the best-validation checkpoint.
+
+Output (``--out``, default ``data/pretrained/``): ``<encoder>_mp_pbe_eform.ckpt`` (compact: fp32 weights and the
+self-description, no optimiser state; loads with ``tlgnn.load_model`` and ``model.init_from``), its metadata
+``<name>.json`` and ``MODEL_CARD.md`` (rendered from every ``*.json`` there). The best model so far is exported
+after every improving epoch, so an interrupted run still leaves a usable checkpoint. Full Lightning checkpoints
+(for ``--resume``) live in ``--work-dir`` (default ``runs/pretrain/<encoder>``).
+
+    # CPU smoke test (2 epochs on 2,000 crystals):
+    python scripts/pretrain.py --encoder cgcnn --limit 2000 --max-epochs 2 --out runs/pretrain/smoke
+    # GPU (bf16, batch 256, 8 loader workers, at most 6 minutes of training):
+    python scripts/pretrain.py --encoder cgcnn --accelerator gpu --precision bf16-mixed --batch-size 256 \\
+        --workers 8 --max-epochs 30 --max-time-min 6
+    # continue an interrupted run (another --max-time-min budget):
+    python scripts/pretrain.py --encoder cgcnn --resume --max-epochs 30 --max-time-min 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mp_multifidelity_bandgap"
+DATA_CONFIG = ROOT / "configs" / "pretrain_data.yaml"
+TASKS = ["gap_pbe_mp", "e_form_mp"]
+#: labels a benchmark scores: a crystal carrying any of them is excluded from pretraining
+EXCLUDE_TASKS = ["gap_hse", "gap_gllbsc", "gap_scan"]
+EXCLUDE_FILES = ["expt_gap_formula_matched.csv.gz", "expt_is_metal_formula_matched.csv.gz"]
+ENCODERS = {
+    "cgcnn": {"name": "cgcnn", "atom_fea_len": 64, "n_conv": 3, "h_fea_len": 128},
+    "m3gnet_lite": {"name": "m3gnet_lite", "hidden": 64, "n_blocks": 3, "out_dim": 128},
+}
+HEAD = {"name": "multitask", "hidden": [128]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--encoder", choices=sorted(ENCODERS), default="cgcnn")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder of labels.csv.gz + structures.jsonl.gz")
+    p.add_argument("--out", default=str(ROOT / "data" / "pretrained"), help="where the shipped checkpoint goes")
+    p.add_argument("--work-dir", default=None, help="full checkpoints and logs (default runs/pretrain/<encoder>)")
+    p.add_argument("--cache-dir", default=None, help="graph / alignment cache (default: tlgnn's, ~/.cache/tlgnn)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    p.add_argument("--devices", default="1", help="number of devices (or 'auto')")
+    p.add_argument("--precision", default=None, help="'32' (CPU default) or 'bf16-mixed' (GPU default)")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--max-time-min", type=float, default=None, help="wall-clock budget of this invocation's training")
+    p.add_argument("--batch-size", type=int, default=None, help="graphs per batch (default 256 on GPU, 64 on CPU)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay, 1 warm-up epoch)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(8, cores - 1))")
+    p.add_argument("--limit", type=int, default=None, help="use only this many (non-excluded) crystals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoints/last.ckpt")
+    p.add_argument("--export-only", action="store_true",
+                   help="no training: evaluate WORK_DIR/checkpoints/best.ckpt and export it with its model card")
+    return p.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(f"[pretrain {datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def excluded_ids(table: Any, data_dir: Path) -> tuple[set[str], dict[str, int]]:
+    """Material ids that carry a benchmark-scored label, and how many each reason excludes."""
+    import pandas as pd
+
+    frame = table.frame
+    present = set(frame["material_id"])
+    out: set[str] = set()
+    counts: dict[str, int] = {}
+    for task in EXCLUDE_TASKS:
+        ids = set(frame.loc[frame[task].notna(), "material_id"])
+        counts[task] = len(ids)
+        out |= ids
+    for name in EXCLUDE_FILES:
+        path = data_dir / name
+        if path.is_file():
+            ids = set(pd.read_csv(path)["material_id"].astype(str)) & present
+            counts[name.split("_formula")[0] + " (formula-matched)"] = len(ids)
+            out |= ids
+        else:
+            log(f"warning: {path} not found; its crystals cannot be excluded")
+    return out, counts
+
+
+def data_config(args: argparse.Namespace, work: Path):
+    from tlgnn.data.config import DataConfig, SplitConfig, default_cache_dir
+
+    cfg = DataConfig(
+        sources=str(DATA_CONFIG),
+        source_overrides=[f"root={Path(args.data_dir).expanduser().resolve()}"],
+        tasks=list(TASKS),
+        split=SplitConfig(kind="formula", seed=args.seed, val_fraction=0.05, test_fraction=0.05,
+                          file=str(work / "split.json")),
+        cache_dir=args.cache_dir or default_cache_dir(),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=args.gpu,
+    )
+    cfg.validate()
+    return cfg.resolve_paths(ROOT)
+
+
+def load_pretraining_table(cfg: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The aligned source-A table without the excluded crystals (and cut to ``--limit``); data facts for the card."""
+    import numpy as np
+
+    from tlgnn.data.datamodule import load_table
+    from tlgnn.data.table import MaterialTable
+
+    t0 = time.time()
+    table, _ = load_table(cfg, log=log)
+    excluded, counts = excluded_ids(table, Path(args.data_dir))
+    keep = ~table.frame["material_id"].isin(excluded).to_numpy()
+    frame = table.frame.loc[keep].reset_index(drop=True)
+    if args.limit is not None and args.limit < len(frame):
+        rows = np.sort(np.random.default_rng(12345).permutation(len(frame))[: args.limit])
+        frame = frame.iloc[rows].reset_index(drop=True)
+    facts = {
+        "rows_in_source": int(len(table)),
+        "excluded": int((~keep).sum()),
+        "excluded_by": counts,
+        "used": int(len(frame)),
+        "limit": args.limit,
+        "align_s": round(time.time() - t0, 1),
+    }
+    log(f"table: {len(table)} crystals, {facts['excluded']} excluded (carry a scored label: {counts}), "
+        f"{len(frame)} used ({facts['align_s']} s)")
+    return MaterialTable(frame, table.tasks), facts
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def run_config(args: argparse.Namespace, data_cfg: Any, work: Path):
+    from tlgnn.training.config import EarlyStoppingConfig, ModelConfig, OptimConfig, RunConfig, TrainerConfig
+
+    return RunConfig(
+        data=data_cfg,
+        model=ModelConfig(encoder=dict(ENCODERS[args.encoder]), head=dict(HEAD)),
+        optim=OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=1e-5, scheduler="cosine", warmup_epochs=1.0,
+                          min_lr=args.lr * 0.01),
+        trainer=TrainerConfig(
+            max_epochs=args.max_epochs,
+            accelerator="gpu" if args.gpu else "cpu",
+            devices=int(args.devices) if str(args.devices).isdigit() else "auto",
+            precision=args.precision,
+            gradient_clip_val=5.0,
+            early_stopping=EarlyStoppingConfig(monitor="val/loss", patience=max(10, args.max_epochs // 3)),
+            seed=args.seed,
+            log_every_n_steps=20,
+            num_sanity_val_steps=0,
+            enable_progress_bar=False,
+        ),
+        output_dir=str(work),
+    )
+
+
+def previous_training_seconds(ckpt: Path) -> float:
+    """Training time recorded by Lightning's Timer in a checkpoint (0 if none)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False).get("callbacks", {})
+    for key, value in state.items():
+        if key.startswith("Timer"):
+            return float(value.get("time_elapsed", {}).get("train", 0.0))
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate(module: Any, loader: Any) -> dict[str, dict[str, float]]:
+    """MAE / RMSE / R² per task (physical units) of ``module`` on ``loader``; restores train mode."""
+    import torch
+
+    from tlgnn.training.metrics import regression_metrics
+    from tlgnn.training.run import collect_predictions
+
+    was_training = module.training
+    _, preds, y, mask = collect_predictions(module, loader)
+    module.train(was_training)
+    scores = {}
+    for k, task in enumerate(module.tasks):
+        if task.name in preds:
+            m = mask[:, k]
+            scores[task.name] = {**regression_metrics(torch.as_tensor(preds[task.name][m]), torch.as_tensor(y[m, k])),
+                                 "n": int(m.sum())}
+    return scores
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical cores"
+    if torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def card_name(encoder: str) -> str:
+    return f"{encoder}_mp_pbe_eform"
+
+
+def export(module: Any, args: argparse.Namespace, out: Path, info: dict[str, Any]) -> Path:
+    """Write the compact checkpoint, its JSON metadata and the re-rendered MODEL_CARD.md into ``out``."""
+    from tlgnn.training.export import export_checkpoint
+
+    name = card_name(args.encoder)
+    ckpt = export_checkpoint(module, out / f"{name}.ckpt", info=info)
+    info = {**info, "file": ckpt.name, "size_bytes": ckpt.stat().st_size}
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    (out / "MODEL_CARD.md").write_text(render_card(out))
+    return ckpt
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def render_card(out: Path) -> str:
+    """MODEL_CARD.md from every ``*.json`` written by :func:`export` in ``out``."""
+    cards = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    cards = [c for c in cards if c.get("kind") == "tlgnn-pretrained"]
+    lines = [
+        "# Pretrained tlgnn encoders",
+        "",
+        "Encoders pretrained on the dense, cheap PBE-level labels of ~25k Materials Project crystals, for",
+        "fine-tuning on scarce labels (`model.init_from`, see docs/finetuning.md) and for prediction",
+        "(`tlgnn.load_model`). Written by `scripts/pretrain.py`; this card is generated from the `*.json` files next",
+        "to the checkpoints.",
+        "",
+        "## Data (all checkpoints)",
+        "",
+        "* Structures and labels: source A of `mp_multifidelity_bandgap` — Materials Project crystals (CC BY 4.0) as",
+        "  distributed by `kdmsit/mt-cgcnn` (MIT), commit bdfaf106; MP ~2019-20 labels `band_gap_pbe` (PBE/GGA(+U)",
+        "  gap, eV) -> task `gap_pbe_mp`, `formation_energy_per_atom` (eV/atom) -> task `e_form_mp`. Cite Sanyal et",
+        "  al., arXiv:1811.05660; Jain et al., APL Mater. 1, 011002 (2013). The dataset's 6,613-row held-back slice",
+        "  was never available here.",
+        "* **Leakage control:** every crystal with an HSE06, GLLB-SC or SCAN gap (MEGNet multi-fidelity set, Chen et",
+        "  al., Nat. Comput. Sci. 1, 46 (2021)) or a formula-matched experimental gap / metal class (matbench",
+        "  expt_gap / expt_is_metal) is excluded from pretraining altogether, so none of the crystals the transfer",
+        "  benchmarks score had its PBE gap or formation energy seen by the encoder.",
+        "* Split of the remaining crystals: grouped by reduced formula (polymorphs stay together), seed 0:",
+        "  90 % train / 5 % validation (best epoch) / 5 % test (held out; metrics below).",
+        "",
+    ]
+    for c in cards:
+        d, t = c["data"], c["training"]
+        lines += [
+            f"## `{c['file']}` ({c['encoder']['name']})",
+            "",
+            f"* Status: **{c['status']}** ({t['epochs_completed']} epochs, best epoch {t.get('best_epoch')}); "
+            f"file {c['size_bytes'] / 1e6:.2f} MB (fp32 weights, no optimiser state), "
+            f"{c['n_parameters']:,} parameters.",
+            f"* Crystals: {d['rows_in_source']:,} in the source, {d['excluded']:,} excluded "
+            f"({', '.join(f'{k}: {v:,}' for k, v in d['excluded_by'].items())}), {d['used']:,} used"
+            + (f" (limited to {d['limit']:,})" if d.get("limit") else "") + f"; split train/val/test "
+            f"{d['split']['train']:,} / {d['split']['val']:,} / {d['split']['test']:,}.",
+            "",
+            "| task | unit | test MAE | test RMSE | test R² | n | val MAE |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for task, s in c["metrics"]["test"].items():
+            unit = c["units"].get(task, "")
+            v = c["metrics"].get("val", {}).get(task, {})
+            lines.append(f"| {task} | {unit} | {_fmt(s['mae'])} | {_fmt(s['rmse'])} | {_fmt(s['r2'])} | {s['n']:,} "
+                         f"| {_fmt(v.get('mae'))} |")
+        lines += [
+            "",
+            f"* Baseline (predict the training mean): test MAE "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in c["metrics"]["mean_baseline_mae"].items()) + ".",
+            f"* Encoder: `{json.dumps(c['encoder'])}`; head: `{json.dumps(c['head'])}`; graphs: "
+            f"`{json.dumps(c['graph'])}`.",
+            f"* Training: AdamW lr {c['optim']['lr']} (cosine to 1 %, 1 warm-up epoch), weight decay "
+            f"{c['optim']['weight_decay']}, batch {t['batch_size']}, precision {t['precision']}, gradient clip 5, "
+            f"seed {t['seed']}, max {t['max_epochs']} epochs.",
+            f"* Wall time: {t['train_wall_min']:.1f} min training (all sessions), {d['align_s'] / 60:.1f} min "
+            f"alignment + {t['setup_s'] / 60:.1f} min graphs/setup in the last session; hardware: {t['hardware']}; "
+            f"torch {t['torch']}, tlgnn {c['tlgnn_version']}; finished {c['written']}.",
+            f"* Command: `{c['command']}`",
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "import tlgnn",
+        "model = tlgnn.load_model('data/pretrained/cgcnn_mp_pbe_eform.ckpt')",
+        "model.predict(['data/structures/cif/cgcnn_cod_sample/1000041.cif'])   # gap_pbe_mp (eV), e_form_mp (eV/atom)",
+        "model.embed(structures)                                                 # [n, 128] encoder embeddings",
+        "```",
+        "",
+        "Fine-tuning: `model.init_from: data/pretrained/<file>.ckpt` with the encoder section copied from above",
+        "(`configs/finetune_hse.yaml`). Predictions are only as good as the table says, for crystals like MP's;",
+        "PBE gaps underestimate true gaps.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class ExportBest:
+    """Lightning callback factory: export the compact checkpoint whenever ``val/loss`` improves."""
+
+    def __new__(cls, args: argparse.Namespace, out: Path, dm: Any, make_info: Any):
+        import lightning as L
+
+        class _ExportBest(L.Callback):
+            def __init__(self) -> None:
+                self.best = math.inf
+
+            def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+                if trainer.sanity_checking or not trainer.is_global_zero:
+                    return
+                value = trainer.callback_metrics.get("val/loss")
+                if value is None or not float(value) < self.best:
+                    return
+                self.best = float(value)
+                test = evaluate(pl_module, dm.test_dataloader())
+                val = evaluate(pl_module, dm.val_dataloader())
+                epoch = int(trainer.current_epoch)
+                info = make_info(pl_module, epoch + 1, {"test": test, "val": val}, "in progress", best_epoch=epoch)
+                export(pl_module, args, out, info)
+
+            def state_dict(self) -> dict[str, Any]:
+                return {"best": self.best}
+
+            def load_state_dict(self, state: dict[str, Any]) -> None:
+                self.best = float(state.get("best", math.inf))
+
+        return _ExportBest()
+
+
+class ProgressLog:
+    """Lightning callback factory: one line per epoch (losses, val MAE per task, throughput)."""
+
+    def __new__(cls, n_train: int):
+        import lightning as L
+
+        class _Progress(L.Callback):
+            def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+                self.t0 = time.time()
+                self.loss_sum, self.batches = 0.0, 0
+
+            def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                                   batch_idx: int) -> None:
+                loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+                if loss is not None:
+                    self.loss_sum += float(loss.detach())
+                    self.batches += 1
+
+            def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+                if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(self, "t0"):
+                    return
+                m = trainer.callback_metrics
+                dt = time.time() - self.t0
+                maes = ", ".join(f"{t} {float(m[f'val/{t}/mae']):.3f}" for t in TASKS if f"val/{t}/mae" in m)
+                train_loss = self.loss_sum / self.batches if self.batches else math.nan
+                log(f"epoch {trainer.current_epoch}: train/loss {train_loss:.4f} "
+                    f"val/loss {float(m.get('val/loss', math.nan)):.4f} | val MAE {maes} | {dt:.0f} s, "
+                    f"{n_train / max(dt, 1e-9):.0f} graphs/s")
+
+        return _Progress()
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    args.gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+    if args.gpu and not torch.cuda.is_available():
+        print("pretrain: --accelerator gpu but no CUDA device is available", file=sys.stderr)
+        return 2
+    args.precision = args.precision or ("bf16-mixed" if args.gpu else "32")
+    args.batch_size = args.batch_size or (256 if args.gpu else 64)
+    if args.workers is None:
+        args.workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if args.gpu else 0
+    if args.gpu:
+        torch.set_float32_matmul_precision("high")
+    command = "python scripts/pretrain.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    work = Path(args.work_dir or ROOT / "runs" / "pretrain" / args.encoder).expanduser().resolve()
+    out = Path(args.out).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(args.data_dir).expanduser().is_dir():
+        print(f"pretrain: --data-dir {args.data_dir} is not a folder", file=sys.stderr)
+        return 2
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from tlgnn import __version__
+    from tlgnn.data import TransferDataModule
+    from tlgnn.training.config import save_run_config
+    from tlgnn.training.module import load_module
+    from tlgnn.training.run import build_module, build_trainer, training_callbacks
+
+    log(f"encoder {args.encoder}, data {args.data_dir}, accelerator {'gpu' if args.gpu else 'cpu'}, "
+        f"precision {args.precision}, batch {args.batch_size}, workers {args.workers}, work dir {work}")
+    data_cfg = data_config(args, work)
+    t0 = time.time()
+    table, facts = load_pretraining_table(data_cfg, args)
+    config = run_config(args, data_cfg, work)
+    save_run_config(config, work / "config.yaml")
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    dm = TransferDataModule(data_cfg, table=table)
+    dm.setup("fit")
+    setup_s = time.time() - t0
+    facts["split"] = dm.split.sizes()
+    log(f"graphs ready, split {facts['split']} ({setup_s:.0f} s incl. alignment)")
+    mean, std = dm.target_stats()
+    test_rows = dm.split.test
+    baseline = {t: float(abs(dm.table.frame[t].to_numpy()[test_rows] - mean[t]).mean()) for t in TASKS}
+    units = {t.name: t.unit for t in dm.tasks}
+    progress_path = work / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.is_file() and (args.resume or args.export_only) \
+        else {"train_s": 0.0, "sessions": 0}
+
+    def make_info(module: Any, epochs: int, metrics: dict, status: str, best_epoch: int | None = None) -> dict:
+        elapsed = progress["train_s"] + (time.time() - fit_start if fit_start else 0.0)
+        return {
+            "kind": "tlgnn-pretrained",
+            "status": status,
+            "encoder": ENCODERS[args.encoder],
+            "head": HEAD,
+            "tasks": TASKS,
+            "units": units,
+            "graph": dict(module.hparams["graph"]),
+            "optim": {"lr": args.lr, "weight_decay": config.optim.weight_decay},
+            "n_parameters": int(sum(p.numel() for p in module.parameters())),
+            "data": facts,
+            "metrics": {**metrics, "mean_baseline_mae": baseline},
+            "training": {
+                "epochs_completed": int(epochs),
+                "best_epoch": best_epoch,
+                "max_epochs": args.max_epochs,
+                "batch_size": args.batch_size,
+                "precision": args.precision,
+                "seed": args.seed,
+                "train_wall_min": elapsed / 60.0,
+                "setup_s": setup_s,
+                "hardware": hardware(),
+                "torch": torch.__version__,
+            },
+            "command": command,
+            "tlgnn_version": __version__,
+            "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+
+    best_path = work / "checkpoints" / "best.ckpt"
+    fit_start: float | None = None
+    if not args.export_only:
+        last = work / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if args.resume and last.is_file() else None
+        if args.resume and ckpt_path is None:
+            log(f"no {last} yet: starting a fresh run")
+        if ckpt_path is None and last.exists():
+            print(f"pretrain: {work} already holds a run; pass --resume or choose another --work-dir", file=sys.stderr)
+            return 1
+        if args.max_time_min is not None:
+            spent = previous_training_seconds(Path(ckpt_path)) if ckpt_path else 0.0
+            total = spent + args.max_time_min * 60.0  # Lightning's Timer counts time across resumed sessions
+            config.trainer.max_time = "{:02d}:{:02d}:{:02d}:{:02d}".format(
+                int(total // 86400), int(total % 86400 // 3600), int(total % 3600 // 60), int(total % 60))
+        module = build_module(config, dm)
+        callbacks, best_cb = training_callbacks(config, work)
+        callbacks += [ProgressLog(len(dm.split.train)), ExportBest(args, out, dm, make_info)]
+        trainer = build_trainer(config, work, [CSVLogger(str(work), name="logs")], callbacks)
+        log(f"training {sum(p.numel() for p in module.parameters()):,} parameters for up to {args.max_epochs} epochs"
+            + (f" / {args.max_time_min} min" if args.max_time_min else "")
+            + (f", resuming from {ckpt_path}" if ckpt_path else ""))
+        fit_start = time.time()
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        progress["train_s"] += time.time() - fit_start
+        progress["sessions"] += 1
+        progress["epochs"] = int(trainer.current_epoch)
+        progress_path.write_text(json.dumps(progress))
+        fit_start = None
+        if best_cb.best_model_path:
+            best_path = Path(best_cb.best_model_path)
+        status = "finished" if trainer.current_epoch >= args.max_epochs else "stopped early (time budget or early stopping)"
+    else:
+        status = "exported"
+        trainer = None
+    if not best_path.is_file():
+        print(f"pretrain: no best checkpoint at {best_path}", file=sys.stderr)
+        return 1
+    best = load_module(best_path)
+    best.to("cuda" if args.gpu else "cpu")
+    raw = torch.load(best_path, map_location="cpu", weights_only=False)
+    metrics = {"test": evaluate(best, dm.test_dataloader()), "val": evaluate(best, dm.val_dataloader())}
+    info = make_info(best, int(progress.get("epochs", raw.get("epoch", 0))), metrics, status,
+                     best_epoch=int(raw.get("epoch", -1)))
+    best.cpu()
+    path = export(best, args, out, info)
+    for task, s in metrics["test"].items():
+        log(f"held-out test {task}: MAE {s['mae']:.4f} RMSE {s['rmse']:.4f} R2 {s['r2']:.3f} (n={s['n']}); "
+            f"mean-baseline MAE {baseline[task]:.4f}")
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {out / 'MODEL_CARD.md'}; "
+        f"training {progress['train_s'] / 60:.1f} min over {progress['sessions']} session(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
