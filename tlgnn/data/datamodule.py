@@ -61,6 +61,21 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
     return MaterialTable.load(out), out / "report.md"
 
 
+def _evaluation_sampler(dataset):
+    """Under multi-process training (DDP): every rank evaluates its own shard and each item exactly once.
+
+    Lightning's default ``DistributedSampler`` pads the shards to equal length by repeating items, so validation
+    and test metrics gathered across ranks would count some materials twice. ``None`` in a single process.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
 class TransferDataModule(L.LightningDataModule):
     """PyG batches (``y`` [B, T], ``y_mask`` [B, T], ``idx`` [B]) for the tasks of a :class:`DataConfig`.
 
@@ -168,8 +183,10 @@ class TransferDataModule(L.LightningDataModule):
         import torch
 
         generator = torch.Generator().manual_seed(cfg.split.seed) if shuffle else None
+        sampler = None if shuffle else _evaluation_sampler(dataset)
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                          pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0, generator=generator)
+                          pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0, generator=generator,
+                          sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
