@@ -9,6 +9,7 @@ run continues the same W&B run.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +41,7 @@ def build_wandb_logger(cfg: WandbConfig, output_dir: str | Path, config: Mapping
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = out / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     settings = wandb.Settings(silent=True, console="off", disable_git=True, save_code=False, x_disable_stats=True)
     return WandbLogger(
@@ -76,6 +77,21 @@ def wandb_logger_of(loggers: Sequence[Logger]):
     return None
 
 
+def close_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
+    """Flush every logger; a W&B run is finished and its files written before this returns.
+
+    ``run.finish()`` returns before the W&B service has flushed the run file, so the service is torn down too
+    (the next run starts a new one).
+    """
+    for logger in loggers:
+        logger.finalize(status)
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            import wandb
+
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
+            wandb.teardown()
+
+
 def log_test_results_to_wandb(
     logger: Any,
     scores: Mapping[str, Mapping[str, float]],
@@ -103,4 +119,4 @@ def log_test_results_to_wandb(
             run.save(str(path), base_path=str(Path(path).parent), policy="now")
 
 
-__all__ = ["RUN_ID_FILE", "build_loggers", "build_wandb_logger", "log_test_results_to_wandb", "wandb_mode"]
+__all__ = ["RUN_ID_FILE", "build_loggers", "close_loggers", "build_wandb_logger", "log_test_results_to_wandb", "wandb_mode"]

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
-from tlgnn.training.loggers import build_loggers, log_test_results_to_wandb, wandb_logger_of
+from tlgnn.training.loggers import build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.module import TransferModule, load_module
 from tlgnn.training.outputs import format_metrics_table, parity_plots, prediction_frame, write_metrics_json
 
@@ -307,8 +307,7 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     if test:
         ckpt = best or result.last_checkpoint
         result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
-    for logger in loggers:
-        logger.finalize("success")
+    close_loggers(loggers)
     return result
 
 
@@ -334,8 +333,7 @@ def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | Non
     loggers = build_loggers(config.logger, out, config.to_dict())
     trainer = build_trainer(config, out, loggers, [], evaluation=True)
     result = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=str(checkpoint))
-    for logger in loggers:
-        logger.finalize("success")
+    close_loggers(loggers)
     return result
 
 
