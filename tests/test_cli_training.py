@@ -1,0 +1,144 @@
+"""``tlgnn fit|test|predict`` on the shipped Materials Project sample: overrides, config errors naming the key,
+the run directory, ``test`` reproducing ``fit``'s metrics, and ``predict`` surviving a broken CIF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tlgnn.cli.main import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "configs" / "data" / "mp_sample.yaml"
+COD = ROOT / "data" / "structures" / "cif" / "cgcnn_cod_sample"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Shared with tests/test_training.py (same folder): the sample is aligned and graphed once per session."""
+    return tmp_path_factory.getbasetemp() / "tlgnn-training-cache"
+
+
+def write_config(folder: Path, cache_dir: Path, **changes) -> Path:
+    config = {
+        "data": {
+            "sources": str(SAMPLE),
+            "tasks": ["gap_pbe_mf", "is_metal_exp"],
+            "cache_dir": str(cache_dir),
+            "batch_size": 16,
+            "split": {"kind": "random", "val_fraction": 0.15, "test_fraction": 0.15, "seed": 1},
+        },
+        "model": {
+            "encoder": {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16},
+            "head": {"name": "multitask", "hidden": [16]},
+        },
+        "optim": {"lr": 5e-3, "scheduler": "cosine"},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 4, "limit_val_batches": 2,
+                    "num_sanity_val_steps": 0, "enable_progress_bar": False},
+        "output_dir": "run",  # relative to this YAML
+    }
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_dotted_options_and_set_both_override():
+    args = build_parser().parse_args(["fit", "--config", "c.yaml", "--trainer.max_epochs", "5", "--optim.lr=1e-3",
+                                      "--set", "data.batch_size=8", "--resume"])
+    assert args.overrides == ["data.batch_size=8", "trainer.max_epochs=5", "optim.lr=1e-3"]
+    assert args.resume == "last"
+    args = build_parser().parse_args(["test", "--config", "c.yaml", "--checkpoint", "k.ckpt", "--data.tasks", "[a, b]"])
+    assert args.overrides == ["data.tasks=[a, b]"] and args.checkpoint == "k.ckpt"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--config", "c.yaml", "--bogus", "1"])
+
+
+def test_config_typos_exit_non_zero_naming_the_key(tmp_path, cache_dir, capsys):
+    path = write_config(tmp_path, cache_dir)
+    assert main(["fit", "--config", str(path), "--trainer.max_epoch", "3"]) == 2
+    assert "trainer.max_epoch: unknown key; did you mean 'max_epochs'" in capsys.readouterr().err
+    typo = write_config(tmp_path / "typo", cache_dir, **{"model.head": {"name": "multitask", "hiden": [16]}})
+    assert main(["fit", "--config", str(typo)]) == 2
+    err = capsys.readouterr().err
+    assert "model.head.hiden" in err and "did you mean 'hidden'" in err
+    assert not (tmp_path / "typo" / "run").exists()  # nothing started
+    # the installed entry point: a real process exit status and the message on stderr
+    proc = subprocess.run([sys.executable, "-m", "tlgnn.cli.main", "fit", "--config", str(path),
+                           "--set", "optim.schedular=cosine"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "optim.schedular: unknown key; did you mean 'scheduler'" in proc.stderr
+
+
+def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsys):
+    import tlgnn
+
+    path = write_config(tmp_path, cache_dir)
+    assert main(["fit", "--config", str(path), "--trainer.max_epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "gap_pbe_mf" in out and "is_metal_exp" in out and "accuracy" in out and "mae" in out
+    run = tmp_path / "run"
+    best = run / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2  # resolved, overrides in
+    fit_metrics = json.loads((run / "metrics.json").read_text())
+    assert fit_metrics["epochs"] == 2
+
+    # a second fit into the same run directory needs --resume (or --overwrite)
+    assert main(["fit", "--config", str(path)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+    # `tlgnn test` on the same checkpoint and split reproduces the metrics
+    assert main(["test", "--config", str(path), "--checkpoint", str(best), "--output-dir", str(tmp_path / "eval")]) == 0
+    test_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for task in ("gap_pbe_mf", "is_metal_exp"):
+        for name, value in fit_metrics["test"][task].items():
+            assert test_metrics["test"][task][name] == pytest.approx(value, rel=1e-5, nan_ok=True), (task, name)
+    assert (tmp_path / "eval" / "predictions_test.csv").is_file()
+    assert (tmp_path / "eval" / "parity_gap_pbe_mf.png").is_file()
+
+    # `tlgnn predict` on a folder with one broken CIF: listed, not fatal
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name in ("1000041.cif", "9000046.cif", "9011050.cif"):
+        shutil.copy(COD / name, folder / name)
+    (folder / "broken.cif").write_text((COD / "1000050.cif").read_text()[:400])  # truncated mid-file
+    output = tmp_path / "preds.csv"
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(folder), "--output", str(output),
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "broken.cif" in captured.err and "3 predictions" in captured.out
+    assert "broken.cif" in (tmp_path / "preds.csv.errors.txt").read_text()
+    frame = pd.read_csv(output, dtype={"id": str})
+    assert list(frame.columns) == ["id", "gap_pbe_mf", "is_metal_exp", "is_metal_exp_prob_0", "is_metal_exp_prob_1"]
+    assert sorted(frame.id) == ["1000041", "9000046", "9011050"]
+    np.testing.assert_allclose(frame.is_metal_exp_prob_0 + frame.is_metal_exp_prob_1, 1.0, atol=1e-6)
+    assert set(frame.is_metal_exp) <= {0, 1}
+    api = tlgnn.load_model(best).predict(sorted(str(p) for p in folder.glob("1*.cif")) + [str(folder / "9*.cif")])
+    merged = frame.merge(api, on="id", suffixes=("", "_api"))
+    assert len(merged) == 3
+    np.testing.assert_allclose(merged.gap_pbe_mf, merged.gap_pbe_mf_api, rtol=1e-6)
