@@ -110,7 +110,7 @@ class Result:
     graphs_per_s: float
     data_wait: float  # fraction of the timed wall time spent waiting for batches
     peak_mem_mib: float  # process RSS (CPU) or max allocated (GPU) during the timed steps
-    warmup_s: float  # wall time of the warm-up steps (includes torch.compile compilation)
+    warmup_s: float  # wall time of the warm-up steps (the slowest run's: includes torch.compile compilation)
 
 
 def _batches(graphs: list, batch_size: int, seed: int, num_workers: int, pin: bool) -> Iterator[Any]:
@@ -132,9 +132,9 @@ def _rss_mib() -> float:
 
 def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size: int, steps: int, warmup: int,
                   device: torch.device, seed: int, num_workers: int, label: tuple[str, str]) -> Result:
-    """Train ``model`` for ``warmup + steps`` batches; time the last ``steps``."""
+    """Train ``model`` (already on ``device``) for ``warmup + steps`` batches; time the last ``steps``."""
     cuda = device.type == "cuda"
-    model.to(device).train()
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = _batches(graphs, batch_size, seed, num_workers, pin=cuda)
 
@@ -142,7 +142,7 @@ def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size:
         if cuda:
             torch.cuda.synchronize(device)
 
-    peak, wait, n_graphs = 0.0, 0.0, 0
+    peak, wait, n_graphs, warmup_s = 0.0, 0.0, 0, 0.0
     start = time.perf_counter()
     for step in range(warmup + steps):
         if step == warmup:
@@ -181,6 +181,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=3000, help="structures sampled from --data (default 3000)")
     p.add_argument("--graphs", type=Path, help="read pre-built graphs (a --save-graphs file) instead of --data")
     p.add_argument("--save-graphs", type=Path, help="write the built graphs here (torch.save, packed)")
+    p.add_argument("--build-jobs", type=int, help="processes for graph building (default: all cores)")
     p.add_argument("--encoders", default="all", help="tlgnn encoders, comma-separated (default: all registered)")
     p.add_argument("--batch-sizes", default="32,64,128", help="comma-separated (default 32,64,128)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
@@ -191,10 +192,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: all available cores)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(tlgnn CGCNN, dynamic=True)")
+    p.add_argument("--repeat-data", type=int, default=1,
+                   help="serve the graphs this many times per epoch (longer epochs for large GPU batches)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     args = p.parse_args(argv)
-    for name in ("limit", "steps", "repeats", "threads"):
+    for name in ("limit", "steps", "repeats", "threads", "repeat_data"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.num_workers < 0:
@@ -209,7 +212,7 @@ def _graphs(args: argparse.Namespace) -> tuple[dict, str]:
     t0 = time.perf_counter()
     ids, structures, targets = bench_data.load_mp_structures(args.data, args.limit, args.seed)
     parse_s = time.perf_counter() - t0
-    graphs, stats = bench_data.build_graphs(structures, progress=True)
+    graphs, stats = bench_data.build_graphs(structures, n_jobs=args.build_jobs, progress=True)
     from tlgnn.graphs import CrystalGraphBuilder
 
     packed = bench_data.pack(graphs, ids, targets, CrystalGraphBuilder().settings)
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> float:
     import torch_geometric
 
     packed, data_line = _graphs(args)
-    graphs = bench_data.unpack(packed)
+    graphs = bench_data.unpack(packed) * args.repeat_data
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({card}); torch {torch.__version__}, PyG {torch_geometric.__version__}; "
           f"{torch.get_num_threads()} CPU threads; DataLoader workers {args.num_workers}")
@@ -248,33 +251,37 @@ def main(argv: list[str] | None = None) -> float:
     if "cgcnn" in encoders:
         encoders.insert(0, encoders.pop(encoders.index("cgcnn")))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    variants: list[tuple[str, str, Callable[[], nn.Module], Callable]] = [
-        ("cgcnn", "reference", ReferenceCGCNN, reference_predict)]
+    # every model is built once (seeded) and reset to its initial state before each run, so a compiled model
+    # compiles once (dynamic shapes) instead of once per run
+    torch.manual_seed(args.seed)
+    variants: list[tuple[str, str, nn.Module, Callable]] = [
+        ("cgcnn", "reference", ReferenceCGCNN().to(device), reference_predict)]
     for enc in encoders:
-        variants.append((enc, "tlgnn", lambda enc=enc: tlgnn_model(enc), tlgnn_predict))
+        torch.manual_seed(args.seed)
+        variants.append((enc, "tlgnn", tlgnn_model(enc).to(device), tlgnn_predict))
     if args.compile:
-        variants.append(("cgcnn", "tlgnn+compile",
-                         lambda: torch.compile(tlgnn_model("cgcnn"), dynamic=True), tlgnn_predict))
+        torch.manual_seed(args.seed)
+        eager = tlgnn_model("cgcnn").to(device)
+        variants.append(("cgcnn", "tlgnn+compile", torch.compile(eager, dynamic=True), tlgnn_predict))
+    initial = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for _, _, m, _ in variants}
 
     results: list[Result] = []
     for bs in sizes:
         runs: dict[tuple[str, str], list[Result]] = {}
         for _ in range(args.repeats):
-            for enc, kind, make, predict in variants:  # interleaved, so drift hits every model alike
-                torch.manual_seed(args.seed)
-                if kind == "tlgnn+compile":
-                    torch._dynamo.reset()
-                r = time_training(make(), predict, graphs, bs, args.steps, args.warmup, device, args.seed,
+            for enc, kind, model, predict in variants:  # interleaved, so drift hits every model alike
+                model.load_state_dict(initial[id(model)])
+                r = time_training(model, predict, graphs, bs, args.steps, args.warmup, device, args.seed,
                                   args.num_workers, (enc, kind))
                 runs.setdefault((enc, kind), []).append(r)
         for (enc, kind), rs in runs.items():
-            best = sorted(rs, key=lambda r: r.graphs_per_s)[len(rs) // 2]  # median run
+            mid = sorted(rs, key=lambda r: r.graphs_per_s)[len(rs) // 2]  # median run
             med = Result(enc, kind, bs, args.steps, statistics.median(r.graphs_per_s for r in rs),
-                         best.data_wait, max(r.peak_mem_mib for r in rs), best.warmup_s)
+                         mid.data_wait, max(r.peak_mem_mib for r in rs), max(r.warmup_s for r in rs))
             results.append(med)
             print(f"encoder={enc:<12} model={kind:<14} batch={bs:<4} graphs/s={med.graphs_per_s:9.1f}  "
                   f"peak_mem_mib={med.peak_mem_mib:8.1f}  data_wait={100 * med.data_wait:5.1f}%  "
-                  f"warmup_s={med.warmup_s:6.2f}")
+                  f"warmup_s={med.warmup_s:6.2f}", flush=True)
 
     def rate(kind: str, bs: int) -> float:
         return next(r.graphs_per_s for r in results if r.encoder == "cgcnn" and r.model == kind and r.batch_size == bs)
