@@ -226,6 +226,9 @@ class TrainerConfig:
         num_sanity_val_steps: validation batches run before training.
         enable_progress_bar: Lightning's progress bar.
         max_time: wall-time limit ``"DD:HH:MM:SS"`` (``null`` = none).
+        cpu_threads: torch intra-op threads for CPU work (``null`` = torch's default, one per core). Small
+            crystal graphs gain little from several threads, and OpenMP threads slow down badly when the cores
+            are shared with other processes: ``1`` is the robust choice for CPU training on a busy machine.
     """
 
     max_epochs: int = 100
@@ -247,8 +250,11 @@ class TrainerConfig:
     num_sanity_val_steps: int = 2
     enable_progress_bar: bool = True
     max_time: str | None = None
+    cpu_threads: int | None = None
 
     def validate(self) -> None:
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError("cpu_threads", f"must be >= 1 or null, got {self.cpu_threads}")
         if self.max_epochs < 1:
             raise ConfigError("max_epochs", f"must be >= 1, got {self.max_epochs}")
         self.precision = str(self.precision)

@@ -257,6 +257,11 @@ def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callba
     return callbacks, best
 
 
+def _set_threads(config: RunConfig) -> None:
+    if config.trainer.cpu_threads is not None:
+        torch.set_num_threads(config.trainer.cpu_threads)
+
+
 def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from: ``"last"`` -> ``output_dir/checkpoints/last.ckpt``, a path, or ``None``."""
     if resume is None:
@@ -291,6 +296,7 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
         shutil.rmtree(ckpt_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.yaml")
+    _set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
     dm = build_datamodule(config, "fit")
@@ -326,6 +332,7 @@ def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | Non
     """Evaluate ``checkpoint`` on the test split of ``config``'s data; write metrics, predictions, plots."""
     out = Path(output_dir).expanduser().resolve() if output_dir else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = load_module(checkpoint)
     dm = build_datamodule(config, "test")
