@@ -337,6 +337,7 @@ class ExportBest:
         class _ExportBest(L.Callback):
             def __init__(self) -> None:
                 self.best = math.inf
+                self.loaders: tuple[Any, Any] | None = None  # made once: worker start-up is not paid per export
 
             def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
                 if trainer.sanity_checking or not trainer.is_global_zero:
@@ -345,8 +346,9 @@ class ExportBest:
                 if value is None or not float(value) < self.best:
                     return
                 self.best = float(value)
-                test = evaluate(pl_module, dm.test_dataloader())
-                val = evaluate(pl_module, dm.val_dataloader())
+                if self.loaders is None:
+                    self.loaders = (dm.test_dataloader(), dm.val_dataloader())
+                test, val = (evaluate(pl_module, loader) for loader in self.loaders)
                 epoch = int(trainer.current_epoch)
                 info = make_info(pl_module, epoch + 1, {"test": test, "val": val}, "in progress", best_epoch=epoch)
                 export(pl_module, args, out, info)
