@@ -6,7 +6,7 @@
     tlgnn fit --config configs/quickstart.yaml --resume run/last.ckpt
     tlgnn fit --config configs/quickstart.yaml --overwrite         # start over in the same output_dir
 
-Any config key can be overridden as ``--section.key VALUE``, ``--section.key=VALUE`` or ``--set section.key=VALUE``
+Any config key can be overridden as ``--section.key VALUE`` (``--output_dir DIR`` for the top level), ``--section.key=VALUE`` or ``--set section.key=VALUE``
 (values are read as YAML). Writes ``OUTPUT_DIR/{config.yaml, checkpoints/, logs/, metrics.json,
 predictions_test.csv, parity_<task>.png}`` and prints the per-task test metrics.
 """
@@ -22,21 +22,28 @@ class OverridesParser(argparse.ArgumentParser):
     """An argument parser that turns unknown dotted options (``--trainer.max_epochs 5``) into config overrides."""
 
     def parse_known_args(self, args: Any = None, namespace: Any = None):  # type: ignore[override]
+        import dataclasses
+
+        from tlgnn.training.config import RunConfig  # light: dataclasses only
+
         namespace, extras = super().parse_known_args(args, namespace)
-        overrides, rest = split_dotted_options(extras)
+        overrides, rest = split_dotted_options(extras, {f.name for f in dataclasses.fields(RunConfig)})
         namespace.overrides = list(getattr(namespace, "overrides", None) or []) + overrides
         return namespace, rest
 
 
-def split_dotted_options(tokens: list[str]) -> tuple[list[str], list[str]]:
-    """``["--a.b", "1", "--c.d=x", "--junk"] -> (["a.b=1", "c.d=x"], ["--junk"])``."""
+def split_dotted_options(tokens: list[str], top_level: set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """``["--a.b", "1", "--c.d=x", "--junk"] -> (["a.b=1", "c.d=x"], ["--junk"])``.
+
+    Dotted options are config overrides; so are options named like a top-level key (``--output_dir x``).
+    """
     overrides: list[str] = []
     rest: list[str] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
         key = token[2:].split("=", 1)[0] if token.startswith("--") else ""
-        if key and "." in key and not key.startswith(".") and not key.endswith("."):
+        if key and (("." in key and not key.startswith(".") and not key.endswith(".")) or key in top_level):
             if "=" in token:
                 overrides.append(token[2:])
             elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
