@@ -9,7 +9,8 @@ directly with ``torch_geometric.nn.CGConv`` (as in PyG's documentation): same wi
 Graphs are built once before timing (all cores, progress bar; structures/s reported) from real Materials
 Project structures, or read from a file written earlier with ``--save-graphs`` (that machine then needs
 torch, PyG and tlgnn only). The last line is ``ratio_vs_reference: <x>``: tlgnn CGCNN graphs/s over the
-reference's, geometric mean over the batch sizes (>= 1 means tlgnn is at least as fast).
+reference's, geometric mean over the batch sizes (>= 1 means tlgnn is at least as fast), from the preloaded
+batches when ``--feed both|preloaded`` (model speed alone; on a GPU the DataLoader can be the limit for both).
 
 Examples::
 
@@ -105,6 +106,7 @@ class Result:
 
     encoder: str
     model: str
+    feed: str  # "loader": a DataLoader collates every batch; "preloaded": collated once, kept on the device
     batch_size: int
     steps: int
     graphs_per_s: float
@@ -124,6 +126,14 @@ def _batches(graphs: list, batch_size: int, seed: int, num_workers: int, pin: bo
         yield from loader
 
 
+def _preloaded(graphs: list, batch_size: int, seed: int, count: int, device: torch.device) -> Iterator[Any]:
+    """The first ``count`` batches of the same seeded shuffle, collated once and moved to ``device``, cycled."""
+    source = _batches(graphs, batch_size, seed, 0, pin=False)
+    cached = [next(source).to(device) for _ in range(count)]
+    while True:
+        yield from cached
+
+
 def _rss_mib() -> float:
     import psutil
 
@@ -131,12 +141,16 @@ def _rss_mib() -> float:
 
 
 def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size: int, steps: int, warmup: int,
-                  device: torch.device, seed: int, num_workers: int, label: tuple[str, str]) -> Result:
+                  device: torch.device, seed: int, num_workers: int, label: tuple[str, str],
+                  feed: str = "loader") -> Result:
     """Train ``model`` (already on ``device``) for ``warmup + steps`` batches; time the last ``steps``."""
     cuda = device.type == "cuda"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batches = _batches(graphs, batch_size, seed, num_workers, pin=cuda)
+    if feed == "preloaded":
+        batches = _preloaded(graphs, batch_size, seed, warmup + steps, device)
+    else:
+        batches = _batches(graphs, batch_size, seed, num_workers, pin=cuda)
 
     def sync() -> None:
         if cuda:
@@ -169,7 +183,7 @@ def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size:
     final = float(loss.detach())
     if not math.isfinite(final):
         raise RuntimeError(f"{label}: loss is {final} after training (broken model or data)")
-    return Result(label[0], label[1], batch_size, steps, n_graphs / elapsed, wait / elapsed, peak, warmup_s)
+    return Result(label[0], label[1], feed, batch_size, steps, n_graphs / elapsed, wait / elapsed, peak, warmup_s)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -194,6 +208,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile(tlgnn CGCNN, dynamic=True)")
     p.add_argument("--repeat-data", type=int, default=1,
                    help="serve the graphs this many times per epoch (longer epochs for large GPU batches)")
+    p.add_argument("--feed", choices=("loader", "preloaded", "both"), default="loader",
+                   help="loader: batches from a DataLoader (end to end, data wait measured); preloaded: the same "
+                        "batches collated once and kept on the device (model speed alone); both (default: loader)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     args = p.parse_args(argv)
@@ -265,30 +282,35 @@ def main(argv: list[str] | None = None) -> float:
         variants.append(("cgcnn", "tlgnn+compile", torch.compile(eager, dynamic=True), tlgnn_predict))
     initial = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for _, _, m, _ in variants}
 
+    feeds = ["loader", "preloaded"] if args.feed == "both" else [args.feed]
     results: list[Result] = []
-    for bs in sizes:
-        runs: dict[tuple[str, str], list[Result]] = {}
-        for _ in range(args.repeats):
-            for enc, kind, model, predict in variants:  # interleaved, so drift hits every model alike
-                model.load_state_dict(initial[id(model)])
-                r = time_training(model, predict, graphs, bs, args.steps, args.warmup, device, args.seed,
-                                  args.num_workers, (enc, kind))
-                runs.setdefault((enc, kind), []).append(r)
-        for (enc, kind), rs in runs.items():
-            mid = sorted(rs, key=lambda r: r.graphs_per_s)[len(rs) // 2]  # median run
-            med = Result(enc, kind, bs, args.steps, statistics.median(r.graphs_per_s for r in rs),
-                         mid.data_wait, max(r.peak_mem_mib for r in rs), max(r.warmup_s for r in rs))
-            results.append(med)
-            print(f"encoder={enc:<12} model={kind:<14} batch={bs:<4} graphs/s={med.graphs_per_s:9.1f}  "
-                  f"peak_mem_mib={med.peak_mem_mib:8.1f}  data_wait={100 * med.data_wait:5.1f}%  "
-                  f"warmup_s={med.warmup_s:6.2f}", flush=True)
+    for feed in feeds:
+        for bs in sizes:
+            runs: dict[tuple[str, str], list[Result]] = {}
+            for _ in range(args.repeats):
+                for enc, kind, model, predict in variants:  # interleaved, so drift hits every model alike
+                    model.load_state_dict(initial[id(model)])
+                    r = time_training(model, predict, graphs, bs, args.steps, args.warmup, device, args.seed,
+                                      args.num_workers, (enc, kind), feed)
+                    runs.setdefault((enc, kind), []).append(r)
+            for (enc, kind), rs in runs.items():
+                mid = sorted(rs, key=lambda r: r.graphs_per_s)[len(rs) // 2]  # median run
+                med = Result(enc, kind, feed, bs, args.steps, statistics.median(r.graphs_per_s for r in rs),
+                             mid.data_wait, max(r.peak_mem_mib for r in rs), max(r.warmup_s for r in rs))
+                results.append(med)
+                print(f"encoder={enc:<12} model={kind:<14} feed={feed:<9} batch={bs:<4} "
+                      f"graphs/s={med.graphs_per_s:9.1f}  peak_mem_mib={med.peak_mem_mib:8.1f}  "
+                      f"data_wait={100 * med.data_wait:5.1f}%  warmup_s={med.warmup_s:6.2f}", flush=True)
+
+    feed = feeds[-1]  # the ratio compares model speed: preloaded batches when measured
 
     def rate(kind: str, bs: int) -> float:
-        return next(r.graphs_per_s for r in results if r.encoder == "cgcnn" and r.model == kind and r.batch_size == bs)
+        return next(r.graphs_per_s for r in results
+                    if r.encoder == "cgcnn" and r.model == kind and r.batch_size == bs and r.feed == feed)
 
     ratios = [rate("tlgnn", bs) / rate("reference", bs) for bs in sizes] if "cgcnn" in encoders else []
     for bs, ratio in zip(sizes, ratios):
-        line = f"cgcnn batch={bs}: tlgnn/reference = {ratio:.2f}"
+        line = f"cgcnn batch={bs} ({feed}): tlgnn/reference = {ratio:.2f}"
         if args.compile:
             line += f"; compiled/eager tlgnn = {rate('tlgnn+compile', bs) / rate('tlgnn', bs):.2f}"
         print(line)
