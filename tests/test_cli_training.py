@@ -142,3 +142,11 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
     merged = frame.merge(api, on="id", suffixes=("", "_api"))
     assert len(merged) == 3
     np.testing.assert_allclose(merged.gap_pbe_mf, merged.gap_pbe_mf_api, rtol=1e-6)
+    # ASE Atoms and pymatgen Structures give the same numbers as the file
+    import ase.io
+    from pymatgen.core import Structure
+
+    objects = [ase.io.read(folder / "1000041.cif"), Structure.from_file(folder / "1000041.cif")]
+    from_objects = tlgnn.load_model(best).predict(objects)
+    expected = frame.set_index("id").loc["1000041", "gap_pbe_mf"]
+    np.testing.assert_allclose(from_objects.gap_pbe_mf, [expected, expected], rtol=1e-5)
