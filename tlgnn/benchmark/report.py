@@ -109,7 +109,7 @@ def experiment_section(summary: pd.DataFrame, cells: pd.DataFrame, experiment: s
     target = exp_cells["target"].iloc[0]
     parts = [f"### {experiment} (target `{target}`)"]
     headline = ["mae", "rmse", "correction_mae"] if task_kind == "regression" else ["accuracy", "f1", "roc_auc"]
-    headline = [m for m in headline if f"m_{m}_mean" in data.columns]
+    headline = [m for m in headline if f"m_{m}_mean" in data.columns and data[f"m_{m}_mean"].notna().any()]
     sizes = sorted(data["train_size"].unique(), key=_size_key)
     for regime in ("structure_only", "low_fidelity_known"):
         part = data[(data.regime == regime) & (data.train_size == "all")]
@@ -152,7 +152,7 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
     lines = [
         f"Finished cells: {len(cells)} from `{results}`"
         + (" (quick mode)" if cells["quick"].all() else "")
-        + f"; every aggregate (mean, std, folds) is also in `{figures_rel}/summary.csv`"
+        + f"; every aggregate (mean, std, folds) is also in `{figures_rel}/summary.csv` (relative to this page)"
         + f"; git commit(s): {', '.join(c[:10] for c in commits) or 'unknown'}.",
         "Hardware: " + "; ".join(
             f"{h.get('cpu')} ({h.get('cores')} cores, {h.get('memory_gb')} GB), GPU {h.get('gpu') or 'none'}, "
