@@ -147,7 +147,7 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
              encoder: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
     import numpy as np
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from tlgnn.data import TransferDataModule
     from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
@@ -195,7 +195,9 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     dm.setup("fit")
     module = build_module(config, dm)
     callbacks, best_cb = training_callbacks(config, work)
-    callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]  # no logger in the benchmark
+    # no logger (so no LR monitor), and no per-epoch last.ckpt: a cell is never resumed, only its best epoch counts
+    callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)
+                 and not (isinstance(c, ModelCheckpoint) and c is not best_cb)]
     trainer = build_trainer(config, work, [], callbacks)
     trainer.fit(module, datamodule=dm)
     best = load_module(best_cb.best_model_path).to(module.device)
