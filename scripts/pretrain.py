@@ -311,8 +311,9 @@ def render_card(out: Path) -> str:
             f"* Training: AdamW lr {c['optim']['lr']} (cosine to 1 %, 1 warm-up epoch), weight decay "
             f"{c['optim']['weight_decay']}, batch {t['batch_size']}, precision {t['precision']}, gradient clip 5, "
             f"seed {t['seed']}, max {t['max_epochs']} epochs.",
-            f"* Wall time: {t['train_wall_min']:.1f} min training (all sessions), {d['align_s'] / 60:.1f} min "
-            f"alignment + {t['setup_s'] / 60:.1f} min graphs/setup in the last session; hardware: {t['hardware']}; "
+            f"* Wall time: {t['train_wall_min']:.1f} min training (all sessions); data preparation "
+            f"{t['setup_s'] / 60:.1f} min in the last session (alignment {d['align_s'] / 60:.1f} min, then graphs); "
+            f"hardware: {t['hardware']}; "
             f"torch {t['torch']}, tlgnn {c['tlgnn_version']}; finished {c['written']}.",
             f"* Command: `{c['command']}`",
             "",
