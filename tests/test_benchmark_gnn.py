@@ -109,4 +109,18 @@ def test_structure_only_models_report_their_own_pbe_prediction(results):
     assert not np.allclose(single_pred["low_pred"], single_pred["low_true"])  # predicted, not given
     # ELV: HSE = PBE latent + softplus(shift) >= PBE latent
     assert (elv_pred["y_pred"] - elv_pred["low_pred"] > 0).all()
-    assert set(elv["info"]["parameters"]) == set()
+    np.testing.assert_allclose(elv_pred["delta_pred"], elv_pred["y_pred"] - elv_pred["low_pred"], atol=1e-4)
+    assert elv["info"]["head"] == "elv" and elv["info"]["tasks"] == ["band_gap_pbe", "gap_hse"]
+
+
+def test_gnn_options_are_validated_with_the_model_name(experiment, tmp_path):
+    from tlgnn.benchmark.gnn import gnn_options
+    from tlgnn.benchmark.models import CellInput
+    from tlgnn.utils.config import ConfigError
+
+    model = experiment.models[0]
+    bad = type(model)(model.kind, model.name, model.regime, {"low_rows": -1})
+    cell = CellInput(experiment, bad, pd.DataFrame(), np.zeros(0, int), np.zeros(0, int), np.zeros(0, int),
+                     np.zeros(0), 0, "all", 0, False, "", tmp_path)
+    with pytest.raises(ConfigError, match="low_rows"):
+        gnn_options(cell)

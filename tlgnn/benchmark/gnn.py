@@ -373,7 +373,7 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
                 preds.update({f"latent:{k}": v for k, v in head.latents(enc).items()})
             for name, value in preds.items():
                 out.setdefault(name, []).append(value.float().cpu().numpy())
-    params = {k: float(v) for k, v in head.parameters_dict().items()} if isinstance(head, ELVHead) else {}
+    params = {k: float(v.detach()) for k, v in head.parameters_dict().items()} if isinstance(head, ELVHead) else {}
     return {k: np.concatenate(v) for k, v in out.items()}, params
 
 
