@@ -196,3 +196,16 @@ def test_unknown_element_is_a_clear_error():
     g.z[0] = ATOM_FEATURES.shape[0] + 5
     with pytest.raises(ValueError, match="atomic numbers"):
         enc(Batch.from_data_list([g]))
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_mixed_precision_forward_and_backward(name):
+    """bf16 autocast (the GPU pretraining setting) runs forward and backward and stays close to fp32."""
+    batch = next(iter(DataLoader(graphs(4), batch_size=4)))
+    enc = small(name)
+    full = enc(batch).graph_emb
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = enc(batch).graph_emb
+    mixed.float().sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in enc.parameters())
+    assert torch.allclose(mixed.float(), full, atol=0.1, rtol=0.1)

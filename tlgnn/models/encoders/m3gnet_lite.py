@@ -93,7 +93,8 @@ class ThreeBodyUpdate(nn.Module):
         gated = basis * torch.sigmoid(self.atom_gate(h))[third_atom]
         m = scatter(gated, tri.a, dim=0, dim_size=tri.edges.numel(), reduce="sum")
         update = F.silu(self.value(m)) * torch.sigmoid(self.gate(m))
-        return e.index_add(0, tri.edges, update)
+        # under autocast the update may be bf16/fp16 while the bond features stay fp32
+        return e.index_add(0, tri.edges, update.to(e.dtype))
 
 
 class Block(nn.Module):
