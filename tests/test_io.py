@@ -203,6 +203,18 @@ def test_structures_and_atoms_in_memory():
     assert read_structures(nacl).ids == ["structure_0"]
 
 
+def test_atoms_subclass_from_pymatgen_is_read():
+    """pymatgen's AseAtomsAdaptor returns MSONAtoms, a subclass of ase.Atoms: read like Atoms."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    atoms = AseAtomsAdaptor.get_atoms(nacl)
+    assert type(atoms).__name__ != "Atoms"
+    result = read_structures([atoms])
+    assert not result.failures
+    assert result[0].structure.composition.reduced_formula == "NaCl"
+
+
 def test_molecule_overlap_empty_errors():
     water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
     with pytest.raises(StructureReadError, match=r"not periodic: no 3D lattice \(cell rank 0") as info:

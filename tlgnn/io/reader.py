@@ -187,13 +187,16 @@ def _expand_path(text: str, items: list, skipped: list, recursive: bool) -> None
 
 def _read_object(obj: Any, index: int | None, disordered: DisorderPolicy) -> _Outcome:
     """An in-memory Structure / Atoms / Molecule, validated here."""
+    from ase import Atoms
+    from pymatgen.core import Molecule
+
     name = _object_id(obj, index)
     try:
         if isinstance(obj, Structure):
             structure = obj
-        elif type(obj).__name__ == "Atoms" and hasattr(obj, "cell"):
+        elif isinstance(obj, Atoms):  # subclasses too (pymatgen's MSONAtoms)
             structure = atoms_to_structure(obj)
-        elif type(obj).__name__ == "Molecule":
+        elif isinstance(obj, Molecule):
             structure = obj  # check_structure names it as not periodic
         else:
             raise StructureReadError(None, f"unsupported source type {type(obj).__name__}: give a path, glob, "
