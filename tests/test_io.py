@@ -201,6 +201,8 @@ def test_structures_and_atoms_in_memory():
     assert result[0].structure is nacl and result[0].path is None
     assert result[1].structure.composition.reduced_formula == "Cu"
     assert read_structures(nacl).ids == ["structure_0"]
+    again = read_structures(read_structures([nacl, named]))  # a ReadResult (its records) passes through
+    assert again.ids == ["structure_0", "copper"] and again[0].structure is nacl
 
 
 def test_atoms_subclass_from_pymatgen_is_read():

@@ -98,7 +98,7 @@ def read_structures(
     Args:
         source: a file, a directory (its structure files; hidden files such as macOS ``._*`` junk and files with
             unrecognised extensions are listed under ``skipped``), a glob string, a pymatgen ``Structure``, an ASE
-            ``Atoms``, or a list mixing any of these. Formats: CIF (all data blocks), POSCAR/CONTCAR/``*.vasp``,
+            ``Atoms``, an earlier ``ReadResult``/``StructureRecord``, or a list mixing any of these. Formats: CIF (all data blocks), POSCAR/CONTCAR/``*.vasp``,
             extxyz (all frames), pymatgen JSON (dict, list, JSON Lines), their ``.gz``/``.bz2``/``.xz`` variants,
             and anything else ASE reads.
         on_error: ``"raise"`` raises the first ``StructureReadError`` (input order); ``"skip"`` collects failures in
@@ -143,9 +143,14 @@ def read_structures(
 # --------------------------------------------------------------------------------------------------- expansion
 def _expand(source: Any, items: list, skipped: list, recursive: bool, index: int | None,
             disordered: DisorderPolicy) -> None:
+    if isinstance(source, ReadResult):
+        source = source.records
     if isinstance(source, (list, tuple)):
         for i, item in enumerate(source):
             _expand(item, items, skipped, recursive, i, disordered)
+        return
+    if isinstance(source, StructureRecord):  # already read and validated: keep its id and path
+        items.append(_Outcome(records=[source]))
         return
     if isinstance(source, (str, os.PathLike)):
         _expand_path(str(source), items, skipped, recursive)
