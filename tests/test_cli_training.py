@@ -22,18 +22,7 @@ SAMPLE = ROOT / "configs" / "data" / "mp_sample.yaml"
 COD = ROOT / "data" / "structures" / "cif" / "cgcnn_cod_sample"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """Shared with tests/test_training.py (same folder): the sample is aligned and graphed once per session."""
-    return tmp_path_factory.getbasetemp() / "tlgnn-training-cache"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(folder: Path, cache_dir: Path, **changes) -> Path:

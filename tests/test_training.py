@@ -31,19 +31,7 @@ GAP = TaskSpec("gap", unit="eV")
 METAL = TaskSpec("metal", kind="classification", classes=[0, 1, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny graphs train fastest on one thread (and OpenMP threads crawl on an oversubscribed CI machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One aligned table + graph cache for every training test of the session (built on first use)."""
-    return tmp_path_factory.getbasetemp() / "tlgnn-training-cache"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def deep_update(base: dict, extra: dict) -> dict:

@@ -98,23 +98,37 @@ def register(subparsers) -> None:
     p.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint after training")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train (and test); 0 on success, 2 on a config error, 1 on a data/checkpoint error."""
-    config = load_config(args, "fit")
+def run_command(command: str, args: argparse.Namespace, action) -> int:
+    """Load the run config of ``args`` and call ``action(config)``; map errors to exit codes.
+
+    0 on success, 2 on a config error (the message names the key), 1 on a data/checkpoint error.
+    """
+    config = load_config(args, command)
     if config is None:
         return 2
-    from tlgnn.training.run import RunError, fit
+    from tlgnn.training.run import RunError
     from tlgnn.utils.config import ConfigError
 
     try:
-        result = fit(config, resume=args.resume, test=not args.no_test, overwrite=args.overwrite)
+        action(config)
     except ConfigError as err:
-        print(f"tlgnn fit: config error: {err}", file=sys.stderr)
+        print(f"tlgnn {command}: config error: {err}", file=sys.stderr)
         return 2
     except (RunError, FileNotFoundError) as err:
-        print(f"tlgnn fit: {err}", file=sys.stderr)
+        print(f"tlgnn {command}: {err}", file=sys.stderr)
         return 1
-    if result.test is not None:
-        print(result.test.table)
-    print(f"run directory: {result.output_dir}")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (and test); 0 on success, 2 on a config error, 1 on a data/checkpoint error."""
+
+    def action(config) -> None:
+        from tlgnn.training.run import fit
+
+        result = fit(config, resume=args.resume, test=not args.no_test, overwrite=args.overwrite)
+        if result.test is not None:
+            print(result.test.table)
+        print(f"run directory: {result.output_dir}")
+
+    return run_command("fit", args, action)

@@ -10,9 +10,8 @@ Writes ``OUTPUT_DIR/{metrics.json, predictions_test.csv, parity_<task>.png}`` (`
 from __future__ import annotations
 
 import argparse
-import sys
 
-from tlgnn.cli.fit import add_config_arguments, load_config, make_subparser
+from tlgnn.cli.fit import add_config_arguments, make_subparser, run_command
 
 
 def register(subparsers) -> None:
@@ -25,20 +24,12 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; 0 on success, 2 on a config error, 1 on a data/checkpoint error."""
-    config = load_config(args, "test")
-    if config is None:
-        return 2
-    from tlgnn.training.run import RunError, test
-    from tlgnn.utils.config import ConfigError
 
-    try:
+    def action(config) -> None:
+        from tlgnn.training.run import test
+
         result = test(config, args.checkpoint, output_dir=args.output_dir)
-    except ConfigError as err:
-        print(f"tlgnn test: config error: {err}", file=sys.stderr)
-        return 2
-    except (RunError, FileNotFoundError) as err:
-        print(f"tlgnn test: {err}", file=sys.stderr)
-        return 1
-    print(result.table)
-    print(f"results in: {result.output_dir}")
-    return 0
+        print(result.table)
+        print(f"results in: {result.output_dir}")
+
+    return run_command("test", args, action)
