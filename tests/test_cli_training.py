@@ -127,6 +127,17 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
     assert sorted(frame.id) == ["1000041", "9000046", "9011050"]
     np.testing.assert_allclose(frame.is_metal_exp_prob_0 + frame.is_metal_exp_prob_1, 1.0, atol=1e-6)
     assert set(frame.is_metal_exp) <= {0, 1}
+    # a disordered CIF is reported by default and predicted with --disordered order
+    disordered = ROOT / "data" / "structures" / "cif" / "pymatgen_tests" / "Cod_2100513_abridged.cif"
+    shutil.copy(disordered, folder / disordered.name)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(folder), "--output", str(output),
+                 "--device", "cpu"]) == 0
+    assert "Cod_2100513_abridged.cif: disordered sites" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(best), "--input", str(folder), "--output", str(output),
+                 "--device", "cpu", "--disordered", "order"]) == 0
+    assert "Cod_2100513_abridged" in set(pd.read_csv(output, dtype={"id": str}).id)
+    (folder / disordered.name).unlink()
     api = tlgnn.load_model(best).predict(sorted(str(p) for p in folder.glob("1*.cif")) + [str(folder / "9*.cif")])
     merged = frame.merge(api, on="id", suffixes=("", "_api"))
     assert len(merged) == 3

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: GPU when available)")
     p.add_argument("--workers", type=int, default=None, help="processes for reading files (default: all cores)")
     p.add_argument("--recursive", action="store_true", help="also read sub-folders of folder inputs")
+    p.add_argument("--disordered", choices=("error", "order", "drop"), default="error",
+                   help="structures with partial occupancies: report as errors (default), order them "
+                        "(majority species per site), or drop them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"tlgnn predict: {err}", file=sys.stderr)
         return 1
-    result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive)
+    result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive,
+                                      disordered=args.disordered)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     errors_path = output.with_name(output.name + ".errors.txt")

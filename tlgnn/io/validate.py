@@ -59,7 +59,8 @@ def check_structure(structure: Structure, name: str | None = None, disordered: D
         if disordered == "error":
             raise fail(
                 f"disordered sites: {n_partial} sites with partial occupancy; pass disordered='order' to keep the "
-                "majority species on each site, or disordered='drop' to skip disordered structures"
+                "majority species on each site, or disordered='drop' to skip disordered structures "
+                "(tlgnn predict --disordered order|drop)"
             )
         if disordered == "drop":
             raise DisorderedStructureDropped(

@@ -94,13 +94,13 @@ class Predictor:
 
     # ------------------------------------------------------------------ graphs
     def _records(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,
-                 recursive: bool = False):
+                 recursive: bool = False, disordered: str = "error"):
         from tlgnn.io import read_structures
 
         if isinstance(structures, (str, Path)) or not isinstance(structures, Iterable):
             structures = [structures]
         result = read_structures(list(structures), on_error="skip", n_jobs=n_jobs, progress=progress,
-                                 recursive=recursive)
+                                 recursive=recursive, disordered=disordered)
         failures = [(_where(err), err.reason) for err in result.failures]
         return result.records, failures, list(result.skipped)
 
@@ -150,9 +150,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ public
     def predict_result(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,
-                       recursive: bool = False) -> PredictionResult:
-        """Predictions plus the structures that could not be used (``tlgnn predict`` reports those)."""
-        records, failures, skipped = self._records(structures, n_jobs, progress, recursive)
+                       recursive: bool = False, disordered: str = "error") -> PredictionResult:
+        """Predictions plus the structures that could not be used (``tlgnn predict`` reports those).
+
+        ``disordered``: partial-occupancy policy of ``tlgnn.io.read_structures`` ("error", "order", "drop").
+        """
+        records, failures, skipped = self._records(structures, n_jobs, progress, recursive, disordered)
         graphs, ids, graph_failures = self._graphs(records)
         preds = self._run(graphs, "predict")
         frame = prediction_frame(ids, preds, [t for t in self.module.tasks if t.name in self.outputs])
