@@ -7,7 +7,7 @@ rows and its graphs fetched from the shared :class:`tlgnn.graphs.GraphCache` wit
 
 - ``aligned.parquet``: its ``structure`` and ``structure_key`` columns (keyed by ``material_id``);
 - raw folder with ``structures.jsonl.gz`` (``{"material_id", "cif"}`` per line, the MP multi-fidelity set):
-  CIFs parsed by :func:`tlgnn.io.formats.parse_structure_text` in a process pool;
+  CIFs parsed by :func:`tlgnn.data.structures.parse_structures` (the data layer's process pool);
 - raw folder with ``structures.extxyz.gz`` (TinNet): the frames whose ``info["kind"]`` is ``frame_kind``
   (``OH``: slab + adsorbate), keyed by ``info["id"]``.
 
@@ -22,7 +22,6 @@ import gzip
 import json
 import os
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -31,15 +30,6 @@ import pandas as pd
 from tlgnn.benchmark.data import file_version
 
 STRUCTURE_FILES = ("structures.jsonl.gz", "structures.extxyz.gz")
-
-
-def _parse_cif(item: tuple[str, str]) -> tuple[str, str, str]:
-    from tlgnn.graphs import structure_key
-    from tlgnn.io.formats import parse_structure_text
-
-    ident, text = item
-    structure = parse_structure_text(text, "cif", name=ident)
-    return ident, structure.to_json(), structure_key(structure)
 
 
 def _read_cache(folder: Path) -> pd.DataFrame:
@@ -68,11 +58,14 @@ def _jsonl_structures(path: Path, wanted: set[str], n_jobs: int) -> pd.DataFrame
                 if "cif" not in record:
                     raise ValueError(f"{path}:{line_no}: record {ident!r} has no 'cif' field")
                 texts.append((ident, record["cif"]))
-    if n_jobs > 1 and len(texts) > 64:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            rows = list(pool.map(_parse_cif, texts, chunksize=64))
-    else:
-        rows = [_parse_cif(t) for t in texts]
+    from tlgnn.data.structures import parse_structures
+
+    names = [ident for ident, _ in texts]
+    parsed = parse_structures([("text", cif, "cif") for _, cif in texts], names, n_jobs=n_jobs)
+    failed = [p.error for p in parsed if p.error is not None]
+    if failed:
+        raise ValueError(f"{path}: {len(failed)} structure(s) could not be parsed, e.g. {failed[0]}")
+    rows = [(ident, p.structure, p.key) for ident, p in zip(names, parsed)]
     return pd.DataFrame(rows, columns=["id", "structure", "structure_key"])
 
 
