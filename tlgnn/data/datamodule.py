@@ -1,4 +1,4 @@
-"""``TransferDataModule``: the data config -> aligned table -> graphs -> split -> PyG DataLoaders."""
+"""``TransferDataModule``: the data config -> aligned table -> graphs -> split -> DataLoaders of PyG batches."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch_geometric.loader import DataLoader
+from torch.utils.data import DataLoader
 
 from tlgnn.data.config import DataConfig
 from tlgnn.data.dataset import MaterialDataset, StructureDataset
+from tlgnn.data.loader import graph_loader
 from tlgnn.data.splits import Split, check_split, load_split, make_split, save_split
 from tlgnn.data.table import TABLE_FILE, MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
@@ -179,14 +180,16 @@ class TransferDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------------------------------- dataloaders
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        """Batches of ``dataset``: fetched whole from the graph packs for a :class:`MaterialDataset`
+        (:func:`tlgnn.data.loader.graph_loader`), item by item with PyG's collation otherwise."""
         cfg = self.config
         import torch
 
         generator = torch.Generator().manual_seed(cfg.split.seed) if shuffle else None
         sampler = None if shuffle else _evaluation_sampler(dataset)
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                          pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0, generator=generator,
-                          sampler=sampler)
+        return graph_loader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
+                            pin_memory=cfg.pin_memory, persistent_workers=cfg.num_workers > 0, generator=generator,
+                            sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()

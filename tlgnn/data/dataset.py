@@ -2,7 +2,8 @@
 
 - :class:`MaterialDataset`: rows of an aligned :class:`MaterialTable` -> ``Data`` with ``y`` float32 [1, T]
   (0 where the label is missing), ``y_mask`` bool [1, T] (True = label present), ``idx`` long [1] (table row) and
-  ``material_id`` (str). Batching concatenates to ``y`` [B, T], ``y_mask`` [B, T], ``idx`` [B].
+  ``material_id`` (str). Batching concatenates to ``y`` [B, T], ``y_mask`` [B, T], ``idx`` [B];
+  :meth:`MaterialDataset.batch` builds that batch straight from graph packs (see :mod:`tlgnn.data.loader`).
 - :class:`StructureDataset`: new structures for prediction, same fields with ``y`` zeros and ``y_mask`` all False.
 """
 
@@ -15,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torch_geometric.data import Batch
 
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
+from tlgnn.graphs.cache import GraphStore
 
 
 def label_arrays(table: MaterialTable, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +69,19 @@ class MaterialDataset(Dataset):
         data.idx = torch.tensor([row], dtype=torch.long)
         data.material_id = self.material_ids[row]
         return data
+
+    def batch(self, positions: Sequence[int] | np.ndarray) -> Batch:
+        """Items ``positions`` as one ``Batch``, equal to ``Batch.from_data_list([self[i] for i in positions])``.
+
+        Graphs in packs (a :class:`tlgnn.graphs.GraphStore`) are gathered for the whole batch at once with
+        array indexing (no per-graph ``Data``); any other sequence of graphs is collated item by item.
+        """
+        if not isinstance(self.graphs, GraphStore):
+            return Batch.from_data_list([self[int(i)] for i in np.asarray(positions).reshape(-1)])
+        rows = self.rows[np.asarray(positions, dtype=np.int64).reshape(-1)]
+        index = torch.from_numpy(rows)
+        return self.graphs.batch(rows, y=self.y[index], y_mask=self.y_mask[index], idx=index.clone(),
+                                 material_id=[self.material_ids[r] for r in rows.tolist()])
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> "MaterialDataset":
         """The same dataset restricted to table ``rows`` (shares graphs and labels)."""

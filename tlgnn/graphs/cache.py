@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch
 import xxhash
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
+from tlgnn.graphs.batching import collate_graphs
 from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, fast_data, structure_arrays
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,8 +160,12 @@ class Pack:
     def __init__(self, path: Path, keys: list[str], arrays: dict[str, np.ndarray], mmap: bool):
         self.path, self.keys, self.mmap = Path(path), keys, mmap
         self._np = arrays
-        self.node_ptr = np.asarray(arrays["node_ptr"]).tolist()
-        self.edge_ptr = np.asarray(arrays["edge_ptr"]).tolist()
+        node_ptr = np.array(arrays["node_ptr"], dtype=np.int64)
+        edge_ptr = np.array(arrays["edge_ptr"], dtype=np.int64)
+        self.node_ptr, self.edge_ptr = node_ptr.tolist(), edge_ptr.tolist()
+        # per-graph first node/edge and counts as arrays, for whole-batch gathers (tlgnn.graphs.batching)
+        self.node_offsets, self.node_counts = node_ptr[:-1], np.diff(node_ptr)
+        self.edge_offsets, self.edge_counts = edge_ptr[:-1], np.diff(edge_ptr)
         # in-RAM packs hold ready torch tensors in their final dtypes; items are views (like PyG InMemoryDataset)
         self._t = None if mmap else _as_torch(arrays)
         self._views: list[tuple[torch.Tensor, ...]] | None = None
@@ -254,6 +259,51 @@ class Pack:
             edge_dist=np.array(a["edge_dist"][e0:e1]), cell_offset=a["cell_offset"][e0:e1].astype(np.int64),
         )
 
+    def copy_rows(self, name: str, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray,
+                  dst: np.ndarray) -> None:
+        """Copy rows ``starts[k]:starts[k] + lengths[k]`` of array ``name`` to rows ``dst[k]:...`` of ``out``.
+
+        Rows are along the first axis (``edge_index``: along its second, edge, axis). ``out`` may have another
+        dtype than the stored one (values are cast, e.g. the compact ``uint8`` of ``z`` to ``int64``). On-disk
+        packs read each run of adjacent rows with one positioned read, so nothing stays mapped in the RSS.
+        """
+        if len(starts) == 0:
+            return
+        if not self._files:  # in RAM (or no os.preadv): one fancy-indexed gather per array
+            src, to = _ranges(starts, lengths), _ranges(dst, lengths)
+            if name == "edge_index":
+                out[:, to] = self._np[name][:, src]
+            else:
+                out[to] = self._np[name][src]
+            return
+        # runs of graphs adjacent both in the pack and in ``out`` (a sequential sampler) are read at once
+        joined = np.zeros(len(starts), dtype=bool)
+        joined[1:] = (starts[1:] == starts[:-1] + lengths[:-1]) & (dst[1:] == dst[:-1] + lengths[:-1])
+        heads = np.flatnonzero(~joined)
+        run_src, run_dst = starts[heads].tolist(), dst[heads].tolist()
+        run_len = np.add.reduceat(lengths, heads).tolist()
+        _, _, dtype, shape = self._files[name]
+        direct = out.dtype == dtype and out.flags.c_contiguous
+        if name == "edge_index":
+            total = shape[1]
+            for row in (0, 1):
+                target = out[row] if direct else np.empty(sum(run_len), dtype)
+                at = 0
+                for s, d, n in zip(run_src, run_dst, run_len):
+                    self._read_into(name, target[d : d + n] if direct else target[at : at + n], row * total + s)
+                    at += n
+                if not direct:
+                    out[row, _ranges(np.asarray(run_dst), np.asarray(run_len))] = target
+            return
+        width = int(np.prod(shape[1:], dtype=np.int64))
+        target = out if direct else np.empty((sum(run_len), *shape[1:]), dtype)
+        at = 0
+        for s, d, n in zip(run_src, run_dst, run_len):
+            self._read_into(name, target[d : d + n] if direct else target[at : at + n], s * width)
+            at += n
+        if not direct:
+            out[_ranges(np.asarray(run_dst), np.asarray(run_len))] = target
+
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of array ``name``, read from disk into a new array."""
         _, _, dtype, shape = self._files[name]
@@ -318,6 +368,16 @@ class Pack:
         return self.node_ptr[i], self.node_ptr[i + 1], self.edge_ptr[i], self.edge_ptr[i + 1]
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total, dtype=np.int64)
+
+
 def _drop_pages(maps: Iterable[mmap_module.mmap]) -> None:
     """Unmap the resident pages of read-only file mappings from this process (``madvise(MADV_DONTNEED)``)."""
     if not hasattr(mmap_module, "MADV_DONTNEED"):
@@ -342,8 +402,10 @@ class GraphStore(Sequence):
         self.packs = list(packs)
         if refs is None:
             refs = [(p, i) for p, pack in enumerate(self.packs) for i in range(len(pack))]
-        self._pack_of = np.fromiter((r[0] for r in refs), dtype=np.int64, count=len(refs)).tolist()
-        self._index = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs)).tolist()
+        self._pack_of_np = np.fromiter((r[0] for r in refs), dtype=np.int64, count=len(refs))
+        self._index_np = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
+        self._pack_of = self._pack_of_np.tolist()
+        self._index = self._index_np.tolist()
 
     @classmethod
     def open(cls, paths: Iterable[Path], mmap: bool = True, verify: bool = True) -> "GraphStore":
@@ -369,6 +431,16 @@ class GraphStore(Sequence):
         if not 0 <= i < len(self):
             raise IndexError(f"GraphStore index {i} out of range for {len(self)} graphs")
         return self.packs[self._pack_of[i]].data(self._index[i])
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(pack number, position in that pack)`` of each item in ``indices`` (non-negative, in range)."""
+        return self._pack_of_np[indices], self._index_np[indices]
+
+    def batch(self, indices: Sequence[int] | np.ndarray, **extra) -> Batch:
+        """Items ``indices`` as one ``Batch`` (equal to ``Batch.from_data_list([self[i] for i in indices])``),
+        gathered from the packs without per-graph ``Data``; ``extra``: per-graph fields, see
+        :func:`tlgnn.graphs.batching.collate_graphs`."""
+        return collate_graphs(self, indices, extra)
 
     @property
     def keys(self) -> list[str]:

@@ -1,0 +1,148 @@
+"""Whole batches straight from graph packs: one ``Batch`` per call, no per-graph ``Data`` objects.
+
+:func:`collate_graphs` gathers the graphs ``indices`` of a :class:`tlgnn.graphs.GraphStore` with vectorised index
+arithmetic on the packs' concatenated arrays (node/edge ranges from the offset arrays, one gather per array and
+pack, ``edge_index`` shifted by each graph's node offset) and returns the ``torch_geometric`` ``Batch`` that
+``Batch.from_data_list([store[i] for i in indices])`` would give: same fields in the same order, dtypes, values,
+``batch``/``ptr`` vectors and the ``_slice_dict``/``_inc_dict`` that ``to_data_list()`` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tlgnn.graphs.cache import GraphStore
+
+#: graph fields of the contract (docs/architecture.md) in item order: name -> (dtype, trailing shape, per)
+GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
+    "z": (torch.long, (), "node"),
+    "pos": (torch.float32, (3,), "node"),
+    "cell": (torch.float32, (3, 3), "graph"),
+    "edge_index": (torch.long, (), "edge"),
+    "edge_vec": (torch.float32, (3,), "edge"),
+    "edge_dist": (torch.float32, (), "edge"),
+    "cell_offset": (torch.long, (3,), "edge"),
+}
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor; inside a DataLoader worker it lives in shared memory (no copy when sent to the main process)."""
+    numel = int(np.prod(shape, dtype=np.int64))
+    if numel == 0 or torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(numel * itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _check_extra(extra: Mapping[str, Any], n: int) -> None:
+    for key, value in extra.items():
+        if key in GRAPH_FIELDS or key in ("num_nodes", "batch", "ptr") or "index" in key or "batch" in key \
+                or key == "face":
+            # PyG increments such keys by node counts when batching; a per-graph extra field must not be one
+            raise ValueError(f"collate_graphs: extra field {key!r} clashes with a graph field or a name PyG "
+                             "increments when batching")
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 or value.shape[0] != n:
+                raise ValueError(f"collate_graphs: extra field {key!r} has shape {tuple(value.shape)}; "
+                                 f"expected [{n}, ...] (one row per graph)")
+        elif isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ValueError(f"collate_graphs: extra field {key!r} has {len(value)} values for {n} graphs")
+        else:
+            raise TypeError(f"collate_graphs: extra field {key!r} must be a tensor [B, ...] or a list of B values, "
+                            f"got {type(value).__name__}")
+
+
+def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
+                   extra: Mapping[str, Any] | None = None) -> Batch:
+    """Graphs ``indices`` of ``store`` as one ``Batch``, equal to ``Batch.from_data_list`` of the items.
+
+    ``extra``: per-graph fields appended after the graph fields, in order, as ``Batch.from_data_list`` would
+    batch them from items holding row ``k`` (a tensor ``[B, ...]``: item ``value[k:k+1]``, e.g. ``y`` [B, T]) or
+    element ``k`` (a list of B values, e.g. ``material_id`` strings). Indices may repeat and be negative.
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    n_graphs, size = len(idx), len(store)
+    if n_graphs == 0:
+        raise ValueError("collate_graphs: no indices (a batch needs at least one graph)")
+    idx = np.where(idx < 0, idx + size, idx)
+    bad = (idx < 0) | (idx >= size)
+    if bad.any():
+        raise IndexError(f"GraphStore index {int(np.asarray(indices).reshape(-1)[bad][0])} out of range for "
+                         f"{size} graphs")
+    extra = dict(extra or {})
+    _check_extra(extra, n_graphs)
+
+    pack_of, local = store.locate(idx)
+    node_start = np.empty(n_graphs, np.int64)
+    node_count = np.empty(n_graphs, np.int64)
+    edge_start = np.empty(n_graphs, np.int64)
+    edge_count = np.empty(n_graphs, np.int64)
+    groups = []  # (pack, positions in the batch) per pack that holds some of the graphs
+    single = bool((pack_of == pack_of[0]).all())
+    for p in ([int(pack_of[0])] if single else np.unique(pack_of).tolist()):
+        where = slice(None) if single else np.flatnonzero(pack_of == p)
+        pack = store.packs[p]
+        rows = local[where]
+        node_start[where], node_count[where] = pack.node_offsets[rows], pack.node_counts[rows]
+        edge_start[where], edge_count[where] = pack.edge_offsets[rows], pack.edge_counts[rows]
+        groups.append((pack, where, rows))
+    node_ptr = np.zeros(n_graphs + 1, np.int64)
+    np.cumsum(node_count, out=node_ptr[1:])
+    edge_ptr = np.zeros(n_graphs + 1, np.int64)
+    np.cumsum(edge_count, out=edge_ptr[1:])
+    n_nodes, n_edges = int(node_ptr[-1]), int(edge_ptr[-1])
+
+    out: dict[str, torch.Tensor] = {}
+    counts = {"node": n_nodes, "edge": n_edges, "graph": n_graphs}
+    for name, (dtype, trailing, per) in GRAPH_FIELDS.items():
+        shape = (2, n_edges) if name == "edge_index" else (counts[per], *trailing)
+        out[name] = _empty(shape, dtype)
+    for pack, where, rows in groups:
+        ranges = {
+            "node": (node_start[where], node_count[where], node_ptr[:-1][where]),
+            "edge": (edge_start[where], edge_count[where], edge_ptr[:-1][where]),
+            "graph": (rows, np.ones(len(rows), np.int64), np.arange(n_graphs, dtype=np.int64)[where]),
+        }
+        for name, (_, _, per) in GRAPH_FIELDS.items():
+            starts, lengths, dst = ranges[per]
+            pack.copy_rows(name, starts, lengths, out[name].numpy(), dst)
+    node_ptr_t = torch.from_numpy(node_ptr)
+    edge_ptr_t = torch.from_numpy(edge_ptr)
+    if n_edges:  # local node numbers -> numbers in the batch
+        out["edge_index"] += torch.repeat_interleave(node_ptr_t[:-1], torch.from_numpy(edge_count))
+
+    graph_slices = torch.arange(n_graphs + 1)
+    zeros = torch.zeros(n_graphs, dtype=torch.long)
+    slices: dict[str, Any] = {}
+    incs: dict[str, Any] = {}
+    for name, (_, _, per) in GRAPH_FIELDS.items():
+        slices[name] = {"node": node_ptr_t, "edge": edge_ptr_t, "graph": graph_slices}[per]
+        incs[name] = node_ptr_t[:-1] if name == "edge_index" else zeros
+    mapping: dict[str, Any] = dict(out)
+    mapping["num_nodes"] = n_nodes
+    for key, value in extra.items():
+        mapping[key] = value if isinstance(value, torch.Tensor) else list(value)
+        slices[key] = graph_slices
+        incs[key] = zeros if isinstance(value, torch.Tensor) else None
+    mapping["batch"] = torch.repeat_interleave(torch.arange(n_graphs), torch.from_numpy(node_count))
+    mapping["ptr"] = node_ptr_t.clone()
+
+    batch = Batch(_base_cls=Data)
+    store_ = batch._store
+    store_._mapping.update(mapping)
+    store_._num_nodes = node_count.tolist()
+    batch._num_graphs = n_graphs
+    batch._slice_dict = slices
+    batch._inc_dict = incs
+    return batch
+
+
+__all__ = ["GRAPH_FIELDS", "collate_graphs"]
