@@ -83,12 +83,28 @@ class ReferenceCGCNN(nn.Module):
         return self.fc_out(crystal).view(-1)
 
 
-def tlgnn_model(encoder: str) -> nn.Module:
-    """tlgnn ``TransferModel``: ``encoder`` with default options and a single linear output (as the reference)."""
+def tlgnn_model(encoder: str, **options: Any) -> nn.Module:
+    """tlgnn ``TransferModel``: ``encoder`` (default options unless given) and a single linear output (as the
+    reference)."""
     from tlgnn.data.tasks import TaskSpec
     from tlgnn.models import build_model
 
-    return build_model({"name": encoder}, {"name": "single", "hidden": []}, [TaskSpec(name=bench_data.TARGET)])
+    return build_model({"name": encoder, **options}, {"name": "single", "hidden": []},
+                       [TaskSpec(name=bench_data.TARGET)])
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``"cgcnn:edge_projection=per_atom,n_conv=4"`` -> ``("cgcnn", {"edge_projection": "per_atom", "n_conv": 4})``."""
+    import yaml
+
+    encoder, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: expected ENCODER:KEY=VALUE[,KEY=VALUE], got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return encoder.strip(), options
 
 
 def tlgnn_predict(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -206,6 +222,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="torch CPU threads (default: all available cores)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(tlgnn CGCNN, dynamic=True)")
+    p.add_argument("--variant", action="append", default=[], metavar="ENCODER:KEY=VALUE[,...]",
+                   help="also time a tlgnn encoder with these options (repeatable), e.g. "
+                        "'cgcnn:edge_projection=per_atom'")
     p.add_argument("--repeat-data", type=int, default=1,
                    help="serve the graphs this many times per epoch (longer epochs for large GPU batches)")
     p.add_argument("--feed", choices=("loader", "preloaded", "both"), default="loader",
@@ -276,6 +295,11 @@ def main(argv: list[str] | None = None) -> float:
     for enc in encoders:
         torch.manual_seed(args.seed)
         variants.append((enc, "tlgnn", tlgnn_model(enc).to(device), tlgnn_predict))
+    for text in args.variant:
+        enc, options = parse_variant(text)
+        torch.manual_seed(args.seed)
+        label = "tlgnn[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+        variants.append((enc, label, tlgnn_model(enc, **options).to(device), tlgnn_predict))
     if args.compile:
         torch.manual_seed(args.seed)
         eager = tlgnn_model("cgcnn").to(device)
@@ -298,7 +322,7 @@ def main(argv: list[str] | None = None) -> float:
                 med = Result(enc, kind, feed, bs, args.steps, statistics.median(r.graphs_per_s for r in rs),
                              mid.data_wait, max(r.peak_mem_mib for r in rs), max(r.warmup_s for r in rs))
                 results.append(med)
-                print(f"encoder={enc:<12} model={kind:<14} feed={feed:<9} batch={bs:<4} "
+                print(f"encoder={enc:<12} model={kind:<32} feed={feed:<9} batch={bs:<4} "
                       f"graphs/s={med.graphs_per_s:9.1f}  peak_mem_mib={med.peak_mem_mib:8.1f}  "
                       f"data_wait={100 * med.data_wait:5.1f}%  warmup_s={med.warmup_s:6.2f}", flush=True)
 
@@ -313,6 +337,11 @@ def main(argv: list[str] | None = None) -> float:
         line = f"cgcnn batch={bs} ({feed}): tlgnn/reference = {ratio:.2f}"
         if args.compile:
             line += f"; compiled/eager tlgnn = {rate('tlgnn+compile', bs) / rate('tlgnn', bs):.2f}"
+        for text in args.variant:
+            enc, options = parse_variant(text)
+            if enc == "cgcnn":
+                label = "tlgnn[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
+                line += f"; {label}/reference = {rate(label, bs) / rate('reference', bs):.2f}"
         print(line)
     print(f"peak process RSS (whole run): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     ratio = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")

@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from test_models_support import BUILDER, graphs, structures
-from tlgnn.graphs import ATOM_FEATURES
+from tlgnn.graphs import ATOM_FEATURES, CrystalGraphBuilder
 from tlgnn.models import ENCODERS, build_encoder
 from tlgnn.models.encoders.triplets import angle_triplets
 
@@ -98,9 +98,10 @@ def test_learned_atom_embedding_option(name):
     assert len(embeddings) == 1 and embeddings[0].num_embeddings == ATOM_FEATURES.shape[0]
 
 
-def test_cgcnn_matches_reference_formulation():
-    """The vectorised conv equals the paper's z_ij = [v_i, v_j, u_ij] -> Linear -> BN -> gate form."""
-    enc = small("cgcnn").train()
+@pytest.mark.parametrize("edge_projection", ["per_atom", "per_edge"])
+def test_cgcnn_matches_reference_formulation(edge_projection):
+    """Both ways of evaluating the conv equal the paper's z_ij = [v_i, v_j, u_ij] -> Linear -> BN -> gate form."""
+    enc = small("cgcnn", edge_projection=edge_projection).train()
     batch = Batch.from_data_list(graphs(4))
     for conv in enc.convs:  # non-trivial batch-norm affine parameters
         for bn in (conv.bn1, conv.bn2):
@@ -121,6 +122,38 @@ def test_cgcnn_matches_reference_formulation():
     pooled = torch.stack([x[batch.batch == b].mean(0) for b in range(batch.num_graphs)])
     expected = F.softplus(enc.conv_to_fc(F.softplus(pooled)))
     assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_cgcnn_edge_projections_give_the_same_gradients():
+    """"per_atom" (CPU default) and "per_edge" (GPU default) are one function: same outputs and gradients."""
+    batch = Batch.from_data_list(graphs(4))
+    grads = {}
+    for mode in ("per_atom", "per_edge"):
+        enc = small("cgcnn", edge_projection=mode).train()
+        enc(batch).graph_emb.square().sum().backward()
+        grads[mode] = {n: p.grad.clone() for n, p in enc.named_parameters()}
+    assert grads["per_atom"].keys() == grads["per_edge"].keys()
+    scale = max(float(g.abs().max()) for g in grads["per_atom"].values())
+    for name, g in grads["per_atom"].items():  # fc_full.bias feeds a batch norm: its gradient is ~0 (noise)
+        assert torch.allclose(g, grads["per_edge"][name], rtol=1e-4, atol=1e-5 * scale), name
+    with pytest.raises(ValueError, match="edge_projection"):
+        build_encoder("cgcnn", edge_projection="concat")
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_prepare_batch_drops_long_edges_on_the_host(name):
+    """Graphs built at 8 Å fed to a 5 Å encoder: the host-side filter gives the graphs built at 5 Å."""
+    wide = CrystalGraphBuilder(cutoff=8.0, max_neighbors=None)
+    narrow = CrystalGraphBuilder(cutoff=5.0, max_neighbors=None)
+    enc = small(name, cutoff=5.0)
+    batch = enc.prepare_batch(Batch.from_data_list([wide(s) for s in structures(3)]))
+    expected = Batch.from_data_list([narrow(s) for s in structures(3)])
+    assert float(batch.edge_dist.max()) <= 5.0
+    for key in ("edge_index", "edge_dist", "edge_vec", "cell_offset"):
+        assert torch.equal(batch[key], expected[key]), key
+    for got, want in zip(batch.to_data_list(), expected.to_data_list()):  # per-graph slices stay consistent
+        assert torch.equal(got.edge_index, want.edge_index) and torch.equal(got.cell_offset, want.cell_offset)
+    assert torch.allclose(enc(batch).graph_emb, enc(expected).graph_emb, atol=1e-5)
 
 
 def test_cgcnn_defaults_are_the_reference_ones():
@@ -196,6 +229,8 @@ def test_unknown_element_is_a_clear_error():
     g.z[0] = ATOM_FEATURES.shape[0] + 5
     with pytest.raises(ValueError, match="atomic numbers"):
         enc(Batch.from_data_list([g]))
+    with pytest.raises(ValueError, match=rf"atomic numbers \[{ATOM_FEATURES.shape[0] + 5}\]"):
+        enc.prepare_batch(Batch.from_data_list([g]))  # the host-side check used before GPU transfer
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))

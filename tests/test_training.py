@@ -333,3 +333,24 @@ def test_wandb_offline_run_is_written_inside_output_dir(tmp_path, cache_dir, mon
     assert (tmp_path / "run" / "parity_gap_hse.png").is_file()
     assert "gap_hse" in (run_dir / "files" / "alignment_report.md").read_text()
     assert json.loads((run_dir / "files" / "metrics.json").read_text())["test"]["gap_hse"]["n"] > 0
+
+
+def test_host_side_checks_run_before_the_batch_moves_to_the_device():
+    """``on_before_batch_transfer`` (host) rejects unknown elements and drops edges beyond the encoder cutoff,
+    so the GPU forward pass needs no host synchronisation for either check."""
+    from test_models_support import structures
+    from torch_geometric.data import Batch
+
+    from tlgnn.graphs import ATOM_FEATURES, CrystalGraphBuilder
+    from tlgnn.training.module import TransferModule
+
+    module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8,
+                                         "cutoff": 6.0},
+                             "head": {"name": "single"}}, [TaskSpec(name="gap")])
+    batch = Batch.from_data_list([CrystalGraphBuilder(cutoff=8.0, max_neighbors=None)(s) for s in structures(2)])
+    n_edges = batch.edge_index.shape[1]
+    batch = module.on_before_batch_transfer(batch, 0)
+    assert 0 < batch.edge_index.shape[1] < n_edges and float(batch.edge_dist.max()) <= 6.0
+    batch.z[0] = ATOM_FEATURES.shape[0]
+    with pytest.raises(ValueError, match="no atom features"):
+        module.on_before_batch_transfer(batch, 0)

@@ -129,6 +129,10 @@ class TransferModule(L.LightningModule):
         return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
 
     # ------------------------------------------------------------------ steps
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Input checks on the host batch (see ``Encoder.prepare_batch``): none of them syncs the GPU."""
+        return self.model.encoder.prepare_batch(batch)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         preds = self.model(batch)
         losses = self._losses(preds, batch)

@@ -123,7 +123,7 @@ class Predictor:
         preds: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
         embeddings: list[np.ndarray] = []
         for batch in loader:
-            batch = batch.to(self.device)
+            batch = self.module.model.encoder.prepare_batch(batch).to(self.device)
             if want == "embed":
                 embeddings.append(self.module.embed(batch).float().cpu().numpy())
                 continue

@@ -30,11 +30,24 @@ class AtomInput(nn.Module):
         else:
             self.embedding = nn.Embedding(self.max_z + 1, dim)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` long [N] -> float [N, dim]."""
+    def check(self, z: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the atomic numbers outside 1..max_z (reads ``z``: a host sync on a GPU)."""
         if z.numel() and (int(z.max()) > self.max_z or int(z.min()) < 1):
             bad = z[(z > self.max_z) | (z < 1)].unique().tolist()
             raise ValueError(f"atomic numbers {bad} have no atom features (supported: 1..{self.max_z})")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` long [N] -> float [N, dim].
+
+        On the CPU ``z`` is checked here. On an accelerator the check would stop the host until the GPU
+        catches up, so it runs on the host batch instead (``Encoder.prepare_batch``, called by the training
+        module and the predictor) and the forward pass only asserts asynchronously.
+        """
+        if z.device.type == "cpu":
+            self.check(z)
+        elif z.numel():
+            low, high = torch.aminmax(z)
+            torch._assert_async((low >= 1) & (high <= self.max_z))
         if self.kind == "cgcnn":
             return self.linear(self.features[z])
         return self.embedding(z)

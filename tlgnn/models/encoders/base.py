@@ -49,6 +49,51 @@ def graph_index(batch: Any) -> tuple[torch.Tensor, int]:
     return index, int(num_graphs)
 
 
+EDGE_FIELDS = ("edge_index", "edge_vec", "edge_dist", "cell_offset")
+"""Per-edge fields of the graph contract (docs/architecture.md); ``edge_index`` is [2, E], the others [E, ...]."""
+
+
+def within_cutoff(cutoff: float, edge_index: torch.Tensor, dist: torch.Tensor, *per_edge: torch.Tensor):
+    """``(edge_index, dist, *per_edge)`` restricted to edges with ``dist <= cutoff`` (Å).
+
+    CPU tensors are filtered here. On an accelerator, filtering (a data-dependent shape) would stop the host
+    until the GPU catches up on every forward pass, so batches are filtered on the host before the transfer
+    (:meth:`Encoder.prepare_batch`) and this only asserts, asynchronously, that no edge is longer.
+    """
+    if not dist.numel():
+        return (edge_index, dist, *per_edge)
+    if dist.device.type != "cpu":
+        torch._assert_async(dist.max() <= cutoff)
+        return (edge_index, dist, *per_edge)
+    if float(dist.max()) <= cutoff:
+        return (edge_index, dist, *per_edge)
+    keep = dist <= cutoff
+    return (edge_index[:, keep], dist[keep], *(t[keep] for t in per_edge))
+
+
+def drop_long_edges(batch: Any, cutoff: float) -> Any:
+    """Remove edges longer than ``cutoff`` (Å) from every per-edge field of a ``Data``/``Batch``, in place.
+
+    A ``Batch`` keeps its per-graph edge slices consistent (``to_data_list`` still works).
+    """
+    dist = batch.edge_dist
+    if not dist.numel() or float(dist.max()) <= cutoff:
+        return batch
+    keep = dist <= cutoff
+    for key in EDGE_FIELDS:
+        value = getattr(batch, key, None)
+        if value is not None:
+            batch[key] = value[:, keep] if key == "edge_index" else value[keep]
+    slices = getattr(batch, "_slice_dict", None)
+    if slices is not None and getattr(batch, "batch", None) is not None:
+        per_graph = torch.bincount(batch.batch[batch.edge_index[0]], minlength=batch.num_graphs)
+        bounds = torch.cat([per_graph.new_zeros(1), per_graph.cumsum(0)])
+        for key in EDGE_FIELDS:
+            if key in slices:
+                slices[key] = bounds
+    return batch
+
+
 class Encoder(nn.Module):
     """Base class of crystal-graph encoders.
 
@@ -65,3 +110,20 @@ class Encoder(nn.Module):
 
     def layer_groups(self) -> list[nn.Module]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """Host-side input checks before ``batch`` moves to an accelerator; returns the batch to use.
+
+        Checks the atomic numbers against every atom-input table of the encoder (``ValueError`` naming them)
+        and drops edges longer than the encoder's ``cutoff`` (Å), if it has one. The forward pass does the
+        same on CPU tensors, but on a GPU it only asserts (checking there would synchronise the host on every
+        step), so code that feeds GPU batches calls this first: ``TransferModule`` does it in
+        ``on_before_batch_transfer``, ``Predictor`` before ``.to(device)``.
+        """
+        from tlgnn.models.encoders.atoms import AtomInput
+
+        for module in self.modules():
+            if isinstance(module, AtomInput):
+                module.check(batch.z)
+        cutoff = getattr(self, "cutoff", None)
+        return batch if cutoff is None else drop_long_edges(batch, float(cutoff))

@@ -32,7 +32,7 @@ from torch_geometric.utils import scatter
 
 from tlgnn.graphs import GaussianExpansion
 from tlgnn.models.encoders.atoms import AtomInput
-from tlgnn.models.encoders.base import Encoder, EncoderOutput, graph_index, register_encoder
+from tlgnn.models.encoders.base import Encoder, EncoderOutput, graph_index, register_encoder, within_cutoff
 from tlgnn.models.encoders.triplets import Triplets, angle_triplets
 from tlgnn.models.layers import polynomial_envelope
 
@@ -166,10 +166,7 @@ class M3GNetLiteEncoder(Encoder):
         return basis * (env[tri.a] * env[tri.b]).unsqueeze(-1)
 
     def forward(self, batch: Any) -> EncoderOutput:
-        edge_index, vec, dist = batch.edge_index, batch.edge_vec, batch.edge_dist
-        if dist.numel() and float(dist.max()) > self.cutoff:
-            keep = dist <= self.cutoff
-            edge_index, vec, dist = edge_index[:, keep], vec[keep], dist[keep]
+        edge_index, dist, vec = within_cutoff(self.cutoff, batch.edge_index, batch.edge_dist, batch.edge_vec)
         centre, neighbour = edge_index[0], edge_index[1]
         tri = angle_triplets(edge_index, vec, dist, batch.z.shape[0], self.three_body_cutoff)
         basis = self.angular_basis(tri, dist)
