@@ -31,6 +31,23 @@ GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
 }
 
 
+_DATA_BATCH = type(Batch(_base_cls=Data))  # the class Batch.from_data_list gives for Data items
+
+
+def _pack_order(groups: list, spans: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per span kind: indices that turn rows concatenated pack after pack (``groups`` order) into batch order."""
+    from tlgnn.graphs.cache import _ranges
+
+    graphs = np.concatenate([where for _, where in groups])  # batch position of each graph, pack after pack
+    order = {}
+    for per, (_, lengths) in spans.items():
+        in_joined = lengths[graphs]
+        first = np.empty(len(graphs), np.int64)
+        first[graphs] = np.cumsum(in_joined) - in_joined  # where each graph's rows start in the joined array
+        order[per] = _ranges(first, lengths)
+    return order
+
+
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A new tensor; inside a DataLoader worker it lives in shared memory (no copy when sent to the main process)."""
     numel = int(np.prod(shape, dtype=np.int64))
@@ -85,35 +102,46 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     node_count = np.empty(n_graphs, np.int64)
     edge_start = np.empty(n_graphs, np.int64)
     edge_count = np.empty(n_graphs, np.int64)
-    groups = []  # (pack, positions in the batch) per pack that holds some of the graphs
     single = bool((pack_of == pack_of[0]).all())
+    groups = []  # (pack, positions in the batch) for each pack holding some of the graphs
     for p in ([int(pack_of[0])] if single else np.unique(pack_of).tolist()):
-        where = slice(None) if single else np.flatnonzero(pack_of == p)
-        pack = store.packs[p]
-        rows = local[where]
+        where = np.arange(n_graphs) if single else np.flatnonzero(pack_of == p)
+        pack, rows = store.packs[p], local[where]
         node_start[where], node_count[where] = pack.node_offsets[rows], pack.node_counts[rows]
         edge_start[where], edge_count[where] = pack.edge_offsets[rows], pack.edge_counts[rows]
-        groups.append((pack, where, rows))
+        groups.append((pack, where))
     node_ptr = np.zeros(n_graphs + 1, np.int64)
     np.cumsum(node_count, out=node_ptr[1:])
     edge_ptr = np.zeros(n_graphs + 1, np.int64)
     np.cumsum(edge_count, out=edge_ptr[1:])
     n_nodes, n_edges = int(node_ptr[-1]), int(edge_ptr[-1])
+    spans = {"node": (node_start, node_count), "edge": (edge_start, edge_count),
+             "graph": (local, np.ones(n_graphs, np.int64))}
+    # several packs: each pack's rows are gathered (in batch order), concatenated pack after pack, and put in
+    # batch order by one more gather with ``order[per]`` (a gather is ~3x faster than a scatter)
+    order = {} if single else _pack_order(groups, spans)
 
     out: dict[str, torch.Tensor] = {}
     counts = {"node": n_nodes, "edge": n_edges, "graph": n_graphs}
     for name, (dtype, trailing, per) in GRAPH_FIELDS.items():
-        shape = (2, n_edges) if name == "edge_index" else (counts[per], *trailing)
-        out[name] = _empty(shape, dtype)
-    for pack, where, rows in groups:
-        ranges = {
-            "node": (node_start[where], node_count[where], node_ptr[:-1][where]),
-            "edge": (edge_start[where], edge_count[where], edge_ptr[:-1][where]),
-            "graph": (rows, np.ones(len(rows), np.int64), np.arange(n_graphs, dtype=np.int64)[where]),
-        }
-        for name, (_, _, per) in GRAPH_FIELDS.items():
-            starts, lengths, dst = ranges[per]
-            pack.copy_rows(name, starts, lengths, out[name].numpy(), dst)
+        target = _empty((2, n_edges) if name == "edge_index" else (counts[per], *trailing), dtype)
+        out[name] = target
+        target_np = target.numpy()
+        axis = 1 if name == "edge_index" else 0
+        starts, lengths = spans[per]
+        if single:
+            pack = groups[0][0]
+            if pack.dtype(name) == target_np.dtype:
+                pack.take_rows(name, starts, lengths, out=target_np)
+            else:  # compact on disk (uint8, int32, int8): gather small, then widen
+                target_np[...] = pack.take_rows(name, starts, lengths)
+            continue
+        parts = [pack.take_rows(name, starts[where], lengths[where]) for pack, where in groups]
+        joined = np.concatenate(parts, axis=axis)
+        if joined.dtype == target_np.dtype:
+            np.take(joined, order[per], axis=axis, out=target_np)
+        else:
+            target_np[...] = np.take(joined, order[per], axis=axis)
     node_ptr_t = torch.from_numpy(node_ptr)
     edge_ptr_t = torch.from_numpy(edge_ptr)
     if n_edges:  # local node numbers -> numbers in the batch
@@ -135,7 +163,7 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     mapping["batch"] = torch.repeat_interleave(torch.arange(n_graphs), torch.from_numpy(node_count))
     mapping["ptr"] = node_ptr_t.clone()
 
-    batch = Batch(_base_cls=Data)
+    batch = type.__call__(_DATA_BATCH)  # = Batch(_base_cls=Data) without the metaclass's signature inspection
     store_ = batch._store
     store_._mapping.update(mapping)
     store_._num_nodes = node_count.tolist()

@@ -259,50 +259,47 @@ class Pack:
             edge_dist=np.array(a["edge_dist"][e0:e1]), cell_offset=a["cell_offset"][e0:e1].astype(np.int64),
         )
 
-    def copy_rows(self, name: str, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray,
-                  dst: np.ndarray) -> None:
-        """Copy rows ``starts[k]:starts[k] + lengths[k]`` of array ``name`` to rows ``dst[k]:...`` of ``out``.
+    def dtype(self, name: str) -> np.dtype:
+        """Stored dtype of array ``name`` (compact: ``z`` uint8, ``edge_index`` int32, ``cell_offset`` int8-32)."""
+        return self._np[name].dtype
 
-        Rows are along the first axis (``edge_index``: along its second, edge, axis). ``out`` may have another
-        dtype than the stored one (values are cast, e.g. the compact ``uint8`` of ``z`` to ``int64``). On-disk
-        packs read each run of adjacent rows with one positioned read, so nothing stays mapped in the RSS.
+    def take_rows(self, name: str, starts: np.ndarray, lengths: np.ndarray,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``starts[k]:starts[k] + lengths[k]`` of array ``name``, concatenated in order, stored dtype.
+
+        Rows are along the first axis (``edge_index``: along its second, edge, axis). ``out``: a C-contiguous
+        array of the stored dtype and the result's shape to fill (returned). On-disk packs read each run of
+        adjacent rows with one positioned read, so nothing stays mapped in the process's RSS.
         """
-        if len(starts) == 0:
-            return
-        if not self._files:  # in RAM (or no os.preadv): one fancy-indexed gather per array
-            src, to = _ranges(starts, lengths), _ranges(dst, lengths)
-            if name == "edge_index":
-                out[:, to] = self._np[name][:, src]
-            else:
-                out[to] = self._np[name][src]
-            return
-        # runs of graphs adjacent both in the pack and in ``out`` (a sequential sampler) are read at once
-        joined = np.zeros(len(starts), dtype=bool)
-        joined[1:] = (starts[1:] == starts[:-1] + lengths[:-1]) & (dst[1:] == dst[:-1] + lengths[:-1])
-        heads = np.flatnonzero(~joined)
-        run_src, run_dst = starts[heads].tolist(), dst[heads].tolist()
-        run_len = np.add.reduceat(lengths, heads).tolist()
+        axis = 1 if name == "edge_index" else 0
+        if not self._files:  # in RAM (or no os.preadv): one gather (np.take is ~3x faster than a[idx] here)
+            return np.take(self._np[name], _ranges(starts, lengths), axis=axis, out=out)
         _, _, dtype, shape = self._files[name]
-        direct = out.dtype == dtype and out.flags.c_contiguous
-        if name == "edge_index":
-            total = shape[1]
-            for row in (0, 1):
-                target = out[row] if direct else np.empty(sum(run_len), dtype)
-                at = 0
-                for s, d, n in zip(run_src, run_dst, run_len):
-                    self._read_into(name, target[d : d + n] if direct else target[at : at + n], row * total + s)
-                    at += n
-                if not direct:
-                    out[row, _ranges(np.asarray(run_dst), np.asarray(run_len))] = target
-            return
-        width = int(np.prod(shape[1:], dtype=np.int64))
-        target = out if direct else np.empty((sum(run_len), *shape[1:]), dtype)
-        at = 0
-        for s, d, n in zip(run_src, run_dst, run_len):
-            self._read_into(name, target[d : d + n] if direct else target[at : at + n], s * width)
-            at += n
-        if not direct:
-            out[_ranges(np.asarray(run_dst), np.asarray(run_len))] = target
+        n_rows = int(np.sum(lengths))
+        if out is None:
+            out = np.empty((2, n_rows) if axis else (n_rows, *shape[1:]), dtype)
+        if len(starts) == 0:
+            return out
+        # graphs adjacent in the pack and in the request (a sequential sampler) are read at once
+        joined = np.zeros(len(starts), dtype=bool)
+        joined[1:] = starts[1:] == starts[:-1] + lengths[:-1]
+        heads = np.flatnonzero(~joined)
+        row_bytes = (1 if axis else int(np.prod(shape[1:], dtype=np.int64))) * dtype.itemsize
+        firsts = (starts[heads] * row_bytes + self._files[name][1]).tolist()
+        sizes = (np.add.reduceat(lengths, heads) * row_bytes).tolist()
+        fd, preadv = self._fd(name), os.preadv
+        got = wanted = 0
+        for part, second in ((0, 0), (1, shape[-1] * dtype.itemsize)) if axis else ((None, 0),):
+            buffer = memoryview(out if part is None else out[part]).cast("B")
+            at = 0
+            for first, size in zip(firsts, sizes):  # the hot loop of on-disk batches: keep it bare
+                got += preadv(fd, [buffer[at : at + size]], first + second)
+                at += size
+            wanted += at
+        if got != wanted:
+            raise OSError(f"{self._files[name][0]}: short read ({got} of {wanted} bytes); was the pack changed "
+                          "after opening?")
+        return out
 
     def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of array ``name``, read from disk into a new array."""
@@ -316,14 +313,18 @@ class Pack:
         if out.nbytes == 0:
             return
         file, offset, dtype, _ = self._files[name]
+        got = os.preadv(self._fd(name), [memoryview(out).cast("B")], offset + first * dtype.itemsize)
+        if got != out.nbytes:
+            raise OSError(f"{file}: short read ({got} of {out.nbytes} bytes); was the pack changed after opening?")
+
+    def _fd(self, name: str) -> int:
+        """This process's read-only descriptor of array ``name``'s file (opened on first use)."""
         if self._fd_pid != os.getpid():  # descriptors are per process (DataLoader workers fork)
             self._fds, self._fd_pid = {}, os.getpid()
         fd = self._fds.get(name)
         if fd is None:
-            fd = self._fds[name] = os.open(file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        got = os.preadv(fd, [memoryview(out).cast("B")], offset + first * dtype.itemsize)
-        if got != out.nbytes:
-            raise OSError(f"{file}: short read ({got} of {out.nbytes} bytes); was the pack changed after opening?")
+            fd = self._fds[name] = os.open(self._files[name][0], os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return fd
 
     def __del__(self) -> None:
         if getattr(self, "_fd_pid", 0) == os.getpid():
