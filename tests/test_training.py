@@ -172,6 +172,9 @@ def test_run_config_errors_name_the_key(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"trainer\.precision: '16-mixed' needs a GPU"):
         load_run_config(yaml_dir / "run.yaml", ["trainer.precision=16-mixed"])
     assert load_run_config(yaml_dir / "run.yaml", ["trainer.precision=32"]).trainer.precision == "32"
+    with pytest.raises(ConfigError, match=r"trainer\.compile"):
+        load_run_config(yaml_dir / "run.yaml", ["trainer.compile=fast"])
+    assert load_run_config(yaml_dir / "run.yaml", ["trainer.compile=true"]).trainer.compile is True
     config = load_run_config(yaml_dir / "run.yaml", ["model.head.tsk=gap_hse"])
     with pytest.raises(ConfigError, match=r"model\.head\.tsk: head 'single' has no option 'tsk' \(did you mean 'task'"):
         check_model_options(config.model)
@@ -354,3 +357,14 @@ def test_host_side_checks_run_before_the_batch_moves_to_the_device():
     batch.z[0] = ATOM_FEATURES.shape[0]
     with pytest.raises(ValueError, match="no atom features"):
         module.on_before_batch_transfer(batch, 0)
+
+
+def test_compiled_model_keeps_its_parameter_names():
+    """``trainer.compile`` compiles the model in place: checkpoints of compiled and eager runs are interchangeable."""
+    from tlgnn.training.module import TransferModule
+
+    module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
+                             "head": {"name": "single"}}, [TaskSpec(name="gap")])
+    names = list(module.state_dict())
+    module.model.compile(dynamic=True)  # what fit() does with trainer.compile: true
+    assert list(module.state_dict()) == names and not any("_orig_mod" in n for n in names)

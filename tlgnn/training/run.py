@@ -301,6 +301,8 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
 
     dm = build_datamodule(config, "fit")
     module = build_module(config, dm)
+    if config.trainer.compile:
+        module.model.compile(dynamic=True)  # in place: parameter names (and checkpoints) stay the same
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
     trainer = build_trainer(config, out, loggers, run_callbacks + list(callbacks or []))
