@@ -56,6 +56,9 @@ class IsolatedAtomError(ValueError):
             "use a larger cutoff or CrystalGraphBuilder(isolated='expand')"
         )
 
+    def __reduce__(self):  # picklable (errors travel back from the cache's worker processes)
+        return type(self), (self.name, self.index, self.element, self.cutoff)
+
 
 @dataclass
 class GraphArrays:

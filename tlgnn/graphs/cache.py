@@ -450,9 +450,15 @@ class GraphStore(Sequence):
 
 
 # ---------------------------------------------------------------------------------------------------- cache
-def _build_one(builder: CrystalGraphBuilder, item) -> GraphArrays:
-    numbers, positions, cell, pbc, name = item
-    return builder.arrays_from_arrays(numbers, positions, cell, pbc, name=name)
+_BUILD_BATCH = 256  # structures per CrystalGraphBuilder.build_many call (and per pool task)
+
+
+def _build_batch(builder: CrystalGraphBuilder, items: list) -> list[GraphArrays | ValueError]:
+    """Graphs of ``(numbers, positions, cell, pbc, name)`` items (or a ``ValueError`` each) as one batch;
+    a structure's error stays in its place."""
+    systems = [item if isinstance(item, ValueError) else item[:4] for item in items]
+    names = [None if isinstance(item, ValueError) else item[4] for item in items]
+    return builder.build_many_from_arrays(systems, names=names, on_error="return")
 
 
 class GraphCache:
@@ -556,13 +562,20 @@ class GraphCache:
         return GraphStore([self._packs[n] for n in names], refs)
 
     def _build_and_write(self, structures, missing: dict[str, int], n_jobs, progress) -> None:
+        """Build the ``missing`` graphs in batches (``n_jobs`` processes) and write them as packs.
+
+        A structure that fails (disordered, isolated atom, bad values) does not cost the others: every good
+        graph is written, then the first error is raised (it names the structure).
+        """
         from tqdm.auto import tqdm
 
         items = []
         for key, n in missing.items():
-            s = structures[n]
             name = f"structures[{n}] (key {key[:12]})"
-            items.append((*structure_arrays(s, name), name))
+            try:
+                items.append((*structure_arrays(structures[n], name), name))
+            except ValueError as err:
+                items.append(err)
         if n_jobs is None:
             n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if n_jobs < 1:
@@ -572,24 +585,37 @@ class GraphCache:
             progress = sys.stderr.isatty()
         bar = tqdm(total=len(items), desc="building graphs", unit="graph", disable=not progress)
         keys = list(missing)
+        errors: list[ValueError] = []
         try:
             with _maybe_pool(n_jobs) as pool:
                 for start in range(0, len(items), self.pack_size):
                     chunk = items[start : start + self.pack_size]
-                    if pool is None:
-                        graphs = []
-                        for item in chunk:
-                            graphs.append(_build_one(self.builder, item))
-                            bar.update()
-                    else:
-                        graphs = []
-                        chunksize = max(1, min(256, len(chunk) // (4 * n_jobs)))
-                        for g in pool.map(_build_one, [self.builder] * len(chunk), chunk, chunksize=chunksize):
-                            graphs.append(g)
-                            bar.update()
-                    write_pack(self.directory, keys[start : start + self.pack_size], graphs)
+                    size = max(16, min(_BUILD_BATCH, -(-len(chunk) // (4 * n_jobs))))
+                    batches = [chunk[b : b + size] for b in range(0, len(chunk), size)]
+                    built = (map(_build_batch, [self.builder] * len(batches), batches) if pool is None else
+                             pool.map(_build_batch, [self.builder] * len(batches), batches))
+                    graphs: list[GraphArrays] = []
+                    good_keys: list[str] = []
+                    at = start
+                    for batch in built:
+                        for graph in batch:
+                            if isinstance(graph, ValueError):
+                                errors.append(graph)
+                            else:
+                                graphs.append(graph)
+                                good_keys.append(keys[at])
+                            at += 1
+                        bar.update(len(batch))
+                    if graphs:
+                        write_pack(self.directory, good_keys, graphs)
         finally:
             bar.close()
+        if errors:
+            first = errors[0]
+            if len(errors) > 1:
+                first.add_note(f"{len(errors)} of {len(items)} structures failed; the other graphs were built "
+                               "and cached")
+            raise first
 
 
 class _maybe_pool:
