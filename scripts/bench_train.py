@@ -142,12 +142,21 @@ def _batches(graphs: list, batch_size: int, seed: int, num_workers: int, pin: bo
         yield from loader
 
 
-def _preloaded(graphs: list, batch_size: int, seed: int, count: int, device: torch.device) -> Iterator[Any]:
-    """The first ``count`` batches of the same seeded shuffle, collated once and moved to ``device``, cycled."""
+def _preloaded(graphs: list, batch_size: int, seed: int, count: int, device: torch.device,
+               prepare: Callable) -> Iterator[Any]:
+    """The first ``count`` batches of the same seeded shuffle, collated once, prepared on the host and moved to
+    ``device``, cycled."""
     source = _batches(graphs, batch_size, seed, 0, pin=False)
-    cached = [next(source).to(device) for _ in range(count)]
+    cached = [prepare(next(source)).to(device) for _ in range(count)]
     while True:
         yield from cached
+
+
+def host_preparation(model: nn.Module) -> Callable:
+    """What the training module does to a batch on the host before the transfer: tlgnn models run their
+    encoder's ``prepare_batch`` (input checks, ``uniform_degree``); the reference gets the batch as it is."""
+    encoder = getattr(getattr(model, "_orig_mod", model), "encoder", None)
+    return encoder.prepare_batch if encoder is not None else (lambda batch: batch)
 
 
 def _rss_mib() -> float:
@@ -163,8 +172,9 @@ def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size:
     cuda = device.type == "cuda"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    prepare = host_preparation(model)
     if feed == "preloaded":
-        batches = _preloaded(graphs, batch_size, seed, warmup + steps, device)
+        batches = _preloaded(graphs, batch_size, seed, warmup + steps, device, prepare)
     else:
         batches = _batches(graphs, batch_size, seed, num_workers, pin=cuda)
 
@@ -182,7 +192,9 @@ def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size:
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
         t0 = time.perf_counter()
-        batch = next(batches).to(device, non_blocking=True)
+        batch = next(batches)
+        if feed != "preloaded":
+            batch = prepare(batch).to(device, non_blocking=True)
         if step >= warmup:
             wait += time.perf_counter() - t0
             n_graphs += batch.num_graphs

@@ -244,3 +244,27 @@ def test_mixed_precision_forward_and_backward(name):
     mixed.float().sum().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in enc.parameters())
     assert torch.allclose(mixed.float(), full, atol=0.1, rtol=0.1)
+
+
+def test_uniform_degree_dense_sum_equals_the_scatter_sum():
+    """k-nearest graphs get ``uniform_degree`` on the host; CGCNN's dense per-atom sum then gives the same output
+    and gradients as the scatter over ``edge_index`` (which a radius graph, with varying degrees, keeps using)."""
+    from tlgnn.models.encoders.base import uniform_degree
+
+    enc = small("cgcnn").train()
+    plain = Batch.from_data_list(graphs(4))
+    prepared = enc.prepare_batch(Batch.from_data_list(graphs(4)))
+    assert prepared.uniform_degree == 12 and getattr(plain, "uniform_degree", None) is None
+    outs, grads = [], []
+    for batch in (plain, prepared):
+        enc.zero_grad()
+        out = enc(batch).graph_emb
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in enc.parameters()]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[0].abs().max()))
+    radius = Batch.from_data_list([CrystalGraphBuilder(cutoff=5.0, max_neighbors=None)(s) for s in structures(3)])
+    assert uniform_degree(radius.edge_index, radius.num_nodes) is None
+    shuffled = plain.edge_index[:, torch.randperm(plain.edge_index.shape[1], generator=torch.Generator().manual_seed(0))]
+    assert uniform_degree(shuffled, plain.num_nodes) is None  # same counts, not grouped by centre: no dense sum

@@ -94,6 +94,20 @@ def drop_long_edges(batch: Any, cutoff: float) -> Any:
     return batch
 
 
+def uniform_degree(edge_index: torch.Tensor, num_nodes: int) -> int | None:
+    """``k`` when the edges are grouped by centre atom in order, exactly ``k`` per atom (edges ``k*i .. k*i+k-1``
+    leave atom ``i``), else ``None``. k-nearest graphs (CGCNN: 12 within 8 Å) usually are; then a sum over
+    each atom's edges is a dense ``view(N, k, d).sum(1)``, CGCNN's original fixed-neighbour layout, with no
+    scatter. Reads ``edge_index``: call it on the host batch (``Encoder.prepare_batch`` does).
+    """
+    n_edges = edge_index.shape[1]
+    if num_nodes < 1 or n_edges == 0 or n_edges % num_nodes:
+        return None
+    k = n_edges // num_nodes
+    expected = torch.arange(num_nodes, device=edge_index.device).unsqueeze(1)
+    return k if bool((edge_index[0].view(num_nodes, k) == expected).all()) else None
+
+
 class Encoder(nn.Module):
     """Base class of crystal-graph encoders.
 
@@ -115,7 +129,8 @@ class Encoder(nn.Module):
         """Host-side input checks before ``batch`` moves to an accelerator; returns the batch to use.
 
         Checks the atomic numbers against every atom-input table of the encoder (``ValueError`` naming them)
-        and drops edges longer than the encoder's ``cutoff`` (Å), if it has one. The forward pass does the
+        and drops edges longer than the encoder's ``cutoff`` (Å), if it has one; sets ``batch.uniform_degree``
+        (:func:`uniform_degree`, which encoders may use for dense per-atom sums). The forward pass does the
         same on CPU tensors, but on a GPU it only asserts (checking there would synchronise the host on every
         step), so code that feeds GPU batches calls this first: ``TransferModule`` does it in
         ``on_before_batch_transfer``, ``Predictor`` before ``.to(device)``.
@@ -126,4 +141,7 @@ class Encoder(nn.Module):
             if isinstance(module, AtomInput):
                 module.check(batch.z)
         cutoff = getattr(self, "cutoff", None)
-        return batch if cutoff is None else drop_long_edges(batch, float(cutoff))
+        if cutoff is not None:
+            batch = drop_long_edges(batch, float(cutoff))
+        batch.uniform_degree = uniform_degree(batch.edge_index, int(batch.z.shape[0]))
+        return batch

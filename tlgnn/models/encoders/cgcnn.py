@@ -49,8 +49,13 @@ class CGCNNConv(nn.Module):
         self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
 
-    def forward(self, atom: torch.Tensor, nbr: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """``atom`` [N, d], ``nbr`` (expanded distances) [E, g], ``edge_index`` [2, E] (centre, neighbour)."""
+    def forward(self, atom: torch.Tensor, nbr: torch.Tensor, edge_index: torch.Tensor,
+                degree: int | None = None) -> torch.Tensor:
+        """``atom`` [N, d], ``nbr`` (expanded distances) [E, g], ``edge_index`` [2, E] (centre, neighbour).
+
+        ``degree``: every atom has exactly this many edges, grouped by centre in order
+        (:func:`~tlgnn.models.encoders.base.uniform_degree`); the messages are then summed densely.
+        """
         centre = edge_index[0]
         mode = self.edge_projection
         if mode == "auto":
@@ -65,7 +70,10 @@ class CGCNNConv(nn.Module):
             gated = self.fc_full(torch.cat([pair, nbr], dim=1))
         nbr_filter, nbr_core = self.bn1(gated).chunk(2, dim=1)
         message = torch.sigmoid(nbr_filter) * F.softplus(nbr_core)
-        summed = scatter(message, centre, dim=0, dim_size=atom.shape[0], reduce="sum")
+        if degree:
+            summed = message.view(atom.shape[0], degree, message.shape[1]).sum(1)
+        else:
+            summed = scatter(message, centre, dim=0, dim_size=atom.shape[0], reduce="sum")
         return F.softplus(atom + self.bn2(summed))
 
 
@@ -107,8 +115,11 @@ class CGCNNEncoder(Encoder):
         edge_index, dist = within_cutoff(self.cutoff, batch.edge_index, batch.edge_dist)
         nbr = self.expansion(dist)
         atom = self.embedding(batch.z)
+        degree = getattr(batch, "uniform_degree", None)  # set on the host by prepare_batch
+        if degree and edge_index.shape[1] != degree * atom.shape[0]:
+            degree = None  # edges were dropped here (CPU, cutoff): the flag no longer describes them
         for conv in self.convs:
-            atom = conv(atom, nbr, edge_index)
+            atom = conv(atom, nbr, edge_index, degree)
         index, num_graphs = graph_index(batch)
         crystal = scatter(atom, index, dim=0, dim_size=num_graphs, reduce="mean")
         crystal = F.softplus(self.conv_to_fc(F.softplus(crystal)))
