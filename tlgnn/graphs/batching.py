@@ -9,6 +9,7 @@ pack, ``edge_index`` shifted by each graph's node offset) and returns the ``torc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +32,49 @@ GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
 }
 
 
+class RowSelection:
+    """Rows ``starts[k]:starts[k] + lengths[k]`` (k in order) of a pack's arrays, prepared once for all arrays.
+
+    ``total`` rows; ``run_starts``/``run_lengths``: the same rows as maximal runs of adjacent ranges (lists, for
+    positioned reads); ``index``: a ``slice`` when it is one run, else the row numbers (for in-RAM gathers).
+    """
+
+    __slots__ = ("total", "run_starts", "run_lengths", "index")
+
+    def __init__(self, starts: np.ndarray, lengths: np.ndarray):
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        self.total = int(lengths.sum())
+        if len(starts) == 0:
+            self.run_starts, self.run_lengths, self.index = [], [], slice(0, 0)
+            return
+        joined = starts[1:] == starts[:-1] + lengths[:-1]
+        if joined.all():
+            first = int(starts[0])
+            self.run_starts, self.run_lengths = [first], [self.total]
+            self.index = slice(first, first + self.total)
+            return
+        heads = np.flatnonzero(np.concatenate(([True], ~joined)))
+        self.run_starts = starts[heads].tolist()
+        self.run_lengths = np.add.reduceat(lengths, heads).tolist()
+        self.index = _ranges(starts, lengths)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total, dtype=np.int64)
+
+
 _DATA_BATCH = type(Batch(_base_cls=Data))  # the class Batch.from_data_list gives for Data items
 
 
 def _pack_order(groups: list, spans: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per span kind: indices that turn rows concatenated pack after pack (``groups`` order) into batch order."""
-    from tlgnn.graphs.cache import _ranges
-
     graphs = np.concatenate([where for _, where in groups])  # batch position of each graph, pack after pack
     order = {}
     for per, (_, lengths) in spans.items():
@@ -48,14 +85,17 @@ def _pack_order(groups: list, spans: dict[str, tuple[np.ndarray, np.ndarray]]) -
     return order
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A new tensor; inside a DataLoader worker it lives in shared memory (no copy when sent to the main process)."""
-    numel = int(np.prod(shape, dtype=np.int64))
-    if numel == 0 or torch.utils.data.get_worker_info() is None:
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """A new tensor; ``shared``: in shared memory (inside a DataLoader worker: no copy when sent to the main
+    process, as PyG's ``Collater`` does)."""
+    numel = math.prod(shape)
+    if numel == 0 or not shared:
         return torch.empty(shape, dtype=dtype)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    storage = torch.UntypedStorage._new_shared(numel * itemsize)
+    storage = torch.UntypedStorage._new_shared(numel * _ITEMSIZE[dtype])
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+_ITEMSIZE = {torch.long: 8, torch.float32: 4}
 
 
 def _check_extra(extra: Mapping[str, Any], n: int) -> None:
@@ -121,23 +161,27 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     # batch order by one more gather with ``order[per]`` (a gather is ~3x faster than a scatter)
     order = {} if single else _pack_order(groups, spans)
 
+    selections = {  # per pack, the rows of each span kind, prepared once for all arrays of that kind
+        id(pack): {per: RowSelection(starts[where], lengths[where]) for per, (starts, lengths) in spans.items()}
+        for pack, where in groups
+    }
     out: dict[str, torch.Tensor] = {}
     counts = {"node": n_nodes, "edge": n_edges, "graph": n_graphs}
+    shared = torch.utils.data.get_worker_info() is not None
     for name, (dtype, trailing, per) in GRAPH_FIELDS.items():
-        target = _empty((2, n_edges) if name == "edge_index" else (counts[per], *trailing), dtype)
+        target = _empty((2, n_edges) if name == "edge_index" else (counts[per], *trailing), dtype, shared)
         out[name] = target
         target_np = target.numpy()
         axis = 1 if name == "edge_index" else 0
-        starts, lengths = spans[per]
         if single:
             pack = groups[0][0]
+            rows = selections[id(pack)][per]
             if pack.dtype(name) == target_np.dtype:
-                pack.take_rows(name, starts, lengths, out=target_np)
+                pack.take_rows(name, rows, out=target_np)
             else:  # compact on disk (uint8, int32, int8): gather small, then widen
-                target_np[...] = pack.take_rows(name, starts, lengths)
+                target_np[...] = pack.take_rows(name, rows)
             continue
-        parts = [pack.take_rows(name, starts[where], lengths[where]) for pack, where in groups]
-        joined = np.concatenate(parts, axis=axis)
+        joined = np.concatenate([pack.take_rows(name, selections[id(pack)][per]) for pack, _ in groups], axis=axis)
         if joined.dtype == target_np.dtype:
             np.take(joined, order[per], axis=axis, out=target_np)
         else:
@@ -145,7 +189,7 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     node_ptr_t = torch.from_numpy(node_ptr)
     edge_ptr_t = torch.from_numpy(edge_ptr)
     if n_edges:  # local node numbers -> numbers in the batch
-        out["edge_index"] += torch.repeat_interleave(node_ptr_t[:-1], torch.from_numpy(edge_count))
+        out["edge_index"].numpy()[...] += np.repeat(node_ptr[:-1], edge_count)
 
     graph_slices = torch.arange(n_graphs + 1)
     zeros = torch.zeros(n_graphs, dtype=torch.long)
@@ -160,7 +204,7 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
         mapping[key] = value if isinstance(value, torch.Tensor) else list(value)
         slices[key] = graph_slices
         incs[key] = zeros if isinstance(value, torch.Tensor) else None
-    mapping["batch"] = torch.repeat_interleave(torch.arange(n_graphs), torch.from_numpy(node_count))
+    mapping["batch"] = torch.from_numpy(np.repeat(np.arange(n_graphs, dtype=np.int64), node_count))
     mapping["ptr"] = node_ptr_t.clone()
 
     batch = type.__call__(_DATA_BATCH)  # = Batch(_base_cls=Data) without the metaclass's signature inspection
@@ -173,4 +217,4 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     return batch
 
 
-__all__ = ["GRAPH_FIELDS", "collate_graphs"]
+__all__ = ["GRAPH_FIELDS", "RowSelection", "collate_graphs"]
