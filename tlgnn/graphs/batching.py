@@ -125,31 +125,42 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     batch them from items holding row ``k`` (a tensor ``[B, ...]``: item ``value[k:k+1]``, e.g. ``y`` [B, T]) or
     element ``k`` (a list of B values, e.g. ``material_id`` strings). Indices may repeat and be negative.
     """
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if isinstance(indices, range):
+        idx = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
+    else:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n_graphs, size = len(idx), len(store)
     if n_graphs == 0:
         raise ValueError("collate_graphs: no indices (a batch needs at least one graph)")
-    idx = np.where(idx < 0, idx + size, idx)
-    bad = (idx < 0) | (idx >= size)
-    if bad.any():
-        raise IndexError(f"GraphStore index {int(np.asarray(indices).reshape(-1)[bad][0])} out of range for "
-                         f"{size} graphs")
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0:
+        idx = np.where(idx < 0, idx + size, idx)
+        low = int(idx.min())
+    if low < 0 or high >= size:
+        wrong = np.asarray(indices).reshape(-1)[(idx < 0) | (idx >= size)][0]
+        raise IndexError(f"GraphStore index {int(wrong)} out of range for {size} graphs")
     extra = dict(extra or {})
     _check_extra(extra, n_graphs)
 
     pack_of, local = store.locate(idx)
-    node_start = np.empty(n_graphs, np.int64)
-    node_count = np.empty(n_graphs, np.int64)
-    edge_start = np.empty(n_graphs, np.int64)
-    edge_count = np.empty(n_graphs, np.int64)
-    single = bool((pack_of == pack_of[0]).all())
-    groups = []  # (pack, positions in the batch) for each pack holding some of the graphs
-    for p in ([int(pack_of[0])] if single else np.unique(pack_of).tolist()):
-        where = np.arange(n_graphs) if single else np.flatnonzero(pack_of == p)
-        pack, rows = store.packs[p], local[where]
-        node_start[where], node_count[where] = pack.node_offsets[rows], pack.node_counts[rows]
-        edge_start[where], edge_count[where] = pack.edge_offsets[rows], pack.edge_counts[rows]
-        groups.append((pack, where))
+    single = len(store.packs) == 1 or int(pack_of.min()) == int(pack_of.max())
+    if single:  # the common case (packs hold 50,000 graphs by default)
+        pack = store.packs[int(pack_of[0])]
+        node_start, node_count = pack.node_offsets[local], pack.node_counts[local]
+        edge_start, edge_count = pack.edge_offsets[local], pack.edge_counts[local]
+        groups = [(pack, slice(None))]
+    else:
+        node_start = np.empty(n_graphs, np.int64)
+        node_count = np.empty(n_graphs, np.int64)
+        edge_start = np.empty(n_graphs, np.int64)
+        edge_count = np.empty(n_graphs, np.int64)
+        groups = []  # (pack, positions in the batch) for each pack holding some of the graphs
+        for p in np.unique(pack_of).tolist():
+            where = np.flatnonzero(pack_of == p)
+            pack, rows = store.packs[p], local[where]
+            node_start[where], node_count[where] = pack.node_offsets[rows], pack.node_counts[rows]
+            edge_start[where], edge_count[where] = pack.edge_offsets[rows], pack.edge_counts[rows]
+            groups.append((pack, where))
     node_ptr = np.zeros(n_graphs + 1, np.int64)
     np.cumsum(node_count, out=node_ptr[1:])
     edge_ptr = np.zeros(n_graphs + 1, np.int64)

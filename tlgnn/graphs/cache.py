@@ -498,9 +498,12 @@ class GraphCache:
             except CorruptPackError as err:
                 self._quarantine(path, err.reason)
                 continue
-            self._packs[path.name] = pack
+            name = path.name
+            self._packs[name] = pack
+            index = self._index
             for i, key in enumerate(pack.keys):
-                self._index.setdefault(key, (path.name, i))
+                if key not in index:
+                    index[key] = (name, i)
 
     def _quarantine(self, path: Path, reason: str) -> None:
         target = self.directory / "corrupt" / path.name
