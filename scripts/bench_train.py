@@ -142,6 +142,50 @@ def _batches(graphs: list, batch_size: int, seed: int, num_workers: int, pin: bo
         yield from loader
 
 
+class PackedGraphs:
+    """The graphs as tlgnn's data module serves them: graph packs on disk (``GraphStore``, memory-mapped reads)
+    fetched a whole batch at a time (``GraphStore.batch`` through ``tlgnn.data.loader.graph_loader``), with the
+    same ``y``/``y_mask`` as the PyG items. ``repeat``: every graph served this many times per epoch."""
+
+    def __init__(self, graphs: list, directory: Path, repeat: int = 1) -> None:
+        import numpy as np
+
+        from tlgnn.graphs.builder import GraphArrays
+        from tlgnn.graphs.cache import GraphStore, write_pack
+
+        arrays = [GraphArrays(z=g.z.numpy(), pos=g.pos.numpy(), cell=g.cell.numpy(), edge_index=g.edge_index.numpy(),
+                              edge_vec=g.edge_vec.numpy(), edge_dist=g.edge_dist.numpy(),
+                              cell_offset=g.cell_offset.numpy()) for g in graphs]
+        path = write_pack(directory, [f"g{i}" for i in range(len(graphs))], arrays)
+        self.store = GraphStore.open([path], mmap=True)
+        self.y = torch.cat([g.y for g in graphs])  # [n, 1]
+        self.repeat = repeat
+        self._np = np
+
+    def __len__(self) -> int:
+        return len(self.store) * self.repeat
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.store[i % len(self.store)]
+        item.y, item.y_mask = self.y[i % len(self.store)].view(1, 1), torch.ones(1, 1, dtype=torch.bool)
+        return item
+
+    def batch(self, positions) -> Any:
+        idx = self._np.asarray(positions, dtype=self._np.int64) % len(self.store)
+        return self.store.batch(idx, y=self.y[idx], y_mask=torch.ones(len(idx), 1, dtype=torch.bool))
+
+
+def _pack_batches(dataset: PackedGraphs, batch_size: int, seed: int, num_workers: int, pin: bool) -> Iterator[Any]:
+    """Endless batches from tlgnn's pack loader (the same seeded shuffle as :func:`_batches`)."""
+    from tlgnn.data.loader import graph_loader
+
+    generator = torch.Generator().manual_seed(seed)
+    loader = graph_loader(dataset, batch_size, shuffle=True, drop_last=True, generator=generator,
+                          num_workers=num_workers, pin_memory=pin)
+    while True:
+        yield from loader
+
+
 def _preloaded(graphs: list, batch_size: int, seed: int, count: int, device: torch.device,
                prepare: Callable) -> Iterator[Any]:
     """The first ``count`` batches of the same seeded shuffle, collated once, prepared on the host and moved to
@@ -167,7 +211,7 @@ def _rss_mib() -> float:
 
 def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size: int, steps: int, warmup: int,
                   device: torch.device, seed: int, num_workers: int, label: tuple[str, str],
-                  feed: str = "loader") -> Result:
+                  feed: str = "loader", packed_graphs: "PackedGraphs | None" = None) -> Result:
     """Train ``model`` (already on ``device``) for ``warmup + steps`` batches; time the last ``steps``."""
     cuda = device.type == "cuda"
     model.train()
@@ -175,6 +219,8 @@ def time_training(model: nn.Module, predict: Callable, graphs: list, batch_size:
     prepare = host_preparation(model)
     if feed == "preloaded":
         batches = _preloaded(graphs, batch_size, seed, warmup + steps, device, prepare)
+    elif feed == "packs":
+        batches = _pack_batches(packed_graphs, batch_size, seed, num_workers, pin=cuda)
     else:
         batches = _batches(graphs, batch_size, seed, num_workers, pin=cuda)
 
@@ -239,9 +285,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "'cgcnn:edge_projection=per_atom'")
     p.add_argument("--repeat-data", type=int, default=1,
                    help="serve the graphs this many times per epoch (longer epochs for large GPU batches)")
-    p.add_argument("--feed", choices=("loader", "preloaded", "both"), default="loader",
-                   help="loader: batches from a DataLoader (end to end, data wait measured); preloaded: the same "
-                        "batches collated once and kept on the device (model speed alone); both (default: loader)")
+    p.add_argument("--feed", default="loader",
+                   help="comma-separated feeds: loader (PyG DataLoader over Data items, end to end, data wait "
+                        "measured), packs (tlgnn's data path: graph packs on disk, whole batches gathered per "
+                        "step), preloaded (the same batches collated once and kept on the device: model speed "
+                        "alone); both = loader,preloaded (default: loader)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     args = p.parse_args(argv)
@@ -318,7 +366,16 @@ def main(argv: list[str] | None = None) -> float:
         variants.append(("cgcnn", "tlgnn+compile", torch.compile(eager, dynamic=True), tlgnn_predict))
     initial = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for _, _, m, _ in variants}
 
-    feeds = ["loader", "preloaded"] if args.feed == "both" else [args.feed]
+    feeds = ["loader", "preloaded"] if args.feed == "both" else [f.strip() for f in args.feed.split(",") if f.strip()]
+    unknown = sorted(set(feeds) - {"loader", "packs", "preloaded"})
+    if unknown:
+        raise SystemExit(f"--feed: unknown feed(s) {unknown}; choose from loader, packs, preloaded, both")
+    packed_graphs = None
+    if "packs" in feeds:
+        import tempfile
+
+        pack_dir = Path(tempfile.mkdtemp(prefix="tlgnn_bench_packs_"))
+        packed_graphs = PackedGraphs(bench_data.unpack(packed), pack_dir, repeat=args.repeat_data)
     results: list[Result] = []
     for feed in feeds:
         for bs in sizes:
@@ -327,7 +384,7 @@ def main(argv: list[str] | None = None) -> float:
                 for enc, kind, model, predict in variants:  # interleaved, so drift hits every model alike
                     model.load_state_dict(initial[id(model)])
                     r = time_training(model, predict, graphs, bs, args.steps, args.warmup, device, args.seed,
-                                      args.num_workers, (enc, kind), feed)
+                                      args.num_workers, (enc, kind), feed, packed_graphs)
                     runs.setdefault((enc, kind), []).append(r)
             for (enc, kind), rs in runs.items():
                 mid = sorted(rs, key=lambda r: r.graphs_per_s)[len(rs) // 2]  # median run
@@ -338,7 +395,7 @@ def main(argv: list[str] | None = None) -> float:
                       f"graphs/s={med.graphs_per_s:9.1f}  peak_mem_mib={med.peak_mem_mib:8.1f}  "
                       f"data_wait={100 * med.data_wait:5.1f}%  warmup_s={med.warmup_s:6.2f}", flush=True)
 
-    feed = feeds[-1]  # the ratio compares model speed: preloaded batches when measured
+    feed = "preloaded" if "preloaded" in feeds else feeds[-1]  # the ratio compares model speed when measured
 
     def rate(kind: str, bs: int) -> float:
         return next(r.graphs_per_s for r in results
