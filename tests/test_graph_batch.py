@@ -129,6 +129,8 @@ def test_batch_errors_stay_with_their_structure(structures):
     assert str(out[2]).startswith("structures[2]: atom 2 (Ar) has no neighbour within 5 Å")
     with pytest.raises(ValueError, match=r"^b: structure is disordered"):
         builder.build_many(batch, names=["a", "b", "c", "d"])
+    with pytest.raises(IsolatedAtomError, match=r"^c: atom 2"):  # the first failing structure, in input order
+        builder.build_many(batch[2:0:-1], names=["c", "b"])
     expand = CrystalGraphBuilder(cutoff=5.0, isolated="expand")
     out = expand.build_many(batch, on_error="return")
     assert_identical(expand.arrays(gas), out[2])

@@ -206,7 +206,7 @@ class CrystalGraphBuilder:
         """``GraphArrays`` of many pymatgen ``Structure``s, identical to ``arrays(s)`` of each, built as one batch.
 
         ``names`` (default ``structures[n]``) are used in error messages. ``on_error="raise"`` raises the
-        first structure's error (a ``ValueError`` naming it; the other graphs are discarded);
+        error of the first failing structure in input order (a ``ValueError`` naming it);
         ``on_error="return"`` puts the error in that structure's place and keeps every other graph.
         Batches of a few hundred to a few thousand structures amortise the fixed costs best.
         """
@@ -251,8 +251,6 @@ class CrystalGraphBuilder:
         todo = []
         for idx, system in enumerate(systems):
             if isinstance(system, ValueError):
-                if raise_errors:
-                    raise system
                 results[idx] = system
             else:
                 todo.append((idx, self.cutoff, self._first_radius(system)))
@@ -269,11 +267,12 @@ class CrystalGraphBuilder:
                     retry.append((idx, cutoff * _EXPAND_FACTOR, cutoff * _EXPAND_FACTOR))
                 else:
                     system, lonely = systems[idx], found.lonely_atom(g)
-                    err = IsolatedAtomError(system.name, lonely, _symbol(int(system.numbers[lonely])), cutoff)
-                    if raise_errors:
-                        raise err
-                    results[idx] = err
+                    results[idx] = IsolatedAtomError(system.name, lonely, _symbol(int(system.numbers[lonely])), cutoff)
             todo = retry
+        if raise_errors:
+            for result in results:
+                if isinstance(result, ValueError):
+                    raise result
         return results  # type: ignore[return-value]
 
     def _first_radius(self, system: "_System") -> float:
