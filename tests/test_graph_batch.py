@@ -1,4 +1,4 @@
-"""CrystalGraphBuilder.build_many (batch path) and the adaptive first search: bit-identical graphs, per-structure errors."""
+"""CrystalGraphBuilder.build_many (batch path) and the adaptive first search: bit-identical graphs, errors."""
 
 from __future__ import annotations
 
