@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,10 +77,10 @@ def drop_long_edges(batch: Any, cutoff: float) -> Any:
 
     A ``Batch`` keeps its per-graph edge slices consistent (``to_data_list`` still works).
     """
-    dist = batch.edge_dist
-    if not dist.numel() or float(dist.max()) <= cutoff:
+    dist = _host_numpy(batch.edge_dist)
+    if not dist.size or dist.max() <= cutoff:
         return batch
-    keep = dist <= cutoff
+    keep = torch.from_numpy(dist <= cutoff).to(batch.edge_dist.device)
     for key in EDGE_FIELDS:
         value = getattr(batch, key, None)
         if value is not None:
@@ -104,8 +105,14 @@ def uniform_degree(edge_index: torch.Tensor, num_nodes: int) -> int | None:
     if num_nodes < 1 or n_edges == 0 or n_edges % num_nodes:
         return None
     k = n_edges // num_nodes
-    expected = torch.arange(num_nodes, device=edge_index.device).unsqueeze(1)
-    return k if bool((edge_index[0].view(num_nodes, k) == expected).all()) else None
+    centre = _host_numpy(edge_index[0]).reshape(num_nodes, k)
+    return k if bool((centre == np.arange(num_nodes)[:, None]).all()) else None
+
+
+def _host_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host tensor as numpy (no copy). Host-side checks use numpy: single-threaded, so they stay cheap while
+    DataLoader workers keep the cores busy (torch's intra-op threads would contend with them)."""
+    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
 class Encoder(nn.Module):
