@@ -38,7 +38,7 @@ TASKS = ("band_gap_pbe", "gap_pbe_mf", "gap_hse", "gap_scan")  # eV; all but ban
 
 def batched_cache_load(cache_dir: str | Path, builder: Any, structures: Sequence[Any], keys: Sequence[str],
                        t_cold: float, line: Callable[[str, float], None], batch_size: int = 64,
-                       repeats: int = 3) -> dict[bool, float]:
+                       repeats: int = 7) -> dict[bool, float]:
     """Best-of-``repeats`` seconds to open the packs in ``cache_dir`` and iterate all graphs as ``Batch``es.
 
     Prints one ``line`` per mode (in RAM, mmap) and the speedup against ``t_cold`` (the cold build + write);

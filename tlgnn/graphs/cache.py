@@ -17,6 +17,7 @@ Readers merge all packs; for a key present in several packs the first (sorted by
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -206,7 +207,7 @@ class Pack:
             if name not in spec:
                 raise CorruptPackError(path, f"meta.json lacks array {name!r}")
             try:
-                arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+                arr = _read_npy(file, spec[name], mmap)
             except FileNotFoundError:
                 raise CorruptPackError(path, f"{name}.npy missing") from None
             except (OSError, ValueError, EOFError) as err:
@@ -372,6 +373,33 @@ class Pack:
         return self.node_ptr[i], self.node_ptr[i + 1], self.edge_ptr[i], self.edge_ptr[i + 1]
 
 
+def _read_npy(file: Path, spec: dict, mmap: bool) -> np.ndarray:
+    """``np.load(file)`` (memory-mapped when ``mmap``) for an array ``write_pack`` wrote, without numpy's
+    ``literal_eval`` of the header: the header must be exactly what ``np.save`` writes for the dtype and shape
+    that meta.json records (else this falls back to ``np.load``, whose result is then checked against meta.json)."""
+    dtype, shape = np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"])
+    with open(file, "rb") as handle:
+        lead = handle.read(10)
+        if len(lead) == 10 and lead[:8] == b"\x93NUMPY\x01\x00":
+            size = int.from_bytes(lead[8:10], "little")
+            header = handle.read(size).decode("latin1").rstrip()
+            expected = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
+            if header == expected:
+                offset = 10 + size
+                count = int(np.prod(shape, dtype=np.int64))
+                if count == 0:  # numpy cannot map an empty region
+                    return np.zeros(shape, dtype=dtype)
+                if mmap:
+                    if os.fstat(handle.fileno()).st_size < offset + count * dtype.itemsize:
+                        raise ValueError(f"file holds fewer than the {count} values its header declares")
+                    return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape)
+                data = np.fromfile(handle, dtype=dtype, count=count)
+                if data.size != count:
+                    raise EOFError(f"{data.size} of {count} values (truncated)")
+                return data.reshape(shape)
+    return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
 def _drop_pages(maps: Iterable[mmap_module.mmap]) -> None:
     """Unmap the resident pages of read-only file mappings from this process (``madvise(MADV_DONTNEED)``)."""
     if not hasattr(mmap_module, "MADV_DONTNEED"):
@@ -392,14 +420,35 @@ def _as_torch(a: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 class GraphStore(Sequence):
     """A sequence of graphs backed by packs; ``store[i]`` builds the ``Data`` lazily from the arrays."""
 
-    def __init__(self, packs: Sequence[Pack], refs: Sequence[tuple[int, int]] | None = None):
+    def __init__(self, packs: Sequence[Pack], refs: Sequence[tuple[int, int]] | None = None,
+                 pack_of: np.ndarray | None = None, index: np.ndarray | None = None):
+        """Item k is graph ``refs[k] = (pack number, position)`` (default: every graph of every pack in order);
+        or give the two columns as int64 arrays ``pack_of`` and ``index``."""
         self.packs = list(packs)
-        if refs is None:
-            refs = [(p, i) for p, pack in enumerate(self.packs) for i in range(len(pack))]
-        self._pack_of_np = np.fromiter((r[0] for r in refs), dtype=np.int64, count=len(refs))
-        self._index_np = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
-        self._pack_of = self._pack_of_np.tolist()
-        self._index = self._index_np.tolist()
+        if pack_of is not None and index is not None:
+            self._pack_of_np = np.asarray(pack_of, dtype=np.int64)
+            self._index_np = np.asarray(index, dtype=np.int64)
+        else:
+            if refs is None:
+                refs = [(p, i) for p, pack in enumerate(self.packs) for i in range(len(pack))]
+            self._pack_of_np = np.fromiter((r[0] for r in refs), dtype=np.int64, count=len(refs))
+            self._index_np = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
+        if self._pack_of_np.shape != self._index_np.shape:
+            raise ValueError("GraphStore: pack_of and index must have the same length")
+        self._lists: tuple[list[int], list[int]] | None = None  # Python lists for per-item access, made on demand
+
+    @property
+    def _pack_of(self) -> list[int]:
+        return self._item_lists()[0]
+
+    @property
+    def _index(self) -> list[int]:
+        return self._item_lists()[1]
+
+    def _item_lists(self) -> tuple[list[int], list[int]]:
+        if self._lists is None:
+            self._lists = (self._pack_of_np.tolist(), self._index_np.tolist())
+        return self._lists
 
     @classmethod
     def open(cls, paths: Iterable[Path], mmap: bool = True, verify: bool = True) -> "GraphStore":
@@ -414,7 +463,7 @@ class GraphStore(Sequence):
         return cls(packs, refs)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index_np)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -478,7 +527,10 @@ class GraphCache:
             tmp.write_text(json.dumps(builder.settings, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, settings_file)
         self._packs: dict[str, Pack] = {}  # name -> opened pack
-        self._index: dict[str, tuple[str, int]] = {}  # key -> (pack name, position)
+        self._index: dict[str, int] = {}  # key -> slot: (pack number, position) = _slot_pack/_slot_pos[slot]
+        self._slot_pack: list[int] = []  # pack number (order of self._packs)
+        self._slot_pos: list[int] = []
+        self._slot_arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"GraphCache({str(self.directory)!r}, {self.builder!r}, packs={len(self._packs)})"
@@ -498,12 +550,26 @@ class GraphCache:
             except CorruptPackError as err:
                 self._quarantine(path, err.reason)
                 continue
-            name = path.name
-            self._packs[name] = pack
-            index = self._index
-            for i, key in enumerate(pack.keys):
-                if key not in index:
-                    index[key] = (name, i)
+            number = len(self._packs)
+            self._packs[path.name] = pack
+            self._add_slots(number, pack.keys)
+
+    def _add_slots(self, number: int, keys: list[str]) -> None:
+        """Index the graphs of pack ``number`` (``keys`` in pack order); a key already indexed keeps its slot."""
+        index, slot_pack, slot_pos = self._index, self._slot_pack, self._slot_pos
+        self._slot_arrays = None
+        start, n = len(slot_pos), len(keys)
+        fresh = dict(zip(keys, range(start, start + n)))
+        if len(fresh) == n and index.keys().isdisjoint(fresh):  # the usual case, done in C
+            index.update(fresh)
+            slot_pack.extend(itertools.repeat(number, n))
+            slot_pos.extend(range(n))
+            return
+        for i, key in enumerate(keys):
+            if key not in index:
+                index[key] = len(slot_pos)
+                slot_pack.append(number)
+                slot_pos.append(i)
 
     def _quarantine(self, path: Path, reason: str) -> None:
         target = self.directory / "corrupt" / path.name
@@ -542,20 +608,23 @@ class GraphCache:
         elif len(keys) != len(structures):
             raise ValueError(f"keys: {len(keys)} keys for {len(structures)} structures")
         self.refresh()
-        missing: dict[str, int] = {}
-        for n, key in enumerate(keys):
-            if key not in self._index and key not in missing:
-                missing[key] = n
-        if missing:
+        lookup = self._index.get
+        slots = np.fromiter(map(lookup, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys))
+        absent = np.flatnonzero(slots < 0)
+        if len(absent):
+            missing: dict[str, int] = {}
+            for n in absent.tolist():
+                missing.setdefault(keys[n], n)
             self._build_and_write(structures, missing, n_jobs, progress)
             self.refresh()
             lost = [k for k in missing if k not in self._index]
             if lost:  # our own fresh pack failed verification: a disk problem, not something to hide
                 raise OSError(f"graph cache {self.directory}: {len(lost)} freshly written graphs are unreadable")
-        names = list(self._packs)
-        pack_no = {name: p for p, name in enumerate(names)}
-        refs = [(pack_no[self._index[k][0]], self._index[k][1]) for k in keys]
-        return GraphStore([self._packs[n] for n in names], refs)
+            slots[absent] = [self._index[keys[n]] for n in absent.tolist()]
+        if self._slot_arrays is None:
+            self._slot_arrays = (np.asarray(self._slot_pack, dtype=np.int64), np.asarray(self._slot_pos, dtype=np.int64))
+        slot_pack, slot_pos = self._slot_arrays
+        return GraphStore(list(self._packs.values()), pack_of=slot_pack[slots], index=slot_pos[slots])
 
     def _build_and_write(self, structures, missing: dict[str, int], n_jobs, progress) -> None:
         """Build the ``missing`` graphs in batches (``n_jobs`` processes) and write them as packs.
