@@ -347,9 +347,9 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
     (``<T>__delta`` of a difference head, ``latent:<name>`` of an ELV head), and the ELV head's learned scalar
     parameters (``{}`` for other heads)."""
     import torch
-    from torch_geometric.loader import DataLoader
 
     from tlgnn.data.dataset import MaterialDataset
+    from tlgnn.data.loader import graph_loader
     from tlgnn.data.graphs import graph_cache
     from tlgnn.models.heads.difference import DifferenceHead
     from tlgnn.models.heads.elv import ELVHead
@@ -361,7 +361,7 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
                               [t.name for t in module.tasks], rows=rows)
     out: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
-        for batch in DataLoader(dataset, batch_size=128, shuffle=False):
+        for batch in graph_loader(dataset, batch_size=128, shuffle=False):
             enc = module.model.encode(batch)
             preds = dict(head(enc, batch))
             for task in module.tasks:

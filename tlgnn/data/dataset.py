@@ -117,6 +117,8 @@ class StructureDataset(Dataset):
         self.n_tasks = len(tasks) if tasks is not None else 0
         if hasattr(builder, "get_many"):
             self.graphs = builder.get_many(structures)
+        elif hasattr(builder, "build_many"):  # one batch build; the first failing structure raises, named
+            self.graphs = [g.to_data() for g in builder.build_many(structures, names=self.ids)]
         else:
             self.graphs = [builder(s) for s in structures]
 

@@ -106,12 +106,13 @@ class Predictor:
 
     def _graphs(self, records: Sequence[Any]) -> tuple[list[Any], list[str], list[tuple[str, str]]]:
         graphs, ids, failures = [], [], []
-        for rec in records:
-            try:
-                graphs.append(self.builder(rec.structure, name=rec.id))
-            except ValueError as err:
-                failures.append((rec.path or rec.id, f"cannot build a graph: {err}"))
+        built = self.builder.build_many([rec.structure for rec in records], names=[rec.id for rec in records],
+                                        on_error="return")
+        for rec, graph in zip(records, built):
+            if isinstance(graph, ValueError):
+                failures.append((rec.path or rec.id, f"cannot build a graph: {graph}"))
                 continue
+            graphs.append(graph.to_data())
             ids.append(rec.id)
         return graphs, ids, failures
 

@@ -396,9 +396,9 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
     plots: dict[str, Path] = {}
     if trainer.is_global_zero:
         # the whole test split in one process (the data module's test loader is sharded under DDP)
-        from torch_geometric.loader import DataLoader
+        from tlgnn.data.loader import graph_loader
 
-        loader = DataLoader(dm.test_set, batch_size=dm.config.batch_size, shuffle=False)
+        loader = graph_loader(dm.test_set, batch_size=dm.config.batch_size, shuffle=False)
         ids, preds, y, mask = collect_predictions(module, loader)
         frame = prediction_frame(ids, preds, module.tasks, targets=y, mask=mask, id_column="material_id")
         predictions_path = out / "predictions_test.csv"
