@@ -18,6 +18,7 @@ from torch_geometric.loader import DataLoader
 from tlgnn.graphs import CrystalGraphBuilder, GraphStore
 from tlgnn.graphs.builder import structure_arrays
 from tlgnn.graphs.cache import write_pack
+from support_memory import rss_file_mib
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mp_sample" / "structures.jsonl.gz"
 FIELDS = ("z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset")
@@ -66,14 +67,6 @@ def test_on_disk_items_equal_in_memory_items(pack_dirs, base_graphs):
     _same(disk[3], ram[3])
 
 
-def _rss_file_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    raise KeyError("RssFile")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read RSS")
 def test_on_disk_reading_keeps_resident_memory_flat(pack_dirs):
     size_mib = sum(f.stat().st_size for d in pack_dirs for f in d.iterdir()) / 2**20
@@ -81,11 +74,11 @@ def test_on_disk_reading_keeps_resident_memory_flat(pack_dirs):
     store = GraphStore.open(pack_dirs, mmap=True)  # verification reads every byte
     for i in range(50):  # warm up lazily loaded code paths
         store[i]
-    before = _rss_file_mib()
+    before = rss_file_mib()
     order = list(range(len(store)))
     random.Random(1).shuffle(order)
     atoms = sum(store[i].num_nodes for i in order)
-    grown = _rss_file_mib() - before
+    grown = rss_file_mib() - before
     assert atoms > 0
     # a mapping-based reader leaves every touched page resident: growth ~ the pack size (> 25 MiB)
     assert grown < 0.15 * size_mib, f"file-backed RSS grew by {grown:.1f} MiB reading a {size_mib:.0f} MiB pack"

@@ -26,6 +26,7 @@ from tlgnn.graphs import CrystalGraphBuilder, GraphCache, GraphStore
 from tlgnn.graphs.batching import GRAPH_FIELDS
 from tlgnn.graphs.cache import write_pack
 from tlgnn.utils.config import from_dict
+from support_memory import rss_file_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "mp_structures_sample.jsonl.gz"
@@ -220,14 +221,6 @@ def test_data_module_loaders_serve_pack_batches_in_workers(dm):
         assert_same_batch(a, b)
 
 
-def _rss_file_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1]) / 1024
-    raise KeyError("RssFile")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read RSS")
 def test_on_disk_batches_keep_resident_memory_flat(pack_paths, tmp_path):
     """Shuffled batches over ~35 MB of on-disk packs leave no mapped pages behind (positioned reads)."""
@@ -242,9 +235,9 @@ def test_on_disk_batches_keep_resident_memory_flat(pack_paths, tmp_path):
     assert size_mib > 25
     store = GraphStore.open(paths, mmap=True)
     store.batch(range(64))  # warm up lazily loaded code paths
-    before = _rss_file_mib()
+    before = rss_file_mib()
     order = np.random.default_rng(2).permutation(n)
     atoms = sum(store.batch(order[k : k + 256]).num_nodes for k in range(0, n, 256))
-    grown = _rss_file_mib() - before
+    grown = rss_file_mib() - before
     assert atoms == sum(graphs[i % 150].z.shape[0] for i in range(n))
     assert grown < 0.15 * size_mib, f"file-backed RSS grew by {grown:.1f} MiB reading a {size_mib:.0f} MiB pack"
