@@ -3,8 +3,9 @@
 Real graphs (MP structures, or a ``bench_train.py --save-graphs`` file) are replicated to N graphs and written
 once as tlgnn graph-cache packs (``tlgnn.graphs.cache.write_pack``, 50,000 graphs per pack, as ``GraphCache``
 writes them) in a work folder. For each mode and N a fresh Python process opens the packs as a
-``GraphStore`` (``mmap=True``: on-disk; ``mmap=False``: read into RAM), iterates one shuffled epoch through a
-PyG ``DataLoader`` (batches collated, as in training) and reports its peak RSS (``VmHWM``), the largest
+``GraphStore`` (``mmap=True``: on-disk; ``mmap=False``: read into RAM), iterates one shuffled epoch of batches
+(``--loader batched``, the default: tlgnn's data path, ``tlgnn.data.loader.graph_loader`` gathering whole batches
+from the packs; ``--loader pyg``: PyG's ``DataLoader``, one ``Data`` per graph then ``Collater``) and reports its peak RSS (``VmHWM``), the largest
 anonymous (``RssAnon``: heap, private to the process) and file-backed (``RssFile``: page cache mapped into
 the process, which the kernel drops under memory pressure) parts, and graphs/s.
 
@@ -40,11 +41,12 @@ def _status_mib(field: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------- measurement
-def measure(packs: Path, mode: str, batch_size: int, seed: int) -> dict:
+def measure(packs: Path, mode: str, batch_size: int, seed: int, loader_kind: str = "batched") -> dict:
     """Open every pack under ``packs`` in ``mode`` and iterate one shuffled epoch; memory in MiB."""
     import torch
     from torch_geometric.loader import DataLoader
 
+    from tlgnn.data.loader import graph_loader
     from tlgnn.graphs import GraphStore
 
     torch.set_num_threads(1)
@@ -53,7 +55,11 @@ def measure(packs: Path, mode: str, batch_size: int, seed: int) -> dict:
     store = GraphStore.open(sorted(packs.glob("pack-*")), mmap=(mode == "mmap"))
     open_s = time.perf_counter() - t0
     after_open = _status_mib("VmRSS")
-    loader = DataLoader(store, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    if loader_kind == "batched":
+        loader = graph_loader(store, batch_size, shuffle=True, generator=generator)
+    else:
+        loader = DataLoader(store, batch_size=batch_size, shuffle=True, generator=generator)
     anon = file = 0.0
     n_graphs = n_atoms = 0
     t0 = time.perf_counter()
@@ -66,7 +72,7 @@ def measure(packs: Path, mode: str, batch_size: int, seed: int) -> dict:
     anon, file = max(anon, _status_mib("RssAnon")), max(file, _status_mib("RssFile"))
     if n_graphs != len(store):
         raise RuntimeError(f"epoch saw {n_graphs} graphs, store has {len(store)}")
-    return {"mode": mode, "graphs": len(store), "atoms": n_atoms, "rss_after_imports_mib": base,
+    return {"mode": mode, "loader": loader_kind, "graphs": len(store), "atoms": n_atoms, "rss_after_imports_mib": base,
             "rss_after_open_mib": after_open, "peak_rss_mib": _status_mib("VmHWM"), "peak_anon_mib": anon,
             "peak_file_mib": file, "open_s": open_s, "epoch_s": epoch_s, "graphs_per_s": n_graphs / epoch_s}
 
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="where the replicated packs are written (several GB for 1M graphs)")
     p.add_argument("--keep", action="store_true", help="keep the packs (default: delete them at the end)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--loader", choices=("batched", "pyg"), default="batched",
+                   help="batched: tlgnn's pack loader (the data module's path); pyg: PyG DataLoader (per graph)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: child process
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     if args.measure is not None:
-        print(json.dumps(measure(args.measure, args.mode, args.batch_size, args.seed)))
+        print(json.dumps(measure(args.measure, args.mode, args.batch_size, args.seed, args.loader)))
         return
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -154,12 +162,12 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"N={n}: in-memory mode skipped (> --memory-max {args.memory_max})")
                     continue
                 cmd = [sys.executable, __file__, "--measure", str(directory), "--mode", mode,
-                       "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+                       "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--loader", args.loader]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 r["disk_gib"] = size
                 results.append(r)
-                print(f"N={n:>8} mode={mode:<6} peak_rss_mib={r['peak_rss_mib']:8.0f} (imports "
+                print(f"N={n:>8} mode={mode:<6} loader={args.loader} peak_rss_mib={r['peak_rss_mib']:8.0f} (imports "
                       f"{r['rss_after_imports_mib']:.0f}, after open {r['rss_after_open_mib']:.0f}) "
                       f"peak_anon_mib={r['peak_anon_mib']:8.0f} peak_file_mib={r['peak_file_mib']:8.0f} "
                       f"open_s={r['open_s']:6.1f} epoch_s={r['epoch_s']:7.1f} graphs/s={r['graphs_per_s']:8.0f}")

@@ -454,13 +454,25 @@ class GraphStore(Sequence):
     def open(cls, paths: Iterable[Path], mmap: bool = True, verify: bool = True) -> "GraphStore":
         """All graphs of the given pack directories (duplicate keys: the first pack wins)."""
         packs = [Pack.open(Path(p), mmap=mmap, verify=verify) for p in paths]
-        seen, refs = set(), []
+        seen: set[str] = set()
+        pack_of, index = [], []
         for p, pack in enumerate(packs):
-            for i, key in enumerate(pack.keys):
-                if key not in seen:
-                    seen.add(key)
-                    refs.append((p, i))
-        return cls(packs, refs)
+            n = len(pack.keys)
+            if seen.isdisjoint(pack.keys) and len(set(pack.keys)) == n:  # the usual case, without per-key Python
+                keep = np.arange(n, dtype=np.int64)
+                seen.update(pack.keys)
+            else:
+                rows = []
+                for i, key in enumerate(pack.keys):
+                    if key not in seen:
+                        seen.add(key)
+                        rows.append(i)
+                keep = np.asarray(rows, dtype=np.int64)
+            pack_of.append(np.full(len(keep), p, dtype=np.int64))
+            index.append(keep)
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(packs, pack_of=np.concatenate(pack_of) if pack_of else empty,
+                   index=np.concatenate(index) if index else empty)
 
     def __len__(self) -> int:
         return len(self._index_np)
