@@ -123,13 +123,19 @@ def experiment_section(summary: pd.DataFrame, cells: pd.DataFrame, experiment: s
         parts.append(f"**{REGIME_TITLES[regime]}**, all training labels (mean ± std over folds):")
         parts.append(_table(["model", "n train", *shown, "folds", "wall s"], rows))
     curve_metric = "mae" if task_kind == "regression" else "roc_auc"
+    all_folds = int(data["n_folds"].max())
+
+    def curve_cell(r) -> str:
+        text = _pm(getattr(r, f"m_{curve_metric}_mean"), getattr(r, f"m_{curve_metric}_std"))
+        return text if r.n_folds >= all_folds else f"{text} ({r.n_folds}/{all_folds} folds)"
+
     rows = []
     for model, group in data.groupby("model"):
         by_size = {r.train_size: r for r in group.itertuples()}
         rows.append([f"`{model}`", REGIME_TITLES[group["regime"].iloc[0]],
-                     *[_pm(getattr(by_size[s], f"m_{curve_metric}_mean"), getattr(by_size[s], f"m_{curve_metric}_std"))
-                       if s in by_size else "–" for s in sizes]])
-    parts.append(f"Learning curve, {curve_metric} by number of scarce training labels:")
+                     *[curve_cell(by_size[s]) if s in by_size else "–" for s in sizes]])
+    parts.append(f"Learning curve, {curve_metric} by number of scarce training labels (mean ± std over folds; "
+                 "fewer folds than the others are marked; – = not run):")
     parts.append(_table(["model", "regime", *sizes], rows))
     png = learning_curve_plot(summary, experiment, curve_metric, figures / f"{experiment}_{curve_metric}.png")
     parts.append(f"![{experiment} learning curve]({figures_rel}/{png.name})")
