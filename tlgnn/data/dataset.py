@@ -20,7 +20,7 @@ from torch_geometric.data import Batch
 
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
-from tlgnn.graphs.cache import GraphStore
+from tlgnn.graphs.packs import GraphStore
 
 
 def label_arrays(table: MaterialTable, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

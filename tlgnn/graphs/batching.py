@@ -18,7 +18,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tlgnn.graphs.cache import GraphStore
+    from tlgnn.graphs.packs import GraphStore
 
 #: graph fields of the contract (docs/architecture.md) in item order: name -> (dtype, trailing shape, per)
 GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
