@@ -13,6 +13,7 @@ settings, target statistics) and saves them as hyper-parameters, and :meth:`on_s
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +23,10 @@ import torch
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.losses import masked_loss
 from tlgnn.training.metrics import TaskMetrics
+
+# TransferModule.on_before_batch_transfer runs the encoder's host-side input checks; the data module has no such
+# hook, so Lightning's notice that the module's hook is the one used says nothing a user needs to act on.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 CHECKPOINT_KEY = "tlgnn"
 CHECKPOINT_FORMAT = 1
