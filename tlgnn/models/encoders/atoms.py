@@ -37,7 +37,7 @@ class AtomInput(nn.Module):
         On the host it works in numpy: one thread, so it stays cheap next to busy DataLoader workers (torch's
         intra-op threads would contend with them).
         """
-        values = z.numpy() if z.device.type == "cpu" else z.cpu().numpy()
+        values = z.cpu().numpy()
         if values.size and (values.max() > self.max_z or values.min() < 1):
             bad = np.unique(values[(values > self.max_z) | (values < 1)]).tolist()
             raise ValueError(f"atomic numbers {bad} have no atom features (supported: 1..{self.max_z})")

@@ -77,7 +77,9 @@ def drop_long_edges(batch: Any, cutoff: float) -> Any:
 
     A ``Batch`` keeps its per-graph edge slices consistent (``to_data_list`` still works).
     """
-    dist = _host_numpy(batch.edge_dist)
+    # host-side checks use numpy (``.cpu()`` is a no-op on host tensors): single-threaded, so they stay cheap while
+    # DataLoader workers keep the cores busy (torch's intra-op threads would contend with them)
+    dist = batch.edge_dist.cpu().numpy()
     if not dist.size or dist.max() <= cutoff:
         return batch
     keep = torch.from_numpy(dist <= cutoff).to(batch.edge_dist.device)
@@ -105,14 +107,8 @@ def uniform_degree(edge_index: torch.Tensor, num_nodes: int) -> int | None:
     if num_nodes < 1 or n_edges == 0 or n_edges % num_nodes:
         return None
     k = n_edges // num_nodes
-    centre = _host_numpy(edge_index[0]).reshape(num_nodes, k)
+    centre = edge_index[0].cpu().numpy().reshape(num_nodes, k)  # numpy, as in drop_long_edges
     return k if bool((centre == np.arange(num_nodes)[:, None]).all()) else None
-
-
-def _host_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A host tensor as numpy (no copy). Host-side checks use numpy: single-threaded, so they stay cheap while
-    DataLoader workers keep the cores busy (torch's intra-op threads would contend with them)."""
-    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
 class Encoder(nn.Module):
