@@ -359,12 +359,16 @@ def test_host_side_checks_run_before_the_batch_moves_to_the_device():
         module.on_before_batch_transfer(batch, 0)
 
 
-def test_compiled_model_keeps_its_parameter_names():
+def test_compiled_model_keeps_its_parameter_names(tmp_path):
     """``trainer.compile`` compiles the model in place: checkpoints of compiled and eager runs are interchangeable."""
     from tlgnn.training.module import TransferModule
+    from tlgnn.training.run import compile_model
 
-    module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
-                             "head": {"name": "single"}}, [TaskSpec(name="gap")])
-    names = list(module.state_dict())
-    module.model.compile(dynamic=True)  # what fit() does with trainer.compile: true
-    assert list(module.state_dict()) == names and not any("_orig_mod" in n for n in names)
+    raw = raw_config(tmp_path / "out", tmp_path / "cache", {"name": "single", "task": "gap_hse"}, ["gap_hse"])
+    for flag, compiled in ((False, False), (True, True)):
+        module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
+                                 "head": {"name": "single"}}, [TaskSpec(name="gap")])
+        names = list(module.state_dict())
+        compile_model(load_run_config(raw=deep_update(raw, {"trainer": {"compile": flag}})), module)
+        assert (module.model._compiled_call_impl is not None) == compiled  # what fit() runs
+        assert list(module.state_dict()) == names and not any("_orig_mod" in n for n in names)

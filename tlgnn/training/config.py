@@ -230,7 +230,7 @@ class TrainerConfig:
             crystal graphs gain little from several threads, and OpenMP threads slow down badly when the cores
             are shared with other processes: ``1`` is the robust choice for CPU training on a busy machine.
         compile: ``torch.compile`` the model (dynamic shapes) before training. On an H200 it made CGCNN training
-            steps 1.13-1.26x faster (docs/performance.md); on CPUs there is no consistent gain. The first steps
+            steps 1.13-1.40x faster than PyG's CGConv model (docs/performance.md); on CPUs there is no consistent gain. The first steps
             pay the compilation (about 20 s on a GPU host). Checkpoints are unchanged (same parameter names).
     """
 

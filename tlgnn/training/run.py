@@ -89,6 +89,15 @@ def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:
     return dict(builder.settings)
 
 
+def compile_model(config: RunConfig, module: TransferModule) -> None:
+    """``trainer.compile``: compile the module's model in place (dynamic shapes; compiled on the first batch).
+
+    In place (``nn.Module.compile``), so parameter names and checkpoints stay those of the eager model.
+    """
+    if config.trainer.compile:
+        module.model.compile(dynamic=True)
+
+
 def build_module(config: RunConfig, dm: Any) -> TransferModule:
     """A fresh :class:`TransferModule` for the data module's tasks, normalised by its training split."""
     from tlgnn.utils.config import ConfigError
@@ -301,8 +310,7 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
 
     dm = build_datamodule(config, "fit")
     module = build_module(config, dm)
-    if config.trainer.compile:
-        module.model.compile(dynamic=True)  # in place: parameter names (and checkpoints) stay the same
+    compile_model(config, module)
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
     trainer = build_trainer(config, out, loggers, run_callbacks + list(callbacks or []))
@@ -355,7 +363,7 @@ def collect_predictions(module: TransferModule, loader: Any) -> tuple[list[str],
     preds: dict[str, list[np.ndarray]] = {}
     ys, masks = [], []
     for batch in loader:
-        batch = batch.to(device)
+        batch = module.model.encoder.prepare_batch(batch).to(device)  # host-side checks, as in training
         out = module(batch)
         for task in module.tasks:
             if task.name not in out:
