@@ -162,6 +162,15 @@ def unpack(packed: dict) -> list:
     return graphs
 
 
+def graph_arrays(graphs: Sequence[Any]) -> list:
+    """:func:`unpack`'s ``Data`` items as ``tlgnn.graphs.GraphArrays`` (the graph-pack input; no copies)."""
+    from tlgnn.graphs import GraphArrays
+
+    return [GraphArrays(z=g.z.numpy(), pos=g.pos.numpy(), cell=g.cell.numpy(), edge_index=g.edge_index.numpy(),
+                        edge_vec=g.edge_vec.numpy(), edge_dist=g.edge_dist.numpy(), cell_offset=g.cell_offset.numpy())
+            for g in graphs]
+
+
 def describe(packed: dict) -> str:
     """One line: graphs, atoms and edges per graph."""
     n = len(packed["y"])

@@ -1,7 +1,7 @@
 """Peak memory while iterating one epoch over N graphs: on-disk (memory-mapped) vs in-memory graph packs.
 
 Real graphs (MP structures, or a ``bench_train.py --save-graphs`` file) are replicated to N graphs and written
-once as tlgnn graph-cache packs (``tlgnn.graphs.cache.write_pack``, 50,000 graphs per pack, as ``GraphCache``
+once as tlgnn graph-cache packs (``tlgnn.graphs.packs.write_pack``, 50,000 graphs per pack, as ``GraphCache``
 writes them) in a work folder. For each mode and N a fresh Python process opens the packs as a
 ``GraphStore`` (``mmap=True``: on-disk; ``mmap=False``: read into RAM), iterates one shuffled epoch of batches
 (``--loader batched``, the default: tlgnn's data path, ``tlgnn.data.loader.graph_loader`` gathering whole batches
@@ -80,10 +80,7 @@ def measure(packs: Path, mode: str, batch_size: int, seed: int, loader_kind: str
 # ------------------------------------------------------------------------------------------------- packs
 def base_graphs(args: argparse.Namespace) -> list:
     """Real graphs as ``GraphArrays`` (contract dtypes) from ``--graphs`` or built from ``--data``."""
-    import numpy as np
-
     import bench_data
-    from tlgnn.graphs import GraphArrays
 
     if args.graphs is not None:
         packed = bench_data.load_packed(args.graphs)
@@ -96,18 +93,12 @@ def base_graphs(args: argparse.Namespace) -> list:
               f"({stats.structures_per_s:.0f} structures/s)")
         packed = bench_data.pack(graphs, ids, targets, CrystalGraphBuilder().settings)
     print(f"base graphs: {bench_data.describe(packed)}")
-    out = []
-    for g in bench_data.unpack(packed):
-        out.append(GraphArrays(
-            z=g.z.numpy(), pos=g.pos.numpy(), cell=g.cell.numpy(), edge_index=g.edge_index.numpy(),
-            edge_vec=g.edge_vec.numpy(), edge_dist=g.edge_dist.numpy(), cell_offset=g.cell_offset.numpy().astype(np.int64),
-        ))
-    return out
+    return bench_data.graph_arrays(bench_data.unpack(packed))
 
 
 def write_replicated(directory: Path, base: list, n: int) -> float:
     """Write ``n`` graphs (``base`` repeated, distinct keys) as packs of ``PACK_SIZE`` into ``directory``; GiB."""
-    from tlgnn.graphs.cache import write_pack
+    from tlgnn.graphs.packs import write_pack
 
     directory.mkdir(parents=True, exist_ok=True)
     for start in range(0, n, PACK_SIZE):

@@ -150,13 +150,9 @@ class PackedGraphs:
     def __init__(self, graphs: list, directory: Path, repeat: int = 1) -> None:
         import numpy as np
 
-        from tlgnn.graphs.builder import GraphArrays
-        from tlgnn.graphs.cache import GraphStore, write_pack
+        from tlgnn.graphs.packs import GraphStore, write_pack
 
-        arrays = [GraphArrays(z=g.z.numpy(), pos=g.pos.numpy(), cell=g.cell.numpy(), edge_index=g.edge_index.numpy(),
-                              edge_vec=g.edge_vec.numpy(), edge_dist=g.edge_dist.numpy(),
-                              cell_offset=g.cell_offset.numpy()) for g in graphs]
-        path = write_pack(directory, [f"g{i}" for i in range(len(graphs))], arrays)
+        path = write_pack(directory, [f"g{i}" for i in range(len(graphs))], bench_data.graph_arrays(graphs))
         self.store = GraphStore.open([path], mmap=True)
         self.y = torch.cat([g.y for g in graphs])  # [n, 1]
         self.repeat = repeat

@@ -16,7 +16,7 @@ from pymatgen.core import Structure
 from torch_geometric.data import Batch
 
 from tlgnn.graphs import CrystalGraphBuilder, GraphCache, GraphCacheWarning, GraphStore, structure_key
-from tlgnn.graphs.cache import CorruptPackError, Pack
+from tlgnn.graphs.packs import CorruptPackError, Pack
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mp_structures_sample.jsonl.gz"
 FIELDS = ("z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset")

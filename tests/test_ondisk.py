@@ -17,7 +17,7 @@ from torch_geometric.loader import DataLoader
 
 from tlgnn.graphs import CrystalGraphBuilder, GraphStore
 from tlgnn.graphs.builder import structure_arrays
-from tlgnn.graphs.cache import write_pack
+from tlgnn.graphs.packs import write_pack
 from support_memory import rss_file_mib
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mp_sample" / "structures.jsonl.gz"

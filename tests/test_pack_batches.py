@@ -24,7 +24,7 @@ from tlgnn.data.graphs import LazyStructures
 from tlgnn.data.loader import BatchedFetch, graph_loader, pass_batch
 from tlgnn.graphs import CrystalGraphBuilder, GraphCache, GraphStore
 from tlgnn.graphs.batching import GRAPH_FIELDS
-from tlgnn.graphs.cache import write_pack
+from tlgnn.graphs.packs import write_pack
 from tlgnn.utils.config import from_dict
 from support_memory import rss_file_mib
 

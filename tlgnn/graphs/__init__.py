@@ -9,15 +9,10 @@ from tlgnn.graphs.builder import (
     GraphArrays,
     IsolatedAtomError,
 )
-from tlgnn.graphs.cache import (
-    CorruptPackError,
-    GraphCache,
-    GraphCacheWarning,
-    GraphStore,
-    structure_key,
-)
+from tlgnn.graphs.cache import GraphCache, GraphCacheWarning, structure_key
 from tlgnn.graphs.expansion import GaussianExpansion
 from tlgnn.graphs.features import ATOM_FEATURES, NUM_FEATURES, build_atom_feature_table
+from tlgnn.graphs.packs import CorruptPackError, GraphStore
 
 __all__ = [
     "ATOM_FEATURES",

@@ -34,14 +34,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, structure_arrays
-from tlgnn.graphs.packs import (  # noqa: F401  (re-exported: the pack format used to live here)
-    PACK_FORMAT_VERSION,
-    PACK_PREFIX,
-    CorruptPackError,
-    GraphStore,
-    Pack,
-    write_pack,
-)
+from tlgnn.graphs.packs import PACK_PREFIX, CorruptPackError, GraphStore, Pack, write_pack
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
