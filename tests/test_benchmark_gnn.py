@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,13 @@ def experiment(raw_folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(experiment, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
-    summary = run_experiment(experiment, out, only=["*/*/fold1_*"], keep_going=False, log=lambda m: None)
+    cwd = os.getcwd()
+    os.chdir(out.parent)  # a relative results folder (as `--results results` gives): the runs' cwd differs
+    try:
+        summary = run_experiment(experiment, Path(out.name), only=["*/*/fold1_*"], keep_going=False,
+                                 log=lambda m: None)
+    finally:
+        os.chdir(cwd)
     assert len(summary.ran) == 3 and not summary.failed
     return out
 

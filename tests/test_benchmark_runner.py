@@ -17,7 +17,8 @@ from tlgnn.benchmark.folds import grouped_folds
 from tlgnn.benchmark.metrics import classification_metrics, regression_metrics
 from tlgnn.benchmark.models import resolve_model
 from tlgnn.benchmark.report import BEGIN, END, collect, write_report
-from tlgnn.benchmark.runner import cell_rows, masked_frame, plan_cells, prepare, run_experiment
+from tlgnn.benchmark.runner import (cell_rows, masked_frame, plan_cells, prepare, run_experiment, run_group,
+                                    unfinished_tasks)
 from tlgnn.utils.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +92,7 @@ def test_run_writes_cells_and_rerun_skips_them(tmp_path, experiment):
     cell = results / "hse_sample" / "rf_difference" / "fold0_nall_s0.json"
     record = json.loads(cell.read_text())
     assert record["n_train_target"] == 160 and record["regime"] == "structure_only"
+    assert record["accelerator"] == "cpu"
     predictions = pd.read_csv(cell.with_name("fold0_nall_s0.predictions.csv"))
     assert len(predictions) == record["n_test"] == 80
     # every number can be recomputed from the predictions
@@ -155,6 +157,47 @@ def test_plan_quick_and_only(experiment):
         "hse_sample/rf_difference/fold2_n50_s0", "hse_sample/rf_difference/fold2_nall_s0",
         "hse_sample/rf_single/fold2_n50_s0", "hse_sample/rf_single/fold2_nall_s0",
     ]
+
+
+def test_parallel_tasks_follow_the_pattern_order_and_keep_a_folds_shared_model_together(tmp_path):
+    models = [{"kind": "affine", "regime": "low_fidelity_known"}, {"kind": "gnn_single"},
+              {"kind": "rf_single", "options": {"n_estimators": 15, "n_jobs": 1}}]
+    config = load_experiment(_config(tmp_path, models=models))
+    results = tmp_path / "results"
+    run_experiment(config, results, only=["hse_sample/affine_lowknown/fold0_nall*"], log=lambda m: None)
+    only = ["hse_sample/affine*", "hse_sample/gnn_single", "hse_sample/rf_single/fold0*"]
+    tasks = unfinished_tasks(config, results, only=only)
+    affine = [ids for rank, ids in tasks if rank == 0]
+    assert all(len(ids) == 1 for ids in affine) and len(affine) == 5  # 6 cells, one finished: one task each
+    assert "hse_sample/affine_lowknown/fold0_nall_s0" not in {i for ids in affine for i in ids}
+    gnn = [ids for rank, ids in tasks if rank == 1]  # gnn_single shares its fold's P model: one task per fold
+    assert gnn == [[f"hse_sample/gnn_single/fold{f}_n50_s0", f"hse_sample/gnn_single/fold{f}_nall_s0"] for f in range(3)]
+    assert [ids for rank, ids in tasks if rank == 2] == [["hse_sample/rf_single/fold0_n50_s0"],
+                                                         ["hse_sample/rf_single/fold0_nall_s0"]]
+
+
+def test_parallel_run_writes_the_same_cells_as_a_serial_one(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transfer", REPO / "scripts" / "benchmarks" / "transfer.py")
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    _config(configs)
+    only = ["hse_sample/rf_difference/fold*_nall*", "hse_sample/affine_lowknown/fold1*"]
+    args = ["run", "--configs", str(configs), "--workers", "2"] + [a for p in only for a in ("--only", p)]
+    assert transfer.main([*args, "--results", str(tmp_path / "parallel")]) == 0
+    serial = run_experiment(load_experiment(next(configs.glob("*.yaml"))), tmp_path / "serial", only=only,
+                            log=lambda m: None)
+    assert len(serial.ran) == 5
+    for cell in serial.ran:
+        a = json.loads((tmp_path / "parallel" / f"{cell}.json").read_text())
+        b = json.loads((tmp_path / "serial" / f"{cell}.json").read_text())
+        assert a["metrics"] == pytest.approx(b["metrics"]) and a["settings_hash"] == b["settings_hash"]
+    # a worker process keeps the experiment's memo for its next task
+    again = run_group(str(next(configs.glob("*.yaml"))), str(tmp_path / "group"), [serial.ran[0]])
+    assert again.ran == [serial.ran[0]]
 
 
 def test_config_errors_name_the_key(tmp_path):

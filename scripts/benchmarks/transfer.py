@@ -2,6 +2,7 @@
 """Transfer benchmark (issue 7): run experiments cell by cell (resumable), then report into docs/results.md.
 
   scripts/benchmarks/transfer.py run [--quick] [--only 'hse/rf_*'] [--results results] [--data [EXP=]PATH]
+                                     [--accelerator cpu|gpu] [--workers N]
   scripts/benchmarks/transfer.py report [--results results] [--output docs/results.md]
 
 Experiments are the YAMLs in configs/benchmarks/ (one per experiment). A cell is (experiment, model, fold,
@@ -43,6 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"no experiment YAMLs in {args.configs}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    if args.workers > 1:
+        failed = _run_parallel(args, configs, results, default_data, per_experiment)
+        print(f"total wall time {time.perf_counter() - start:.0f} s", flush=True)
+        return cmd_report(args) if args.report else (1 if failed else 0)
     failed = 0
     for path in configs:
         config = load_experiment(path)
@@ -52,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"== {config.name} ({path.name}) -> {results / config.name}", flush=True)
         summary = run_experiment(
             config, results, data_path=data, repo_root=REPO, quick=args.quick, only=args.only, force=args.force,
-            keep_going=not args.fail_fast, log=lambda msg: print(msg, flush=True),
+            keep_going=not args.fail_fast, log=lambda msg: print(msg, flush=True), accelerator=args.accelerator,
         )
         failed += len(summary.failed)
         print(f"== {config.name}: ran {len(summary.ran)}, skipped {len(summary.skipped)} finished, "
@@ -61,6 +66,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         return cmd_report(args)
     return 1 if failed else 0
+
+
+def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, default_data: str | None,
+                  per_experiment: dict[str, str]) -> int:
+    """``--workers N``: warm the caches once, then run the unfinished cells in N spawned processes, in the
+    order of the ``--only`` patterns; returns the number of failed cells."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tlgnn.benchmark.config import load_experiment
+    from tlgnn.benchmark.runner import prepare, run_group, unfinished_tasks, warm_caches
+
+    tasks = []
+    for path in configs:
+        config = load_experiment(path)
+        found = unfinished_tasks(config, results, args.quick, args.only)
+        if not found:
+            continue
+        data = per_experiment.get(config.name, default_data)
+        t0 = time.perf_counter()
+        warm_caches(config, prepare(config, data, REPO), args.quick, n_jobs=args.workers)
+        print(f"== {config.name}: {sum(len(ids) for _, ids in found)} cells "
+              f"(caches warm in {time.perf_counter() - t0:.0f} s)", flush=True)
+        tasks += [(rank, str(path), ids, data) for rank, ids in found]
+    tasks.sort(key=lambda task: task[0])  # stable: plan order within a pattern
+    failed = 0
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        futures = [pool.submit(run_group, path, str(results), ids, data_path=data, repo_root=str(REPO),
+                               quick=args.quick, accelerator=args.accelerator) for _, path, ids, data in tasks]
+        for future in as_completed(futures):
+            try:
+                failed += len(future.result().failed)
+            except Exception as err:  # a worker that died (e.g. out of memory) must not stop the others
+                print(f"[failed] a worker task: {type(err).__name__}: {err}", flush=True)
+                failed += 1
+    return failed
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -85,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", action="append", default=[], metavar="GLOB",
                      help="cell filter on '<exp>/<model>/fold<k>_n<N>_s<seed>' (prefix globs: 'hse', 'hse/rf_*')")
     run.add_argument("--force", action="store_true", help="recompute finished cells")
+    run.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                     help="where the GNN kinds train (recorded in each cell's JSON)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="run cells in this many processes (several can share one GPU), taking the --only "
+                          "patterns in the order given")
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
     run.add_argument("--report", action="store_true", help="write the report after running")
     run.add_argument("--output", default=str(REPO / "docs" / "results.md"))

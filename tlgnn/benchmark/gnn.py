@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tlgnn.benchmark.config import ModelEntry
 from tlgnn.benchmark.models import CellInput, CellOutput
 from tlgnn.utils.config import ConfigError, from_dict, to_dict
 
@@ -128,10 +129,15 @@ class GNNOptions:
 
 def gnn_options(cell: CellInput) -> GNNOptions:
     """The cell's validated options (``quick`` overrides merged in ``--quick`` mode; forest keys ignored)."""
-    raw = {k: v for k, v in cell.model.options.items() if k not in FOREST_KEYS}
-    if cell.quick:
+    return entry_options(cell.model, cell.quick)
+
+
+def entry_options(model: ModelEntry, quick: bool) -> GNNOptions:
+    """A model entry's validated GNN options (``quick`` overrides merged when ``quick``)."""
+    raw = {k: v for k, v in model.options.items() if k not in FOREST_KEYS}
+    if quick:
         raw = {**raw, **dict(raw.get("quick") or {})}
-    return from_dict(GNNOptions, raw, prefix=f"models[{cell.model.name}].options")
+    return from_dict(GNNOptions, raw, prefix=f"models[{model.name}].options")
 
 
 def _kind(cell: CellInput) -> str:
@@ -191,15 +197,21 @@ def _structures(cell: CellInput, opts: GNNOptions) -> pd.DataFrame:
     and process, and their graphs built into the shared graph cache."""
     key = ("gnn_structures", cell.data_path, opts.frame_kind, opts.cutoff, opts.max_neighbors)
     if key not in cell.shared:
-        from tlgnn.benchmark.gnn_structures import load_structures
-        from tlgnn.data.graphs import LazyStructures, graph_cache
-
-        found = load_structures(cell.data_path, cell.frame["id"].tolist(), _cache_dir(opts),
-                                frame_kind=opts.frame_kind)
-        cache = graph_cache(_cache_dir(opts), opts.cutoff, opts.max_neighbors)
-        cache.get_many(LazyStructures(found["structure"].tolist()), keys=found["structure_key"].tolist(), n_jobs=2)
-        cell.shared[key] = found
+        cell.shared[key] = cached_structures(cell.data_path, cell.frame["id"].tolist(), opts)
     return cell.shared[key]
+
+
+def cached_structures(data_path: str, ids: list[str], opts: GNNOptions, n_jobs: int = 2) -> pd.DataFrame:
+    """Structures of ``ids`` (parsed once into the structure cache) with their graphs in the graph cache;
+    ``n_jobs`` processes parse and build what is missing. Call it once before starting several worker
+    processes, so that they find everything cached."""
+    from tlgnn.benchmark.gnn_structures import load_structures
+    from tlgnn.data.graphs import LazyStructures, graph_cache
+
+    found = load_structures(data_path, ids, _cache_dir(opts), frame_kind=opts.frame_kind, n_jobs=n_jobs)
+    cache = graph_cache(_cache_dir(opts), opts.cutoff, opts.max_neighbors)
+    cache.get_many(LazyStructures(found["structure"].tolist()), keys=found["structure_key"].tolist(), n_jobs=n_jobs)
+    return found
 
 
 def _cache_dir(opts: GNNOptions) -> Path:
@@ -305,7 +317,7 @@ def run_config(cell: CellInput, opts: GNNOptions, prep: Prepared, head: dict[str
                   "min_lr": opts.lr * 0.02},
         "trainer": {
             "max_epochs": epochs,
-            "accelerator": "cpu",
+            "accelerator": cell.accelerator,
             "gradient_clip_val": 5.0,
             "early_stopping": {"monitor": monitor, "patience": patience},
             "seed": int(cell.seed),
@@ -530,5 +542,5 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     return CellOutput(y_pred, columns, info)
 
 
-__all__ = ["GNNOptions", "KINDS", "cell_table", "gnn_options", "low_model", "low_only_rows", "predict", "prepare",
+__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "entry_options", "gnn_options", "low_model", "low_only_rows", "predict", "prepare",
            "run_config", "run_gnn_cell", "train", "validation_rows"]

@@ -11,7 +11,7 @@ test rows — except the low-fidelity column in the ``low_fidelity_known`` regim
 Model kinds are looked up in :data:`MODEL_KINDS` (``kind -> "module:function"``, imported on first use so
 forests do not import torch and GNN kinds do not load at all until run). GNN kinds
 (``gnn_single``, ``gnn_union``, ``gnn_multitask``, ``gnn_difference``, ``gnn_fidelity``, ``gnn_finetune``,
-``gnn_elv``) resolve to ``tlgnn.benchmark.gnn:run_gnn_cell``, to be written on top of ``tlgnn.training``:
+``gnn_elv``) resolve to ``tlgnn.benchmark.gnn:run_gnn_cell``, built on ``tlgnn.training``; its contract:
 
     def run_gnn_cell(cell: CellInput) -> CellOutput:
         # structures: cell.data_path (raw folder or aligned.parquet) + cell.frame["id"]
@@ -65,6 +65,7 @@ class CellInput:
         work_dir: a scratch folder for this cell (checkpoints, logs); removed by nobody.
         shared: per-experiment memo for expensive artefacts reused across cells (features, a low-fidelity
             model per fold); keys must encode everything the value depends on.
+        accelerator: where trained models run (``cpu`` or ``gpu``; the forests ignore it).
     """
 
     experiment: ExperimentConfig
@@ -81,6 +82,7 @@ class CellInput:
     data_path: str
     work_dir: Path
     shared: dict[str, Any] = field(default_factory=dict)
+    accelerator: str = "cpu"
 
     @property
     def regime(self) -> str:

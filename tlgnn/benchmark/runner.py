@@ -201,12 +201,16 @@ def run_experiment(
     force: bool = False,
     keep_going: bool = True,
     log: Callable[[str], None] = print,
+    accelerator: str = "cpu",
+    shared: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Run every planned cell of ``config`` not finished yet under ``results``; returns a :class:`RunSummary`.
 
     With ``keep_going`` a failing cell is reported and the others still run; otherwise the error propagates.
+    ``accelerator`` (``cpu``/``gpu``) is where the GNN kinds train; ``shared`` keeps the per-experiment memo
+    across calls (a worker process running several groups of cells).
     """
-    results = Path(results)
+    results = Path(results).resolve()  # work dirs are handed to runs whose cwd differs
     start = time.perf_counter()
     summary = RunSummary()
     cells = plan_cells(config, quick, only)
@@ -214,7 +218,9 @@ def run_experiment(
         return summary
     data = prepare(config, data_path, repo_root)
     hashes: dict[str, str] = {}
-    shared: dict[str, Any] = {}
+    shared = {} if shared is None else shared
+    if accelerator != "cpu":
+        import torch  # noqa: F401  (so that hardware_info names the GPU)
     hardware = hardware_info()
     for cell in cells:
         key, model = cell.key, cell.model
@@ -237,6 +243,7 @@ def run_experiment(
             experiment=config, model=model, frame=frame, train_idx=train_idx, train_target_idx=train_target_idx,
             test_idx=test_idx, groups=data.frame["group"].to_numpy(), fold=key.fold, train_size=key.train_size,
             seed=key.seed, quick=quick, data_path=data.table.path, work_dir=work_dir, shared=shared,
+            accelerator=accelerator,
         )
         t0 = time.perf_counter()
         try:
@@ -271,6 +278,7 @@ def run_experiment(
             "settings_hash": h,
             "data": {"path": data.table.path, "files": data.table.files},
             "folds": {"n_folds": config.folds.n_folds, "seed": config.folds.seed, "group_by": config.data.group_by},
+            "accelerator": accelerator,
             "hardware": hardware,
             "git_commit": git_commit(),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -284,4 +292,60 @@ def run_experiment(
     return summary
 
 
-__all__ = ["ExperimentData", "PlannedCell", "RunSummary", "cell_rows", "masked_frame", "matches", "plan_cells", "prepare", "run_experiment", "settings_hash"]
+# kinds whose cells of one fold share a trained artefact (the fold's low-fidelity model, memoised on disk):
+# a worker runs them together so that two processes never train it at once
+FOLD_SHARED_KINDS = ("gnn_single", "gnn_union", "gnn_finetune")
+
+
+def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool = False,
+                     only: list[str] | None = None) -> list[tuple[int, list[str]]]:
+    """The unfinished cells of ``config`` as worker tasks ``(priority, cell ids)``, in plan order.
+
+    ``priority`` is the index of the first ``only`` pattern a task's cells match (0 without patterns), so
+    that a parallel run takes the patterns in the order given. A task is one cell, except for the kinds in
+    :data:`FOLD_SHARED_KINDS`, whose cells are one task per (model, fold).
+    """
+    tasks: dict[tuple, tuple[int, list[str]]] = {}
+    for cell in plan_cells(config, quick, only):
+        if read_finished(cell.key.json_path(Path(results))) is not None:
+            continue
+        rank = next((i for i, p in enumerate(only or []) if matches(cell.key.id, [p])), 0)
+        key = ((str(cell.model.name), cell.key.fold) if cell.model.kind in FOLD_SHARED_KINDS
+               else (cell.key.id,))
+        old_rank, ids = tasks.get(key, (rank, []))
+        tasks[key] = (min(old_rank, rank), [*ids, cell.key.id])
+    return list(tasks.values())
+
+
+def warm_caches(config: ExperimentConfig, data: ExperimentData, quick: bool, n_jobs: int) -> None:
+    """Parse the structures and build the graphs that the GNN models of ``config`` need, with ``n_jobs``
+    processes, so that worker processes started afterwards all find them cached."""
+    from tlgnn.benchmark.gnn import cached_structures, entry_options
+
+    done = set()
+    for entry in config.models:
+        if entry.kind.startswith("gnn_"):
+            opts = entry_options(entry, quick)
+            key = (opts.cache_dir, opts.cutoff, opts.max_neighbors, opts.frame_kind)
+            if key not in done:
+                cached_structures(data.table.path, data.frame["id"].tolist(), opts, n_jobs=n_jobs)
+                done.add(key)
+
+
+_WORKER_SHARED: dict[str, dict[str, Any]] = {}
+
+
+def run_group(config_path: str, results: str, ids: list[str], *, data_path: str | None = None,
+              repo_root: str | None = None, quick: bool = False, accelerator: str = "cpu") -> RunSummary:
+    """Run the cells ``ids`` of one experiment (a worker process's task); the experiment's memo is kept
+    in the process for its next task."""
+    from tlgnn.benchmark.config import load_experiment
+
+    config = load_experiment(config_path)
+    shared = _WORKER_SHARED.setdefault(f"{config_path}|{data_path}|{quick}", {})
+    return run_experiment(config, results, data_path=data_path, repo_root=repo_root, quick=quick, only=ids,
+                          accelerator=accelerator, shared=shared, log=lambda msg: print(msg, flush=True))
+
+
+__all__ = ["ExperimentData", "PlannedCell", "RunSummary", "cell_rows", "masked_frame", "matches", "plan_cells",
+           "prepare", "run_experiment", "run_group", "settings_hash", "unfinished_tasks", "warm_caches"]
