@@ -235,6 +235,32 @@ def test_write_and_reload(tmp_path, aligned):
         data["label_stats"]["gap_hse"]["mean"], float(table.frame["gap_hse"].mean()))
 
 
+def test_lazy_table_reads_structures_from_the_file_by_row_group(tmp_path, aligned, monkeypatch):
+    import tlgnn.data.table as table_module
+    from tlgnn.data.graphs import LazyStructures
+
+    monkeypatch.setattr(table_module, "ROW_GROUP_ROWS", 7)  # several row groups in a small table
+    table, report = aligned
+    write_alignment(table, report, tmp_path / "out")
+    eager = MaterialTable.load(tmp_path / "out")
+    lazy = MaterialTable.load(tmp_path / "out", structures="lazy")
+    assert "structure" not in lazy.frame and lazy.structure_file == tmp_path / "out" / "aligned.parquet"
+    texts = eager.frame["structure"].tolist()
+    assert len(texts) > 21 and list(lazy.structure_texts()) == texts
+    # a subset (rows in any order) keeps pointing at the right file rows, and saves the JSON back
+    rows = np.array([len(texts) - 1, 3, 15, 0, 8])
+    part = lazy.subset(rows)
+    assert part.structure_file is not None and "structure" not in part.frame
+    assert [part.structure_texts()[i] for i in (4, 0, 2)] == [texts[8], texts[-1], texts[15]]
+    assert part.structure(1) == eager.structure(3) and LazyStructures(part.structure_texts())[2] == eager.structure(15)
+    part.save(tmp_path / "part")
+    again = MaterialTable.load(tmp_path / "part")
+    assert again.frame["structure"].tolist() == [texts[i] for i in rows]
+    assert again.frame["material_id"].tolist() == eager.frame["material_id"].iloc[rows].tolist()
+    with pytest.raises(ValueError, match="structures must be"):
+        MaterialTable.load(tmp_path / "out", structures="disk")
+
+
 def test_cli_align(tmp_path, capsys, cache):
     from tlgnn.cli.main import main
 

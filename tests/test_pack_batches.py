@@ -142,12 +142,12 @@ def multi_pack_dataset(dm, tmp_path_factory):
     """The data module's rows with their graphs spread over packs of 64 (in RAM and on disk)."""
     table = dm.table
     cache = GraphCache(tmp_path_factory.mktemp("small-packs"), CrystalGraphBuilder(), pack_size=64)
-    cache.get_many(LazyStructures(table.frame["structure"].tolist()), keys=table.frame["structure_key"].tolist(),
+    cache.get_many(LazyStructures(table.structure_texts()), keys=table.frame["structure_key"].tolist(),
                    n_jobs=1)
     out = {}
     for mmap in (False, True):
         store = GraphCache(cache.root, CrystalGraphBuilder(), mmap=mmap).get_many(
-            LazyStructures(table.frame["structure"].tolist()), keys=table.frame["structure_key"].tolist())
+            LazyStructures(table.structure_texts()), keys=table.frame["structure_key"].tolist())
         assert len(store.packs) > 4
         out[mmap] = MaterialDataset(table, store, TASKS)
     return out

@@ -43,11 +43,13 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
     """The aligned table of ``config`` and the path of its report (``None`` if there is none).
 
     With ``sources``, the alignment runs on first use and is stored under ``align_dir`` (default:
-    ``<cache_dir>/aligned/<fingerprint>``), reused while the YAML and its files are unchanged.
+    ``<cache_dir>/aligned/<fingerprint>``), reused while the YAML and its files are unchanged. The table is
+    loaded with ``structures="lazy"``: the structures' JSON stays in the file and is read only to build graphs
+    the cache lacks, so memory does not grow with it.
     """
     if config.aligned is not None:
         path = Path(config.aligned).expanduser()
-        table = MaterialTable.load(path)
+        table = MaterialTable.load(path, structures="lazy")
         folder = path if path.is_dir() else path.parent
         report = folder / "report.md"
         return table, (report if report.is_file() else None)
@@ -59,7 +61,7 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
         table, report = align_config(config.sources, config.source_overrides,  # type: ignore[arg-type]
                                      n_jobs=config.n_jobs, cache_dir=config.cache_dir, log=log)
         write_alignment(table, report, out)
-    return MaterialTable.load(out), out / "report.md"
+    return MaterialTable.load(out, structures="lazy"), out / "report.md"
 
 
 def _evaluation_sampler(dataset):
@@ -116,7 +118,7 @@ class TransferDataModule(L.LightningDataModule):
         if cfg.drop_missing:
             keep = table.frame[names].notna().any(axis=1).to_numpy()
             if not keep.all():
-                table = MaterialTable(table.frame.loc[keep].reset_index(drop=True), table.tasks)
+                table = table.subset(np.flatnonzero(keep))
         if len(table) == 0:
             raise ValueError(f"data: no material has any of the tasks {names}")
         self.table = table

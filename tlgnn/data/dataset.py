@@ -50,7 +50,7 @@ class MaterialDataset(Dataset):
             from tlgnn.data.graphs import LazyStructures
 
             keys = table.frame["structure_key"].tolist() if "structure_key" in table.frame else None
-            graphs = graphs.get_many(LazyStructures(table.frame["structure"].tolist()), keys=keys)
+            graphs = graphs.get_many(LazyStructures(table.structure_texts()), keys=keys)
         if len(graphs) != len(table):
             raise ValueError(f"{len(graphs)} graphs for a table of {len(table)} rows")
         self.graphs = graphs

@@ -12,7 +12,7 @@ class LazyStructures(Sequence):
     """The table's structures, parsed from their JSON only when indexed (the cache touches only missing ones)."""
 
     def __init__(self, texts: Sequence[str]):
-        self.texts = list(texts)
+        self.texts = texts if isinstance(texts, Sequence) else list(texts)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -37,7 +37,7 @@ def build_graphs(table: MaterialTable, cache_dir: str | Path, cutoff: float = 8.
                  n_jobs: int | None = None, progress: bool | None = None):
     """A :class:`tlgnn.graphs.GraphStore` with the graph of every row of ``table`` (in row order)."""
     cache = graph_cache(cache_dir, cutoff, max_neighbors)
-    structures = LazyStructures(table.frame["structure"].tolist())
+    structures = LazyStructures(table.structure_texts())
     keys = table.frame["structure_key"].tolist() if "structure_key" in table.frame else None
     return cache.get_many(structures, keys=keys, n_jobs=n_jobs, progress=progress)
 

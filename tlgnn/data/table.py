@@ -6,12 +6,17 @@ Columns: ``material_id`` (str), ``formula`` (reduced), ``n_sites``, ``structure`
 ``ids`` (JSON ``{namespace: [ids]}``), one float64 column per task (NaN = missing; classification = class
 index), and ``provenance`` (JSON ``{task: [source, row]}``; ``row`` is a list of rows where duplicates were
 merged). Saved as ``aligned.parquet`` with the task list in the parquet metadata (key ``tlgnn.tasks``).
+
+The structures' JSON is most of a table's size (about 5 KB a crystal: gigabytes at a million rows) and is only
+needed to build graphs the cache lacks. ``MaterialTable.load(path, structures="lazy")`` leaves it in the file:
+:meth:`MaterialTable.structure_texts` then reads it a row group (:data:`ROW_GROUP_ROWS` rows) at a time.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +27,58 @@ from tlgnn.data.tasks import TaskSpec
 TABLE_FILE = "aligned.parquet"
 META_KEY = b"tlgnn.tasks"
 BASE_COLUMNS = ["material_id", "formula", "n_sites", "structure", "structure_key", "structure_source", "energy_per_atom", "ids"]
+ROW_GROUP_ROWS = 4096  # rows per parquet row group: the unit a lazy table reads structures in
+
+
+class ParquetColumn(Sequence):
+    """Strings of one column of a parquet file, read a row group at a time (the last one is kept).
+
+    ``rows``: the file row of each item (a table restricted to some rows keeps its file's rows).
+    """
+
+    def __init__(self, path: Path, column: str, rows: np.ndarray):
+        import pyarrow.parquet as pq
+
+        self.path, self.column, self.rows = Path(path), column, np.asarray(rows, dtype=np.int64)
+        metadata = pq.ParquetFile(self.path).metadata
+        sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._group, self._values = -1, []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        row = int(self.rows[i])
+        group = int(np.searchsorted(self._starts, row, side="right")) - 1
+        if group != self._group:
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(self.path).read_row_group(group, columns=[self.column])
+            self._group, self._values = group, table.column(0).to_pylist()
+        return self._values[row - int(self._starts[group])]
 
 
 @dataclass
 class MaterialTable:
-    """An aligned table (``frame``) and its tasks (in column order)."""
+    """An aligned table (``frame``) and its tasks (in column order).
+
+    ``structure_file``/``structure_rows``: set for a table loaded with ``structures="lazy"``: ``frame`` has no
+    ``structure`` column; row ``i``'s JSON is row ``structure_rows[i]`` of that parquet file.
+    """
 
     frame: pd.DataFrame
     tasks: list[TaskSpec]
+    structure_file: Path | None = None
+    structure_rows: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        missing = [c for c in ["material_id", "structure", "provenance"] + self.task_names if c not in self.frame]
+        required = ["material_id", "provenance"] + ([] if self.structure_file else ["structure"])
+        missing = [c for c in required + self.task_names if c not in self.frame]
+        if self.structure_file and self.structure_rows is None:
+            self.structure_rows = np.arange(len(self.frame), dtype=np.int64)
         if missing:
             raise ValueError(f"aligned table lacks columns {missing}")
         if self.frame["material_id"].duplicated().any():
@@ -51,11 +97,28 @@ class MaterialTable:
         names = tasks or self.task_names
         return self.frame[names].to_numpy(dtype=np.float64)
 
+    def structure_texts(self) -> Sequence[str]:
+        """Every row's structure as pymatgen JSON: the column, or a view that reads it from the file."""
+        if self.structure_file is None:
+            return self.frame["structure"].tolist()
+        return ParquetColumn(self.structure_file, "structure", self.structure_rows)
+
     def structure(self, i: int):
         """Row ``i``'s pymatgen ``Structure``."""
         from pymatgen.core import Structure
 
-        return Structure.from_str(self.frame["structure"].iat[i], fmt="json")
+        if self.structure_file is None:
+            return Structure.from_str(self.frame["structure"].iat[i], fmt="json")
+        return Structure.from_str(ParquetColumn(self.structure_file, "structure", self.structure_rows[[i]])[0],
+                                  fmt="json")
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "MaterialTable":
+        """The table restricted to ``rows`` (positions, in that order); a lazy table stays lazy."""
+        rows = np.asarray(rows, dtype=np.int64)
+        frame = self.frame.iloc[rows].reset_index(drop=True)
+        if self.structure_file is None:
+            return MaterialTable(frame, self.tasks)
+        return MaterialTable(frame, self.tasks, self.structure_file, self.structure_rows[rows])
 
     def provenance(self, i: int) -> dict:
         return json.loads(self.frame["provenance"].iat[i])
@@ -69,31 +132,44 @@ class MaterialTable:
         if path.suffix != ".parquet":
             path.mkdir(parents=True, exist_ok=True)
             path = path / TABLE_FILE
-        table = pa.Table.from_pandas(self.frame, preserve_index=False)
+        frame = self.frame
+        if self.structure_file is not None:  # a lazy table: bring the JSON back from its file
+            frame = frame.copy()
+            frame.insert(min(3, len(frame.columns)), "structure", list(self.structure_texts()))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
         meta = dict(table.schema.metadata or {})
         meta[META_KEY] = json.dumps([t.to_dict() for t in self.tasks]).encode()
         table = table.replace_schema_metadata(meta)
         tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         tmp.replace(path)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "MaterialTable":
-        """Read an ``aligned.parquet`` (or the folder holding it)."""
+    def load(cls, path: str | Path, structures: str = "memory") -> "MaterialTable":
+        """Read an ``aligned.parquet`` (or the folder holding it).
+
+        ``structures``: ``"memory"`` reads the structures' JSON into ``frame``; ``"lazy"`` leaves it in the
+        file (see the module docstring), for tables of many materials whose graphs are mostly cached.
+        """
         import pyarrow.parquet as pq
 
+        if structures not in ("memory", "lazy"):
+            raise ValueError(f"structures must be 'memory' or 'lazy', got {structures!r}")
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / TABLE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"aligned table not found: {path} (write one with `tlgnn align`)")
-        table = pq.read_table(path)
-        meta = (table.schema.metadata or {}).get(META_KEY)
+        schema = pq.read_schema(path)
+        meta = (schema.metadata or {}).get(META_KEY)
         if meta is None:
             raise ValueError(f"{path}: no task metadata ({META_KEY.decode()}); not written by tlgnn align")
         tasks = [TaskSpec.from_dict(d) for d in json.loads(meta)]
-        return cls(table.to_pandas(), tasks)
+        if structures == "lazy" and "structure" in schema.names:
+            columns = [c for c in schema.names if c != "structure"]
+            return cls(pq.read_table(path, columns=columns).to_pandas(), tasks, path)
+        return cls(pq.read_table(path).to_pandas(), tasks)
 
 
-__all__ = ["BASE_COLUMNS", "MaterialTable", "TABLE_FILE"]
+__all__ = ["BASE_COLUMNS", "MaterialTable", "ParquetColumn", "ROW_GROUP_ROWS", "TABLE_FILE"]
