@@ -86,7 +86,8 @@ def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, 
             continue
         data = per_experiment.get(config.name, default_data)
         t0 = time.perf_counter()
-        warm_caches(config, prepare(config, data, REPO), args.quick, n_jobs=args.workers)
+        models = {cell.split("/")[1] for _, ids in found for cell in ids}
+        warm_caches(config, prepare(config, data, REPO), args.quick, n_jobs=args.workers, models=models)
         print(f"== {config.name}: {sum(len(ids) for _, ids in found)} cells "
               f"(caches warm in {time.perf_counter() - t0:.0f} s)", flush=True)
         tasks += [(rank, str(path), ids, data) for rank, ids in found]

@@ -317,14 +317,16 @@ def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool 
     return list(tasks.values())
 
 
-def warm_caches(config: ExperimentConfig, data: ExperimentData, quick: bool, n_jobs: int) -> None:
-    """Parse the structures and build the graphs that the GNN models of ``config`` need, with ``n_jobs``
-    processes, so that worker processes started afterwards all find them cached."""
+def warm_caches(config: ExperimentConfig, data: ExperimentData, quick: bool, n_jobs: int,
+                models: set[str] | None = None) -> None:
+    """Parse the structures and build the graphs that the GNN models of ``config`` need (those named in
+    ``models``, default all), with ``n_jobs`` processes, so that worker processes started afterwards all find
+    them cached."""
     from tlgnn.benchmark.gnn import cached_structures, entry_options
 
     done = set()
     for entry in config.models:
-        if entry.kind.startswith("gnn_"):
+        if entry.kind.startswith("gnn_") and (models is None or str(entry.name) in models):
             opts = entry_options(entry, quick)
             key = (opts.cache_dir, opts.cutoff, opts.max_neighbors, opts.frame_kind)
             if key not in done:
