@@ -259,6 +259,10 @@ def test_lazy_table_reads_structures_from_the_file_by_row_group(tmp_path, aligne
     assert again.frame["material_id"].tolist() == eager.frame["material_id"].iloc[rows].tolist()
     with pytest.raises(ValueError, match="structures must be"):
         MaterialTable.load(tmp_path / "out", structures="disk")
+    # the file rewritten under a loaded table (other rows): an error, never another material's structure
+    eager.subset(np.arange(len(texts))[::-1]).save(tmp_path / "out")
+    with pytest.raises(RuntimeError, match="changed since the table was loaded"):
+        lazy.structure(0)
 
 
 def test_cli_align(tmp_path, capsys, cache):

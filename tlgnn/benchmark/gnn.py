@@ -542,5 +542,5 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     return CellOutput(y_pred, columns, info)
 
 
-__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "entry_options", "gnn_options", "low_model", "low_only_rows", "predict", "prepare",
-           "run_config", "run_gnn_cell", "train", "validation_rows"]
+__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "entry_options", "gnn_options", "low_model",
+           "low_only_rows", "predict", "prepare", "run_config", "run_gnn_cell", "train", "validation_rows"]

@@ -33,17 +33,20 @@ ROW_GROUP_ROWS = 4096  # rows per parquet row group: the unit a lazy table reads
 class ParquetColumn(Sequence):
     """Strings of one column of a parquet file, read a row group at a time (the last one is kept).
 
-    ``rows``: the file row of each item (a table restricted to some rows keeps its file's rows).
+    ``rows``: the file row of each item (a table restricted to some rows keeps its file's rows). ``ids``: the
+    ``material_id`` each item must have; checked on every read, so a file rewritten since the table was loaded
+    raises instead of handing out another material's structure.
     """
 
-    def __init__(self, path: Path, column: str, rows: np.ndarray):
+    def __init__(self, path: Path, column: str, rows: np.ndarray, ids: Sequence[str] | None = None):
         import pyarrow.parquet as pq
 
         self.path, self.column, self.rows = Path(path), column, np.asarray(rows, dtype=np.int64)
+        self.ids = ids
         metadata = pq.ParquetFile(self.path).metadata
         sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._group, self._values = -1, []
+        self._group, self._values, self._ids = -1, [], []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -56,9 +59,15 @@ class ParquetColumn(Sequence):
         if group != self._group:
             import pyarrow.parquet as pq
 
-            table = pq.ParquetFile(self.path).read_row_group(group, columns=[self.column])
+            columns = [self.column] + (["material_id"] if self.ids is not None else [])
+            table = pq.ParquetFile(self.path).read_row_group(group, columns=columns)
             self._group, self._values = group, table.column(0).to_pylist()
-        return self._values[row - int(self._starts[group])]
+            self._ids = table.column(1).to_pylist() if self.ids is not None else []
+        at = row - int(self._starts[group])
+        if self.ids is not None and self._ids[at] != self.ids[i]:
+            raise RuntimeError(f"{self.path} changed since the table was loaded: its row {row} is now "
+                               f"{self._ids[at]!r}, expected {self.ids[i]!r}; load the table again")
+        return self._values[at]
 
 
 @dataclass
@@ -101,7 +110,8 @@ class MaterialTable:
         """Every row's structure as pymatgen JSON: the column, or a view that reads it from the file."""
         if self.structure_file is None:
             return self.frame["structure"].tolist()
-        return ParquetColumn(self.structure_file, "structure", self.structure_rows)
+        return ParquetColumn(self.structure_file, "structure", self.structure_rows,
+                             self.frame["material_id"].tolist())
 
     def structure(self, i: int):
         """Row ``i``'s pymatgen ``Structure``."""
@@ -109,8 +119,9 @@ class MaterialTable:
 
         if self.structure_file is None:
             return Structure.from_str(self.frame["structure"].iat[i], fmt="json")
-        return Structure.from_str(ParquetColumn(self.structure_file, "structure", self.structure_rows[[i]])[0],
-                                  fmt="json")
+        column = ParquetColumn(self.structure_file, "structure", self.structure_rows[[i]],
+                               [self.frame["material_id"].iat[i]])
+        return Structure.from_str(column[0], fmt="json")
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> "MaterialTable":
         """The table restricted to ``rows`` (positions, in that order); a lazy table stays lazy."""
