@@ -365,7 +365,7 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
     from tlgnn.data.graphs import graph_cache
     from tlgnn.models.heads.difference import DifferenceHead
     from tlgnn.models.heads.elv import ELVHead
-    from tlgnn.training.module import load_module
+    from tlgnn.training.module import load_module, task_predictions
 
     module = load_module(checkpoint)
     head = module.model.head
@@ -375,10 +375,8 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
     with torch.no_grad():
         for batch in graph_loader(dataset, batch_size=128, shuffle=False):
             enc = module.model.encode(batch)
-            preds = dict(head(enc, batch))
-            for task in module.tasks:
-                if task.name in preds and task.kind == "classification":
-                    preds[task.name] = torch.softmax(preds[task.name].float(), dim=-1)
+            raw = dict(head(enc, batch))
+            preds = {**raw, **task_predictions(module.tasks, raw)}
             if isinstance(head, DifferenceHead):
                 preds.update({k: v for k, v in head.components(enc, batch).items() if k.endswith("__delta")})
             if isinstance(head, ELVHead):

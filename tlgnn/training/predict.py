@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from tlgnn.data.tasks import TaskSpec
-from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module
+from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module, task_predictions
 from tlgnn.training.outputs import prediction_frame
 
 
@@ -128,13 +128,8 @@ class Predictor:
             if want == "embed":
                 embeddings.append(self.module.embed(batch).float().cpu().numpy())
                 continue
-            out = self.module(batch)
-            for task in self.module.tasks:
-                if task.name in out:
-                    value = out[task.name].float()
-                    if task.kind == "classification":
-                        value = torch.softmax(value, dim=-1)
-                    preds[task.name].append(value.cpu().numpy())
+            for name, value in task_predictions(self.module.tasks, self.module(batch)).items():
+                preds[name].append(value.cpu().numpy())
         if want == "embed":
             return np.concatenate(embeddings) if embeddings else np.zeros((0, self.module.model.encoder.out_dim))
         return {

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
 from tlgnn.training.loggers import build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
-from tlgnn.training.module import TransferModule, load_module
+from tlgnn.training.module import TransferModule, load_module, task_predictions
 from tlgnn.training.outputs import format_metrics_table, parity_plots, prediction_frame, write_metrics_json
 
 
@@ -364,14 +364,8 @@ def collect_predictions(module: TransferModule, loader: Any) -> tuple[list[str],
     ys, masks = [], []
     for batch in loader:
         batch = module.model.encoder.prepare_batch(batch).to(device)  # host-side checks, as in training
-        out = module(batch)
-        for task in module.tasks:
-            if task.name not in out:
-                continue
-            value = out[task.name].float()
-            if task.kind == "classification":
-                value = torch.softmax(value, dim=-1)
-            preds.setdefault(task.name, []).append(value.cpu().numpy())
+        for name, value in task_predictions(module.tasks, module(batch)).items():
+            preds.setdefault(name, []).append(value.cpu().numpy())
         ys.append(batch.y.float().cpu().numpy())
         masks.append(batch.y_mask.bool().cpu().numpy())
         mids = getattr(batch, "material_id", None)
