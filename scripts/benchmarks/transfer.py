@@ -96,13 +96,17 @@ def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, 
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         futures = [pool.submit(run_group, path, str(results), ids, data_path=data, repo_root=str(REPO),
-                               quick=args.quick, accelerator=args.accelerator) for _, path, ids, data in tasks]
+                               quick=args.quick, accelerator=args.accelerator, keep_going=not args.fail_fast)
+                   for _, path, ids, data in tasks]
         for future in as_completed(futures):
             try:
                 failed += len(future.result().failed)
             except Exception as err:  # a worker that died (e.g. out of memory) must not stop the others
                 print(f"[failed] a worker task: {type(err).__name__}: {err}", flush=True)
                 failed += 1
+                if args.fail_fast:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     return failed
 
 

@@ -338,7 +338,8 @@ _WORKER_SHARED: dict[str, dict[str, Any]] = {}
 
 
 def run_group(config_path: str, results: str, ids: list[str], *, data_path: str | None = None,
-              repo_root: str | None = None, quick: bool = False, accelerator: str = "cpu") -> RunSummary:
+              repo_root: str | None = None, quick: bool = False, accelerator: str = "cpu",
+              keep_going: bool = True) -> RunSummary:
     """Run the cells ``ids`` of one experiment (a worker process's task); the experiment's memo is kept
     in the process for its next task."""
     from tlgnn.benchmark.config import load_experiment
@@ -346,7 +347,8 @@ def run_group(config_path: str, results: str, ids: list[str], *, data_path: str 
     config = load_experiment(config_path)
     shared = _WORKER_SHARED.setdefault(f"{config_path}|{data_path}|{quick}", {})
     return run_experiment(config, results, data_path=data_path, repo_root=repo_root, quick=quick, only=ids,
-                          accelerator=accelerator, shared=shared, log=lambda msg: print(msg, flush=True))
+                          accelerator=accelerator, shared=shared, keep_going=keep_going,
+                          log=lambda msg: print(msg, flush=True))
 
 
 __all__ = ["ExperimentData", "PlannedCell", "RunSummary", "cell_rows", "masked_frame", "matches", "plan_cells",
