@@ -124,6 +124,31 @@ def test_cgcnn_matches_reference_formulation(edge_projection):
     assert torch.allclose(out, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("edge_projection", ["per_atom", "per_edge"])
+def test_cgcnn_without_edge_batch_norm_is_pyg_cgconv(edge_projection):
+    """``edge_batch_norm=False`` is PyG's CGConv(batch_norm=True) layer (the speed reference of bench_train)."""
+    from torch_geometric.nn import CGConv
+
+    enc = small("cgcnn", edge_projection=edge_projection, edge_batch_norm=False).train()
+    assert all(conv.bn1 is None for conv in enc.convs)
+    batch = Batch.from_data_list(graphs(4))
+    u = enc.expansion(batch.edge_dist)
+    x = enc.embedding.linear(ATOM_FEATURES[batch.z])
+    d = x.shape[1]
+    out = x
+    for conv in enc.convs:
+        conv.bn2.weight.data.uniform_(0.5, 1.5)
+        conv.bn2.bias.data.uniform_(-0.5, 0.5)
+        ref = CGConv(d, dim=u.shape[1], aggr="add", batch_norm=True).train()
+        with torch.no_grad():
+            ref.lin_f.weight.copy_(conv.fc_full.weight[:d]); ref.lin_f.bias.copy_(conv.fc_full.bias[:d])
+            ref.lin_s.weight.copy_(conv.fc_full.weight[d:]); ref.lin_s.bias.copy_(conv.fc_full.bias[d:])
+            ref.bn.weight.copy_(conv.bn2.weight); ref.bn.bias.copy_(conv.bn2.bias)
+        expected = F.softplus(ref(out, batch.edge_index.flip(0), u))  # PyG aggregates at row 1
+        out = conv(out, u, batch.edge_index)
+        assert torch.allclose(out, expected, atol=1e-5)
+
+
 def test_cgcnn_edge_projections_give_the_same_gradients():
     """"per_atom" (CPU default) and "per_edge" (GPU default) are one function: same outputs and gradients."""
     batch = Batch.from_data_list(graphs(4))
