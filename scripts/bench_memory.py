@@ -40,6 +40,13 @@ def _status_mib(field: str) -> float:
     raise KeyError(field)
 
 
+def measure_in_child(script: str, args: list[str]) -> dict:
+    """Run ``script --measure ...`` in a fresh Python process (so that its peak RSS is its own) and return the
+    JSON record it prints last."""
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------------------------- measurement
 def measure(packs: Path, mode: str, batch_size: int, seed: int, loader_kind: str = "batched") -> dict:
     """Open every pack under ``packs`` in ``mode`` and iterate one shuffled epoch; memory in MiB."""
@@ -152,10 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                 if mode == "memory" and n > args.memory_max:
                     print(f"N={n}: in-memory mode skipped (> --memory-max {args.memory_max})")
                     continue
-                cmd = [sys.executable, __file__, "--measure", str(directory), "--mode", mode,
-                       "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--loader", args.loader]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                r = json.loads(out.strip().splitlines()[-1])
+                r = measure_in_child(__file__, ["--measure", str(directory), "--mode", mode, "--batch-size",
+                                                str(args.batch_size), "--seed", str(args.seed), "--loader", args.loader])
                 r["disk_gib"] = size
                 results.append(r)
                 print(f"N={n:>8} mode={mode:<6} loader={args.loader} peak_rss_mib={r['peak_rss_mib']:8.0f} (imports "

@@ -115,7 +115,8 @@ class CGCNNEncoder(Encoder):
         num = int(round(cutoff / gaussian_step)) + 1
         self.expansion = GaussianExpansion(start=0.0, stop=float(cutoff), num=num, width=float(gaussian_step))
         self.embedding = AtomInput(atom_fea_len, atom_input)
-        self.convs = nn.ModuleList(CGCNNConv(atom_fea_len, num, edge_projection, bool(edge_batch_norm)) for _ in range(n_conv))
+        self.convs = nn.ModuleList(CGCNNConv(atom_fea_len, num, edge_projection, bool(edge_batch_norm))
+                                   for _ in range(n_conv))
         self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
 
     def forward(self, batch: Any) -> EncoderOutput:
