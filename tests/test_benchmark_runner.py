@@ -16,7 +16,7 @@ from tlgnn.benchmark.data import load_table
 from tlgnn.benchmark.folds import grouped_folds
 from tlgnn.benchmark.metrics import classification_metrics, regression_metrics
 from tlgnn.benchmark.models import resolve_model
-from tlgnn.benchmark.report import BEGIN, END, collect, write_report
+from tlgnn.benchmark.report import BEGIN, END, collect, coverage, write_report
 from tlgnn.benchmark.runner import (cell_rows, masked_frame, plan_cells, prepare, run_experiment, run_group,
                                     unfinished_tasks)
 from tlgnn.utils.config import ConfigError
@@ -146,6 +146,23 @@ def test_report_tables_plots_and_kept_prose(tmp_path, experiment):
     assert set(summary.model) == {"rf_single", "rf_difference", "affine_lowknown"}
     png = tmp_path / "docs" / "results" / "hse_sample_mae.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_coverage_counts_finished_missing_and_not_applicable_cells(tmp_path):
+    path = _config(tmp_path, train_sizes=[50, 100000, "all"])
+    config = load_experiment(path)
+    results = tmp_path / "results"
+    summary = run_experiment(config, results, only=["hse_sample/affine_lowknown/fold[01]*"], log=lambda m: None)
+    assert len(summary.ran) == 4 and len(summary.too_large) == 2  # N = 100000 exceeds every fold's labels
+    table = coverage([path], collect(results)).set_index("model")
+    # fold 2 has no finished "all" cell, so its N = 100000 cells are not known to be n/a: counted missing
+    assert table.loc["affine_lowknown", ["planned", "finished", "n/a", "missing"]].tolist() == [9, 4, 2, 3]
+    assert table.loc["rf_single", ["planned", "finished", "n/a", "missing"]].tolist() == [9, 0, 2, 7]
+    output = tmp_path / "results.md"
+    write_report(results, output, tmp_path / "figures", configs=[path])
+    text = output.read_text()
+    assert "4 of 21 applicable cells finished (17 missing; 6 not applicable" in text
+    assert "| `hse_sample` | `rf_difference` | 0 | 7 |" in text
 
 
 def test_plan_quick_and_only(experiment):

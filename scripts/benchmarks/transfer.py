@@ -114,7 +114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tlgnn.benchmark.report import write_report
 
     results = Path(args.results or (REPO / "results" / ("quick" if getattr(args, "quick", False) else "")))
-    output = write_report(results, args.output, args.figures)
+    output = write_report(results, args.output, args.figures, sorted(Path(args.configs).glob("*.yaml")))
     print(f"wrote {output}")
     return 0
 
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--figures", default=str(REPO / "docs" / "results"))
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="aggregate finished cells into docs/results.md and PNG plots")
+    report.add_argument("--configs", default=str(REPO / "configs" / "benchmarks"),
+                        help="folder of experiment YAMLs (for the coverage of their grid)")
     report.add_argument("--results", default=None, help="results folder (default results/)")
     report.add_argument("--quick", action="store_true", help="report results/quick/ (default folder only)")
     report.add_argument("--output", default=str(REPO / "docs" / "results.md"))

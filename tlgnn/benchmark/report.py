@@ -145,8 +145,57 @@ def experiment_section(summary: pd.DataFrame, cells: pd.DataFrame, experiment: s
     return "\n\n".join(parts)
 
 
-def render(results: str | Path, figures: str | Path, figures_rel: str = "results") -> str:
-    """The generated Markdown for every experiment under ``results`` (plots and ``summary.csv`` into ``figures``)."""
+def coverage(configs: list[Path], cells: pd.DataFrame, quick: bool = False) -> pd.DataFrame:
+    """Planned, finished, not applicable and missing cells per (experiment, model) of the experiment YAMLs.
+
+    A cell is *not applicable* when its training size exceeds the fold's scarce training labels (the runner
+    skips it); that count is read from the finished ``all`` cells of the fold, so no data is loaded here.
+    """
+    from tlgnn.benchmark.config import load_experiment
+    from tlgnn.benchmark.runner import plan_cells
+
+    finished = set()
+    labels: dict[tuple[str, int], int] = {}
+    for r in cells.itertuples():
+        finished.add((r.experiment, r.model, int(r.fold), r.train_size, int(r.seed)))
+        if r.train_size == "all":
+            labels[(r.experiment, int(r.fold))] = int(r.n_train_target)
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    for path in configs:
+        config = load_experiment(path)
+        for cell in plan_cells(config, quick):
+            key = cell.key
+            counts = rows.setdefault((config.name, str(cell.model.name)), {"planned": 0, "finished": 0, "n/a": 0})
+            counts["planned"] += 1
+            n_labels = labels.get((config.name, key.fold))
+            if (config.name, str(cell.model.name), key.fold, str(key.train_size), key.seed) in finished:
+                counts["finished"] += 1
+            elif key.train_size != "all" and n_labels is not None and n_labels < int(key.train_size):
+                counts["n/a"] += 1
+    frame = pd.DataFrame([{"experiment": e, "model": m, **c} for (e, m), c in rows.items()],
+                         columns=["experiment", "model", "planned", "finished", "n/a"])
+    frame["missing"] = frame["planned"] - frame["finished"] - frame["n/a"]
+    return frame
+
+
+def coverage_section(table: pd.DataFrame) -> str:
+    """Markdown: the totals, then one row per (experiment, model) that still has missing cells."""
+    total = table[["planned", "finished", "n/a", "missing"]].sum()
+    gnn = table[table.model.str.startswith("gnn_")][["planned", "finished", "n/a", "missing"]].sum()
+    text = (f"Coverage of the planned grid: {total.finished} of {total.planned - total['n/a']} applicable cells "
+            f"finished ({total.missing} missing; {total['n/a']} not applicable: training size above the fold's "
+            f"labels); GNN kinds {gnn.finished} of {gnn.planned - gnn['n/a']}.")
+    open_rows = table[table.missing > 0]
+    if open_rows.empty:
+        return text + " Every applicable cell is finished."
+    rows = [[f"`{r.experiment}`", f"`{r.model}`", str(r.finished), str(r.missing)] for r in open_rows.itertuples()]
+    return text + " Models with missing cells:\n\n" + _table(["experiment", "model", "finished", "missing"], rows)
+
+
+def render(results: str | Path, figures: str | Path, figures_rel: str = "results",
+           configs: list[Path] | None = None) -> str:
+    """The generated Markdown for every experiment under ``results`` (plots and ``summary.csv`` into ``figures``);
+    with the experiment YAMLs ``configs``, a coverage summary of their planned grid first."""
     cells = collect(results)
     if cells.empty:
         return f"No finished cells under `{results}`."
@@ -164,20 +213,24 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
             f"{h.get('cpu')} ({h.get('cores')} cores, {h.get('memory_gb')} GB), GPU {h.get('gpu') or 'none'}, "
             f"Python {h.get('python')}, scikit-learn {h.get('sklearn')}" for h in map(json.loads, hardware)),
     ]
+    if configs:
+        lines.append(coverage_section(coverage(configs, cells, quick=bool(cells["quick"].all()))))
     for experiment in sorted(cells["experiment"].unique()):
         lines.append(experiment_section(summary, cells, experiment, Path(figures), figures_rel))
     return "\n\n".join(lines)
 
 
-def write_report(results: str | Path, output: str | Path, figures: str | Path) -> Path:
-    """Replace the generated block of ``output`` (created with a skeleton if absent) with the current tables."""
+def write_report(results: str | Path, output: str | Path, figures: str | Path,
+                 configs: list[Path] | None = None) -> Path:
+    """Replace the generated block of ``output`` (created with a skeleton if absent) with the current tables
+    (and the coverage of the ``configs`` grid, see :func:`render`)."""
     output = Path(output)
     figures = Path(figures)
     try:
         figures_rel = str(figures.resolve().relative_to(output.resolve().parent))
     except ValueError:
         figures_rel = str(figures.resolve())
-    block = f"{BEGIN}\n\n{render(results, figures, figures_rel)}\n\n{END}"
+    block = f"{BEGIN}\n\n{render(results, figures, figures_rel, configs)}\n\n{END}"
     text = output.read_text() if output.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -190,4 +243,4 @@ def write_report(results: str | Path, output: str | Path, figures: str | Path) -
     return output
 
 
-__all__ = ["BEGIN", "END", "collect", "learning_curve_plot", "render", "summarise", "write_report"]
+__all__ = ["BEGIN", "END", "collect", "coverage", "coverage_section", "learning_curve_plot", "render", "summarise", "write_report"]
