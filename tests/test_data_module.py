@@ -66,6 +66,18 @@ def test_target_stats_from_training_split_only(dm):
     assert mean["gap_hse"] != pytest.approx(dm.table.frame["gap_hse"].dropna().mean(), rel=1e-6)
 
 
+def test_pair_stats_are_of_the_difference_on_rows_with_both_labels(dm):
+    pairs = dm.pair_stats()
+    train = dm.table.frame.iloc[dm.split.train]
+    both = train[["gap_pbe_mf", "gap_hse"]].dropna()
+    diff = both["gap_hse"] - both["gap_pbe_mf"]
+    assert 2 <= len(both) < train["gap_pbe_mf"].notna().sum()
+    assert pairs["gap_hse"]["gap_pbe_mf"] == pytest.approx([diff.mean(), diff.std(ddof=0)], rel=1e-5)
+    assert pairs["gap_pbe_mf"]["gap_hse"] == pytest.approx([-diff.mean(), diff.std(ddof=0)], rel=1e-5)
+    mean, _ = dm.target_stats()  # the difference of the two means is another number: other crystals
+    assert abs((mean["gap_hse"] - mean["gap_pbe_mf"]) - diff.mean()) > 0.01
+
+
 def test_reuse_saved_split_and_aligned_table(dm, tmp_path):
     cfg = DataConfig(aligned=str(dm.alignment_report.parent), tasks=TASKS, cache_dir=dm.config.cache_dir)
     cfg.split.file = dm.config.split.file

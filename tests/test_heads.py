@@ -122,6 +122,23 @@ def test_difference_is_low_plus_delta_exactly():
     assert torch.equal(preds["gap_scan"], preds["gap_hse"] + parts["gap_scan__delta"])
 
 
+def test_difference_normalises_delta_with_the_paired_statistics():
+    model = model_for("difference").eval()
+    mean, std = {"gap_pbe": 1.0, "gap_hse": 1.6, "gap_scan": 1.3}, {"gap_pbe": 1.2, "gap_hse": 1.5, "gap_scan": 1.1}
+    model.head.set_target_stats(mean, std, {"gap_hse": {"gap_pbe": [0.9, 0.4]}, "gap_pbe": {"gap_hse": [-0.9, 0.4]}})
+    # the link pbe -> hse takes its pair; hse -> scan has none and falls back to the difference of means
+    assert torch.allclose(model.head.delta_mean, torch.tensor([0.9, -0.3]))
+    assert torch.allclose(model.head.delta_std, torch.tensor([0.4, 1.1]))
+    assert model.head.paired_stats() == {"gap_hse": {"gap_pbe": pytest.approx([0.9, 0.4])},
+                                         "gap_scan": {"gap_hse": pytest.approx([-0.3, 1.1])}}
+    model.head.set_target_stats({"gap_hse": 5.0}, {})  # pairs not named keep their values
+    assert torch.allclose(model.head.delta_mean, torch.tensor([0.9, 1.3 - 5.0]))
+    with pytest.raises(ValueError, match=r"pairs\['gap_hse'\]\['gap_pbe'\] must be \[mean, std > 0\]"):
+        model.head.set_target_stats({}, {}, {"gap_hse": {"gap_pbe": [0.9, 0.0]}})
+    with pytest.raises(ValueError, match="pairs: unknown task 'gap_hes'"):
+        model.head.set_target_stats({}, {}, {"gap_hes": {"gap_pbe": [0.9, 0.4]}})
+
+
 def test_difference_uses_known_low_where_present():
     model = model_for("difference", use_known_low=True).eval()
     batch = labelled_batch(TASKS, n=6, present=0.5, seed=3)

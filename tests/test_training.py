@@ -223,6 +223,10 @@ def test_each_head_trains_with_the_lightning_trainer_and_its_loss_falls(name, tm
     stats_mean, stats_std = module.model.head.target_stats()
     labels = dm.dataset.y[dm.split.train, 0][dm.dataset.y_mask[dm.split.train, 0]].double()
     assert stats_mean[tasks[0]] == pytest.approx(labels.mean().item(), rel=1e-5)  # from the training split
+    if name == "difference":  # Δ is normalised with the statistics of the paired labels, which checkpoints keep
+        low, high = module.model.head.chain
+        assert module.model.head.paired_stats()[high][low] == pytest.approx(dm.pair_stats()[high][low])
+        assert module.describe()["target_stats"]["pairs"] == module.model.head.paired_stats()
     before = training_set_loss(module, dm)
     module.train()
     callbacks, _ = training_callbacks(config, tmp_path / name)

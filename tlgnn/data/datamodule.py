@@ -171,6 +171,28 @@ class TransferDataModule(L.LightningDataModule):
             std[task.name] = s if s > MIN_STD else 1.0
         return mean, std
 
+    def pair_stats(self) -> dict[str, dict[str, list[float]]]:
+        """``{high: {low: [mean, std]}}``: mean and std (population) of ``high - low`` over the TRAINING rows
+        labelled with both, for every ordered pair of regression tasks with at least two such rows and a spread
+        above zero (what a difference head normalises its Δ with; see :class:`~tlgnn.models.heads.DifferenceHead`).
+        """
+        self._require_setup()
+        train = np.asarray(self.split.train, dtype=np.int64)  # type: ignore[union-attr]
+        y = self.dataset.y[train].numpy().astype(np.float64)  # type: ignore[union-attr]
+        present = self.dataset.y_mask[train].numpy()  # type: ignore[union-attr]
+        regression = [k for k, task in enumerate(self.tasks) if task.kind == "regression"]
+        out: dict[str, dict[str, list[float]]] = {}
+        for high in regression:
+            for low in regression:
+                both = present[:, high] & present[:, low]
+                if high == low or both.sum() < 2:
+                    continue
+                diff = y[both, high] - y[both, low]
+                if diff.std() > MIN_STD:
+                    out.setdefault(self.tasks[high].name, {})[self.tasks[low].name] = [float(diff.mean()),
+                                                                                        float(diff.std())]
+        return out
+
     def label_counts(self) -> dict[str, dict[str, int]]:
         """Labels present per task in each split part."""
         self._require_setup()

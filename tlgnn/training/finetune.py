@@ -251,8 +251,8 @@ def apply_finetuning(module: Any, init_from: str | Path | None, config: Finetune
             head_mismatch(pretrained, module.hparams["model"]["head"], module.hparams["tasks"])
         if reason is None:
             model.head.load_state_dict(pretrained.head_state, strict=True)
-            mean, std = model.head.target_stats()
-            module.set_target_stats(mean, std)  # the loaded head keeps the statistics its weights were fit with
+            # the loaded head keeps the statistics its weights were fit with
+            module.set_target_stats(*model.head.target_stats(), model.head.paired_stats())
             plan.head_loaded = True
         elif config.load_head == "always":
             raise ConfigError("model.finetune.load_head", f"cannot reuse the head of {pretrained.path}: {reason}")

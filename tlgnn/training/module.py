@@ -59,7 +59,8 @@ class TransferModule(L.LightningModule):
         optim: :class:`~tlgnn.training.config.OptimConfig` as a dict.
         loss: :class:`~tlgnn.training.config.LossConfig` as a dict.
         graph: the graph builder settings (``CrystalGraphBuilder.settings``) the model was trained with.
-        target_stats: ``{"mean": {task: value}, "std": {task: value}}`` of the training split, physical units.
+        target_stats: ``{"mean": {task: value}, "std": {task: value}}`` of the training split, physical units,
+            optionally with ``"pairs": {high: {low: [mean, std]}}`` of ``high - low`` on rows labelled with both.
         max_epochs: used by per-step schedules when no Trainer is attached (defaults to the Trainer's).
     """
 
@@ -70,7 +71,7 @@ class TransferModule(L.LightningModule):
         optim: Mapping[str, Any] | None = None,
         loss: Mapping[str, Any] | None = None,
         graph: Mapping[str, Any] | None = None,
-        target_stats: Mapping[str, Mapping[str, float]] | None = None,
+        target_stats: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         tasks_plain = _task_dicts(tasks)
@@ -87,7 +88,7 @@ class TransferModule(L.LightningModule):
         self.tasks = [TaskSpec.from_dict(t) for t in tasks_plain]
         self.model = build_transfer_model(self.hparams["model"], self.tasks)
         if target_stats:
-            self.set_target_stats(target_stats.get("mean", {}), target_stats.get("std", {}))
+            self.set_target_stats(target_stats.get("mean", {}), target_stats.get("std", {}), target_stats.get("pairs"))
         self.outputs = list(self.model.head.outputs)
         self.val_metrics = TaskMetrics(self.tasks)
         self.test_metrics = TaskMetrics(self.tasks)
@@ -95,11 +96,14 @@ class TransferModule(L.LightningModule):
         self.finetune_plan: Any = None
 
     # ------------------------------------------------------------------ statistics
-    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
-        """Per-task training-split mean/std (physical units) for the head's normalisation and the loss."""
-        self.model.head.set_target_stats(dict(mean), dict(std))
+    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float],
+                         pairs: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> None:
+        """Per-task training-split mean/std (physical units) for the head's normalisation and the loss, and the
+        statistics of task differences (``pairs``, see :meth:`Head.set_target_stats`)."""
+        self.model.head.set_target_stats(dict(mean), dict(std), pairs)
         self._loss_std = None
-        self.hparams["target_stats"] = {"mean": dict(mean), "std": dict(std)}
+        self.hparams["target_stats"] = {"mean": dict(mean), "std": dict(std),
+                                        "pairs": self.model.head.paired_stats()}
 
     @property
     def loss_std(self) -> dict[str, float]:
@@ -222,7 +226,7 @@ class TransferModule(L.LightningModule):
             "outputs": list(self.outputs),
             "model": {k: dict(v) for k, v in self.hparams["model"].items()},
             "graph": dict(self.hparams["graph"]),
-            "target_stats": {"mean": mean, "std": std},
+            "target_stats": {"mean": mean, "std": std, "pairs": self.model.head.paired_stats()},
             "loss": dict(self.hparams["loss"]),
         }
 

@@ -68,14 +68,17 @@ def build_datamodule(config: RunConfig, stage: str = "fit"):
     return dm
 
 
-def target_stats(dm: Any) -> dict[str, dict[str, float]]:
-    """``{"mean": {...}, "std": {...}}`` of the regression tasks on the training split."""
+def target_stats(dm: Any) -> dict[str, dict[str, Any]]:
+    """``{"mean": {...}, "std": {...}, "pairs": {high: {low: [mean, std]}}}`` of the regression tasks on the
+    training split (``pairs``: of ``high - low`` where both are labelled)."""
     stats = dm.target_stats()
     if isinstance(stats, tuple):
         mean, std = stats
     else:
         mean, std = stats["mean"], stats["std"]
-    return {"mean": {k: float(v) for k, v in mean.items()}, "std": {k: float(v) for k, v in std.items()}}
+    pairs = dm.pair_stats() if hasattr(dm, "pair_stats") else {}
+    return {"mean": {k: float(v) for k, v in mean.items()}, "std": {k: float(v) for k, v in std.items()},
+            "pairs": pairs}
 
 
 def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:

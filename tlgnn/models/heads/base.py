@@ -94,6 +94,7 @@ class Head(nn.Module):
         n = len(self.tasks)
         self.register_buffer("target_mean", torch.zeros(n))
         self.register_buffer("target_std", torch.ones(n))
+        self._pair_stats: dict[tuple[str, str], tuple[float, float]] = {}  # (low, high) -> mean, std of high - low
         self._init_weighting(weighting, task_weights)
 
     # ----------------------------------------------------------------- tasks
@@ -126,12 +127,25 @@ class Head(nn.Module):
         return mlp(self.in_dim if in_dim is None else in_dim, self.hidden, out_dim, self.activation, self.dropout)
 
     # ----------------------------------------------------------------- statistics
-    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float]) -> None:
+    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float],
+                         pairs: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> None:
         """Store per-task mean and standard deviation (physical units) of the training labels.
 
         Tasks not named keep their current values (initially mean 0, std 1); entries for classification
         tasks are ignored. Unknown task names, non-finite values and ``std <= 0`` raise ``ValueError``.
+        ``pairs[high][low] = [mean, std]``: statistics of ``high - low`` over the training rows labelled with
+        both (what a difference head normalises its Δ with); pairs not named keep their current values.
         """
+        checked: dict[tuple[str, str], tuple[float, float]] = {}
+        for high, lows in (pairs or {}).items():
+            for low, pair in lows.items():
+                for name in (high, low):
+                    if name not in self.task_index:
+                        raise ValueError(f"set_target_stats pairs: unknown task {name!r}"
+                                         f"{close_matches(str(name), list(self.task_index))}")
+                if len(pair) != 2 or not all(math.isfinite(float(v)) for v in pair) or float(pair[1]) <= 0:
+                    raise ValueError(f"set_target_stats pairs[{high!r}][{low!r}] must be [mean, std > 0], got {pair}")
+                checked[(str(low), str(high))] = (float(pair[0]), float(pair[1]))
         for label, values in (("mean", mean), ("std", std)):
             for name, value in values.items():
                 if name not in self.task_index:
@@ -150,10 +164,15 @@ class Head(nn.Module):
             for name, value in std.items():
                 if self.task_by_name[name].kind == "regression":
                     self.target_std[self.task_index[name]] = float(value)
+        self._pair_stats.update(checked)
         self.on_target_stats()
 
     def on_target_stats(self) -> None:
         """Hook for heads that derive further statistics (difference, ELV) from the task statistics."""
+
+    def paired_stats(self) -> dict[str, dict[str, list[float]]]:
+        """The pair statistics the head normalises with, as ``{high: {low: [mean, std]}}`` (none by default)."""
+        return {}
 
     def target_stats(self) -> tuple[dict[str, float], dict[str, float]]:
         """Current ``(mean, std)`` of every regression task."""

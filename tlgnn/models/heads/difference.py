@@ -1,8 +1,14 @@
 """Difference (Δ-learning) head along a fidelity chain ``[low, ..., high]`` of regression tasks.
 
     y_0 = mean_0 + std_0 * MLP_0(g)
-    Δ_k = dmean_k + dstd_k * MLP_Δk(g)            dmean_k = mean_k - mean_{k-1},  dstd_k = std_k
+    Δ_k = dmean_k + dstd_k * MLP_Δk(g)
     y_k = ŷ_{k-1} + Δ_k                          k = 1..K
+
+``dmean_k``, ``dstd_k`` are the mean and std of ``y_k - y_{k-1}`` over the training rows labelled with both
+(the ``pairs`` statistics of :meth:`Head.set_target_stats`, which the data module computes). Only where no
+such rows exist do they fall back to ``mean_k - mean_{k-1}`` and ``std_k``: the two tasks' labels usually
+cover different crystals (e.g. PBE for all, GLLB-SC for the wide-gap ones), so that difference of means can
+be off by the better part of an eV and their spread several times that of the difference.
 
 ``ŷ_{k-1}`` is the predicted ``y_{k-1}``, or, with ``use_known_low=True``, the label of task k-1 wherever the
 batch has it (``batch.y_mask``), in training and prediction alike. All arithmetic is in physical units.
@@ -54,8 +60,17 @@ class DifferenceHead(Head):
         idx = [self.task_index[n] for n in self.chain]
         with torch.no_grad():
             for k in range(1, len(idx)):
-                self.delta_mean[k - 1] = self.target_mean[idx[k]] - self.target_mean[idx[k - 1]]
-                self.delta_std[k - 1] = self.target_std[idx[k]]
+                paired = self._pair_stats.get((self.chain[k - 1], self.chain[k]))
+                if paired is not None:
+                    self.delta_mean[k - 1], self.delta_std[k - 1] = paired
+                else:
+                    self.delta_mean[k - 1] = self.target_mean[idx[k]] - self.target_mean[idx[k - 1]]
+                    self.delta_std[k - 1] = self.target_std[idx[k]]
+
+    def paired_stats(self) -> dict[str, dict[str, list[float]]]:
+        """``{high: {low: [dmean, dstd]}}`` of every link of the chain, read from the buffers."""
+        return {self.chain[k + 1]: {self.chain[k]: [float(self.delta_mean[k]), float(self.delta_std[k])]}
+                for k in range(len(self.chain) - 1)}
 
     def components(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
         """``{low: y_0 [B], "<task_k>__delta": Δ_k [B] for k ≥ 1}`` in physical units."""
