@@ -152,20 +152,25 @@ class TransferDataModule(L.LightningDataModule):
             raise RuntimeError("TransferDataModule: call setup() first")
 
     # ---------------------------------------------------------------------------------------- statistics
+    def _training_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(y [n_train, T] float64, present [n_train, T] bool)`` of the TRAINING split's rows."""
+        self._require_setup()
+        train = np.asarray(self.split.train, dtype=np.int64)  # type: ignore[union-attr]
+        return (self.dataset.y[train].numpy().astype(np.float64),  # type: ignore[union-attr]
+                self.dataset.y_mask[train].numpy())  # type: ignore[union-attr]
+
     def target_stats(self) -> tuple[dict[str, float], dict[str, float]]:
         """Per regression task: mean and std (population) of the labels present in the TRAINING split.
 
         A task with fewer than two training labels, or zero spread, gets std 1.0 (mean 0.0 if it has none).
         """
-        self._require_setup()
-        train = np.asarray(self.split.train, dtype=np.int64)  # type: ignore[union-attr]
+        y, present = self._training_labels()
         mean: dict[str, float] = {}
         std: dict[str, float] = {}
         for k, task in enumerate(self.tasks):
             if task.kind != "regression":
                 continue
-            mask = self.dataset.y_mask[train, k].numpy()  # type: ignore[union-attr]
-            vals = self.dataset.y[train, k].numpy()[mask].astype(np.float64)  # type: ignore[union-attr]
+            vals = y[present[:, k], k]
             mean[task.name] = float(vals.mean()) if len(vals) else 0.0
             s = float(vals.std()) if len(vals) > 1 else 1.0
             std[task.name] = s if s > MIN_STD else 1.0
@@ -176,10 +181,7 @@ class TransferDataModule(L.LightningDataModule):
         labelled with both, for every ordered pair of regression tasks with at least two such rows and a spread
         above zero (what a difference head normalises its Δ with; see :class:`~tlgnn.models.heads.DifferenceHead`).
         """
-        self._require_setup()
-        train = np.asarray(self.split.train, dtype=np.int64)  # type: ignore[union-attr]
-        y = self.dataset.y[train].numpy().astype(np.float64)  # type: ignore[union-attr]
-        present = self.dataset.y_mask[train].numpy()  # type: ignore[union-attr]
+        y, present = self._training_labels()
         regression = [k for k, task in enumerate(self.tasks) if task.kind == "regression"]
         out: dict[str, dict[str, list[float]]] = {}
         for high in regression:

@@ -76,9 +76,8 @@ def target_stats(dm: Any) -> dict[str, dict[str, Any]]:
         mean, std = stats
     else:
         mean, std = stats["mean"], stats["std"]
-    pairs = dm.pair_stats() if hasattr(dm, "pair_stats") else {}
     return {"mean": {k: float(v) for k, v in mean.items()}, "std": {k: float(v) for k, v in std.items()},
-            "pairs": pairs}
+            "pairs": dm.pair_stats()}
 
 
 def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:
