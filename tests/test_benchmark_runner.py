@@ -215,6 +215,12 @@ def test_parallel_run_writes_the_same_cells_as_a_serial_one(tmp_path):
     # a worker process keeps the experiment's memo for its next task
     again = run_group(str(next(configs.glob("*.yaml"))), str(tmp_path / "group"), [serial.ran[0]])
     assert again.ran == [serial.ran[0]]
+    # the report through the script: the coverage of the YAMLs' grid; a folder without YAMLs is refused
+    report = ["report", "--results", str(tmp_path / "parallel"), "--output", str(tmp_path / "r.md"),
+              "--figures", str(tmp_path / "fig")]
+    assert transfer.main([*report, "--configs", str(configs)]) == 0
+    assert "5 of 18 applicable cells finished (13 missing; 0 not applicable" in (tmp_path / "r.md").read_text()
+    assert transfer.main([*report, "--configs", str(tmp_path / "empty")]) == 2
 
 
 def test_config_errors_name_the_key(tmp_path):

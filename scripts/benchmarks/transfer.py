@@ -33,15 +33,22 @@ def _data_overrides(values: list[str]) -> tuple[str | None, dict[str, str]]:
     return default, per_experiment
 
 
+def _experiment_yamls(folder: str) -> list[Path]:
+    """The experiment YAMLs in ``folder``; none: says so on stderr (the caller exits with 2)."""
+    configs = sorted(Path(folder).glob("*.yaml"))
+    if not configs:
+        print(f"no experiment YAMLs in {folder}", file=sys.stderr)
+    return configs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tlgnn.benchmark.config import load_experiment
     from tlgnn.benchmark.runner import plan_cells, run_experiment
 
     results = Path(args.results or (REPO / "results" / ("quick" if args.quick else "")))
     default_data, per_experiment = _data_overrides(args.data)
-    configs = sorted(Path(args.configs).glob("*.yaml"))
+    configs = _experiment_yamls(args.configs)
     if not configs:
-        print(f"no experiment YAMLs in {args.configs}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     if args.workers > 1:
@@ -114,7 +121,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tlgnn.benchmark.report import write_report
 
     results = Path(args.results or (REPO / "results" / ("quick" if getattr(args, "quick", False) else "")))
-    output = write_report(results, args.output, args.figures, sorted(Path(args.configs).glob("*.yaml")))
+    configs = _experiment_yamls(args.configs)
+    if not configs:
+        return 2
+    output = write_report(results, args.output, args.figures, configs)
     print(f"wrote {output}")
     return 0
 
