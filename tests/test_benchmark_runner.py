@@ -212,6 +212,17 @@ def test_parallel_run_writes_the_same_cells_as_a_serial_one(tmp_path):
         a = json.loads((tmp_path / "parallel" / f"{cell}.json").read_text())
         b = json.loads((tmp_path / "serial" / f"{cell}.json").read_text())
         assert a["metrics"] == pytest.approx(b["metrics"]) and a["settings_hash"] == b["settings_hash"]
+    # a parallel rerun skips a finished cell; with --force it recomputes it
+    cell_json = tmp_path / "parallel" / f"{serial.ran[0]}.json"
+    record = json.loads(cell_json.read_text())
+    true_mae, record["metrics"]["mae"] = record["metrics"]["mae"], 99.0
+    cell_json.write_text(json.dumps(record))
+    one = ["run", "--configs", str(configs), "--workers", "2", "--only", serial.ran[0], "--results",
+           str(tmp_path / "parallel")]
+    assert transfer.main(one) == 0
+    assert json.loads(cell_json.read_text())["metrics"]["mae"] == 99.0
+    assert transfer.main([*one, "--force"]) == 0
+    assert json.loads(cell_json.read_text())["metrics"]["mae"] == pytest.approx(true_mae)
     # a worker process keeps the experiment's memo for its next task
     again = run_group(str(next(configs.glob("*.yaml"))), str(tmp_path / "group"), [serial.ran[0]])
     assert again.ran == [serial.ran[0]]

@@ -77,8 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, default_data: str | None,
                   per_experiment: dict[str, str]) -> int:
-    """``--workers N``: warm the caches once, then run the unfinished cells in N spawned processes, in the
-    order of the ``--only`` patterns; returns the number of failed cells."""
+    """``--workers N``: warm the caches once, then run the unfinished cells (every selected cell with
+    ``--force``) in N spawned processes, in the order of the ``--only`` patterns; returns the number of failed
+    cells."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -88,7 +89,7 @@ def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, 
     tasks = []
     for path in configs:
         config = load_experiment(path)
-        found = unfinished_tasks(config, results, args.quick, args.only)
+        found = unfinished_tasks(config, results, args.quick, args.only, force=args.force)
         if not found:
             continue
         data = per_experiment.get(config.name, default_data)
@@ -103,7 +104,8 @@ def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, 
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         futures = [pool.submit(run_group, path, str(results), ids, data_path=data, repo_root=str(REPO),
-                               quick=args.quick, accelerator=args.accelerator, keep_going=not args.fail_fast)
+                               quick=args.quick, accelerator=args.accelerator, keep_going=not args.fail_fast,
+                               force=args.force)
                    for _, path, ids, data in tasks]
         for future in as_completed(futures):
             try:

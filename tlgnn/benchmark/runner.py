@@ -298,8 +298,9 @@ FOLD_SHARED_KINDS = ("gnn_single", "gnn_union", "gnn_finetune")
 
 
 def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool = False,
-                     only: list[str] | None = None) -> list[tuple[int, list[str]]]:
-    """The unfinished cells of ``config`` as worker tasks ``(priority, cell ids)``, in plan order.
+                     only: list[str] | None = None, force: bool = False) -> list[tuple[int, list[str]]]:
+    """The unfinished cells of ``config`` (every selected cell with ``force``) as worker tasks
+    ``(priority, cell ids)``, in plan order.
 
     ``priority`` is the index of the first ``only`` pattern a task's cells match (0 without patterns), so
     that a parallel run takes the patterns in the order given. A task is one cell, except for the kinds in
@@ -307,7 +308,7 @@ def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool 
     """
     tasks: dict[tuple, tuple[int, list[str]]] = {}
     for cell in plan_cells(config, quick, only):
-        if read_finished(cell.key.json_path(Path(results))) is not None:
+        if not force and read_finished(cell.key.json_path(Path(results))) is not None:
             continue
         rank = next((i for i, p in enumerate(only or []) if matches(cell.key.id, [p])), 0)
         key = ((str(cell.model.name), cell.key.fold) if cell.model.kind in FOLD_SHARED_KINDS
@@ -339,7 +340,7 @@ _WORKER_SHARED: dict[str, dict[str, Any]] = {}
 
 def run_group(config_path: str, results: str, ids: list[str], *, data_path: str | None = None,
               repo_root: str | None = None, quick: bool = False, accelerator: str = "cpu",
-              keep_going: bool = True) -> RunSummary:
+              keep_going: bool = True, force: bool = False) -> RunSummary:
     """Run the cells ``ids`` of one experiment (a worker process's task); the experiment's memo is kept
     in the process for its next task."""
     from tlgnn.benchmark.config import load_experiment
@@ -347,7 +348,7 @@ def run_group(config_path: str, results: str, ids: list[str], *, data_path: str 
     config = load_experiment(config_path)
     shared = _WORKER_SHARED.setdefault(f"{config_path}|{data_path}|{quick}", {})
     return run_experiment(config, results, data_path=data_path, repo_root=repo_root, quick=quick, only=ids,
-                          accelerator=accelerator, shared=shared, keep_going=keep_going,
+                          accelerator=accelerator, shared=shared, keep_going=keep_going, force=force,
                           log=lambda msg: print(msg, flush=True))
 
 
