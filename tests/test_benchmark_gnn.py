@@ -58,6 +58,7 @@ def experiment(raw_folder, tmp_path_factory):
             {"kind": "gnn_single", "options": options},
             {"kind": "gnn_difference", "regime": "low_fidelity_known", "options": options},
             {"kind": "gnn_elv", "options": options},
+            {"kind": "gnn_elv", "name": "gnn_elv_paired", "options": {**options, "elv_shift_stats": "paired"}},
         ],
     }
     path = tmp_path_factory.mktemp("cfg") / "hse_gnn_sample.yaml"
@@ -75,7 +76,7 @@ def results(experiment, tmp_path_factory):
                                  log=lambda m: None)
     finally:
         os.chdir(cwd)
-    assert len(summary.ran) == 3 and not summary.failed
+    assert len(summary.ran) == 4 and not summary.failed
     return out
 
 
@@ -120,6 +121,32 @@ def test_structure_only_models_report_their_own_pbe_prediction(results):
     assert elv["info"]["head"] == "elv" and elv["info"]["tasks"] == ["band_gap_pbe", "gap_hse"]
 
 
+def test_elv_paired_shift_stats_come_from_the_training_rows_with_both_labels(experiment, results):
+    from tlgnn.benchmark.gnn import paired_shift_stats
+    from tlgnn.benchmark.models import CellInput
+
+    data = prepare(experiment)
+    frame = data.frame
+    _, _, split = _cell(results, "gnn_elv_paired")
+    train = np.flatnonzero(frame["id"].isin(split["train"]).to_numpy())
+    delta = (frame["gap_hse"] - frame["band_gap_pbe"]).to_numpy()[train]
+    delta = delta[np.isfinite(delta)]
+    assert 10 <= len(delta) < len(train)  # some training rows have no HSE label: they must not count
+    model = experiment.models[3]
+    cell = CellInput(experiment, model, frame, train, train, np.zeros(0, int), np.zeros(0), 1, "all", 0, False,
+                     "", Path("."))
+    mean, std = paired_shift_stats(cell, train)
+    assert np.log1p(np.exp(mean)) == pytest.approx(max(delta.mean(), 0.01))  # softplus(mean latent) = mean Δ
+    assert std == pytest.approx(delta.std())
+    # the cell trained with exactly these statistics; the default ELV entry has none
+    run = yaml.safe_load((results / "hse_gnn_sample" / "gnn_elv_paired" / "work" / "fold1_nall_s0" / "run"
+                          / "config.yaml").read_text())
+    assert run["model"]["head"]["latent_stats"]["shift"] == pytest.approx([mean, std])
+    default = yaml.safe_load((results / "hse_gnn_sample" / "gnn_elv" / "work" / "fold1_nall_s0" / "run"
+                              / "config.yaml").read_text())
+    assert "latent_stats" not in default["model"]["head"]
+
+
 def test_gnn_options_are_validated_with_the_model_name(experiment, tmp_path):
     from tlgnn.benchmark.gnn import gnn_options
     from tlgnn.benchmark.models import CellInput
@@ -131,3 +158,8 @@ def test_gnn_options_are_validated_with_the_model_name(experiment, tmp_path):
                      np.zeros(0), 0, "all", 0, False, "", tmp_path)
     with pytest.raises(ConfigError, match="low_rows"):
         gnn_options(cell)
+    for options, message in (({"elv_shift_stats": "pairs"}, "elv_shift_stats.*'target' or 'paired'"),
+                             ({"elv_shift_stats": "paired", "head": {"latents": ["a"]}}, "default ELV form")):
+        cell.model = type(model)("gnn_elv", "gnn_elv", model.regime, options)
+        with pytest.raises(ConfigError, match=message):
+            gnn_options(cell)

@@ -81,6 +81,9 @@ class GNNOptions:
         finetune: ``model.finetune`` settings of the fine-tuning run.
         init_intercept: ELV: a parameter initialised to the mean training target (e.g. ``c`` of a linear
             expression).
+        elv_shift_stats: scale of the default ELV form's ``shift`` latent: ``target`` (mean 0, std of ``T``: the
+            head's default) or ``paired`` (from ``T − P`` on the training rows with both labels, see
+            :func:`paired_shift_stats`).
         cache_dir: graph and structure cache (relative to the repository root).
         cutoff, max_neighbors: graph settings.
         frame_kind: extxyz frames holding the structures (TinNet ``OH``).
@@ -109,6 +112,7 @@ class GNNOptions:
     init_from: str = "fold"
     finetune: dict[str, Any] = field(default_factory=lambda: {"encoder_lr": 5e-4, "head_lr": 2e-3})
     init_intercept: str | None = None
+    elv_shift_stats: str = "target"
     cache_dir: str = "runs/cache"
     cutoff: float = 8.0
     max_neighbors: int | None = 12
@@ -125,6 +129,10 @@ class GNNOptions:
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.elv_shift_stats not in ("target", "paired"):
+            raise ConfigError("elv_shift_stats", f"must be 'target' or 'paired', got {self.elv_shift_stats!r}")
+        if self.elv_shift_stats == "paired" and self.head:
+            raise ConfigError("elv_shift_stats", "'paired' applies to the default ELV form only, not to options.head")
 
 
 def gnn_options(cell: CellInput) -> GNNOptions:
@@ -463,6 +471,18 @@ def _head_and_tasks(cell: CellInput, kind: str, opts: GNNOptions) -> tuple[dict[
     return head, tasks
 
 
+def paired_shift_stats(cell: CellInput, rows: np.ndarray) -> tuple[float, float]:
+    """``[mean, std]`` of the ``shift`` latent of ``T = P + softplus(shift)`` from ``Δ = T − P`` on ``rows``
+    (those with both labels; eV): ``softplus⁻¹`` of ``mean(Δ)`` (at least 0.01 eV, as ``softplus > 0``) and
+    ``std(Δ)`` (at least 0.01 eV), so that the network's unit output spans the corrections seen in training."""
+    delta = cell.target_values(rows) - cell.low_values(rows)
+    delta = delta[np.isfinite(delta)]
+    if len(delta) < 2:
+        raise ValueError(f"elv_shift_stats 'paired' needs 2+ training rows with both labels, got {len(delta)}")
+    mean = max(float(delta.mean()), 0.01)
+    return mean + math.log(-math.expm1(-mean)), max(float(delta.std()), 0.01)
+
+
 def run_gnn_cell(cell: CellInput) -> CellOutput:
     """Train the cell's GNN kind on the training folds and predict the scarce target of ``cell.test_idx``."""
     kind = _kind(cell)
@@ -479,11 +499,13 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
         head["parameters"] = params
 
     target_rows = np.asarray(cell.train_target_idx)
+    val = validation_rows(cell, target_rows, opts)
+    if kind == "elv" and opts.elv_shift_stats == "paired":
+        head["latent_stats"] = {"shift": list(paired_shift_stats(cell, np.setdiff1d(target_rows, val)))}
     learns_low = any(c != t for c in tasks) or kind == "union"
     if cell.regime == "low_fidelity_known":
         learns_low = False  # the given P label replaces the base prediction: P-only rows would only train it
     extra = low_only_rows(cell, opts.low_rows, target_rows) if learns_low and p is not None else np.zeros(0, int)
-    val = validation_rows(cell, target_rows, opts)
     train_rows = np.sort(np.concatenate([np.setdiff1d(target_rows, val), extra]))
     labels = None
     if kind == "union":
@@ -541,4 +563,5 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
 
 
 __all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "entry_options", "gnn_options", "low_model",
-           "low_only_rows", "predict", "prepare", "run_config", "run_gnn_cell", "train", "validation_rows"]
+           "low_only_rows", "paired_shift_stats", "predict", "prepare", "run_config", "run_gnn_cell", "train",
+           "validation_rows"]
