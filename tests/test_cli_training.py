@@ -101,13 +101,16 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
     assert "--resume" in capsys.readouterr().err
 
     # `tlgnn test` on the same checkpoint and split reproduces the metrics
-    assert main(["test", "--config", str(path), "--checkpoint", str(best), "--output-dir", str(tmp_path / "eval")]) == 0
-    test_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    # (by default into run/test: the training run's own metrics.json is kept)
+    assert main(["test", "--config", str(path), "--checkpoint", str(best)]) == 0
+    assert json.loads((run / "metrics.json").read_text()) == fit_metrics
+    test_metrics = json.loads((run / "test" / "metrics.json").read_text())
+    assert test_metrics["checkpoint"] == str(best.resolve())
     for task in ("gap_pbe_mf", "is_metal_exp"):
         for name, value in fit_metrics["test"][task].items():
             assert test_metrics["test"][task][name] == pytest.approx(value, rel=1e-5, nan_ok=True), (task, name)
-    assert (tmp_path / "eval" / "predictions_test.csv").is_file()
-    assert (tmp_path / "eval" / "parity_gap_pbe_mf.png").is_file()
+    assert (run / "test" / "predictions_test.csv").is_file()
+    assert (run / "test" / "parity_gap_pbe_mf.png").is_file()
 
     # `tlgnn predict` on a folder with one broken CIF: listed, not fatal
     folder = tmp_path / "cifs"
@@ -138,6 +141,18 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
                  "--device", "cpu", "--disordered", "order"]) == 0
     assert "Cod_2100513_abridged" in set(pd.read_csv(output, dtype={"id": str}).id)
     (folder / disordered.name).unlink()
+    # a folder holding only a sub-folder: nothing found, --recursive named, no stale predictions left behind
+    nested = tmp_path / "nested"
+    (nested / "inner").mkdir(parents=True)
+    shutil.copy(COD / "1000041.cif", nested / "inner" / "1000041.cif")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(nested), "--output", str(output),
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no structure files found" in err and "--recursive" in err and not output.exists()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(nested), "--output", str(output),
+                 "--device", "cpu", "--recursive"]) == 0
+    assert list(pd.read_csv(output, dtype={"id": str}).id) == ["inner/1000041"]
     api = tlgnn.load_model(best).predict(sorted(str(p) for p in folder.glob("1*.cif")) + [str(folder / "9*.cif")])
     merged = frame.merge(api, on="id", suffixes=("", "_api"))
     assert len(merged) == 3

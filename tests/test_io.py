@@ -284,6 +284,29 @@ def test_glob_list_and_missing(tmp_path):
     assert len(result) == 1 and "duplicate id '1000041'" in result.failures[0].reason
 
 
+def test_glob_ids_keep_the_folder_so_same_named_files_stay_apart(tmp_path):
+    for sub, name in (("a", "cubic_POSCAR-195"), ("b", "layer_POSCAR-78"), ("c", "monoclinic_POSCAR-014")):
+        (tmp_path / "runs" / sub).mkdir(parents=True)
+        shutil.copy(SPG / name, tmp_path / "runs" / sub / "CONTCAR")
+    result = read_structures(str(tmp_path / "runs" / "*" / "CONTCAR"), on_error="skip")
+    assert result.ids == ["a/CONTCAR", "b/CONTCAR", "c/CONTCAR"] and not result.failures
+    assert result.structures[0] == read_structures(SPG / "cubic_POSCAR-195")[0].structure
+    # a flat glob keeps plain stems; the recursive folder listing gives the same ids as the glob
+    assert read_structures(str(COD / "90*.cif")).ids[0] == "9000046"
+    assert read_structures(tmp_path / "runs", recursive=True).ids == result.ids
+
+
+def test_folder_without_recursive_names_the_sub_folders_it_did_not_read(tmp_path):
+    (tmp_path / "inner").mkdir()
+    (tmp_path / ".git").mkdir()
+    shutil.copy(COD / "1000041.cif", tmp_path / "inner" / "1000041.cif")
+    result = read_structures(tmp_path, on_error="skip")
+    assert len(result) == 0 and not result.failures
+    ((where, why),) = result.skipped  # the hidden folder is not reported
+    assert where == str(tmp_path / "inner") and "recursive" in why
+    assert read_structures(tmp_path, recursive=True).ids == ["inner/1000041"]
+
+
 @pytest.mark.filterwarnings("ignore:Site labels are not unique")
 def test_process_pool_matches_serial(tmp_path):
     sources = read_structures([COD, SLABS, SPG / "cubic_POSCAR-195"]).records

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -296,17 +297,29 @@ def test_resumed_run_ends_at_the_weights_of_an_uninterrupted_run(tmp_path, cache
     head = {"name": "difference", "chain": ["gap_pbe_mf", "gap_hse"], "hidden": [16], "dropout": 0.1}
     extra = {"optim": {"scheduler": "cosine", "warmup_epochs": 0.5}, "trainer": {"max_epochs": 3}}
     straight = load_run_config(raw=raw_config(tmp_path / "straight", cache_dir, head, ["gap_pbe_mf", "gap_hse"], **extra))
-    fit(straight, test=False)
+    fit(straight, resume="auto", test=False)  # nothing to resume yet: a fresh start
     broken = load_run_config(raw=raw_config(tmp_path / "broken", cache_dir, head, ["gap_pbe_mf", "gap_hse"], **extra))
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(broken, test=False, callbacks=[Crash(epoch=1)])
     assert read_checkpoint(tmp_path / "broken" / "checkpoints" / "last.ckpt")["global_step"] == 4
+    shutil.copytree(tmp_path / "broken", tmp_path / "moved")  # the same killed run, copied elsewhere
     fit(broken, resume="last", test=False)
     a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(tmp_path / "broken" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 12
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    # resumed in its new place, the copy keeps its best score and best.ckpt (no best-v1.ckpt) and ends the same
+    moved = load_run_config(raw=raw_config(tmp_path / "moved", cache_dir, head, ["gap_pbe_mf", "gap_hse"], **extra))
+    result = fit(moved, resume="auto", test=False)
+    assert sorted(p.name for p in (tmp_path / "moved" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert result.best_checkpoint == tmp_path / "moved" / "checkpoints" / "best.ckpt"
+    c = read_checkpoint(tmp_path / "moved" / "checkpoints" / "last.ckpt")
+    for key, value in b["state_dict"].items():
+        torch.testing.assert_close(c["state_dict"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    best_b = read_checkpoint(tmp_path / "broken" / "checkpoints" / "best.ckpt")
+    best_c = read_checkpoint(tmp_path / "moved" / "checkpoints" / "best.ckpt")
+    assert best_c["global_step"] == best_b["global_step"]
     # a fresh run into a directory that holds one is refused unless resumed or overwritten
     from tlgnn.training.run import RunError
 

@@ -92,7 +92,9 @@ def register(subparsers) -> None:
     p = make_subparser(subparsers, "fit", "train a model from a run config, then test it", __doc__)
     add_config_arguments(p)
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                   help="resume an interrupted run from OUTPUT_DIR/checkpoints/last.ckpt (or from CHECKPOINT)")
+                   help="resume an interrupted run from OUTPUT_DIR/checkpoints/last.ckpt (or from CHECKPOINT); "
+                        "'--resume auto' resumes if that file exists and starts afresh otherwise (job scripts "
+                        "that are requeued)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an output_dir that already holds a run (its checkpoints are deleted)")
     p.add_argument("--no-test", action="store_true", help="skip testing the best checkpoint after training")

@@ -62,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
     for where, why in result.skipped:
         print(f"tlgnn predict: skipped {where}: {why}", file=sys.stderr)
     if result.frame.empty:
-        print("tlgnn predict: no structure could be read; nothing written", file=sys.stderr)
+        found = "no structure could be read" if problems else "no structure files found in the input"
+        print(f"tlgnn predict: {found}; nothing written", file=sys.stderr)
+        if output.exists():
+            output.unlink()  # an earlier run's predictions must not pass for this run's
+            print(f"tlgnn predict: removed {output} from an earlier run", file=sys.stderr)
         return 1
     result.frame.to_csv(output, index=False)
     print(f"wrote {len(result.frame)} predictions ({', '.join(predictor.outputs)}) to {output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob as globlib
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass
 class StructureRecord:
-    """One validated structure. ``id``: file stem, ``<stem>/<block|frame|item>`` for files holding several,
+    """One validated structure. ``id``: the file's path below the folder or glob root it was found from, without
+    extension (``x`` for ``cifs/x.cif`` read as ``cifs/`` or ``cifs/*.cif``, ``a/CONTCAR`` for ``*/CONTCAR``; the
+    stem for a file named directly), ``<that>/<block|frame|item>`` for files holding several,
     ``structure_<i>`` (or the object's own id/name) for in-memory input. ``path``: source file or ``None``."""
 
     id: str
@@ -162,17 +165,20 @@ def _expand_path(text: str, items: list, skipped: list, recursive: bool) -> None
     path = Path(text)
     if path.is_dir():
         pattern = "**/*" if recursive else "*"
-        for child in sorted(p for p in path.glob(pattern) if p.is_file()):
+        for child in sorted(path.glob(pattern)):
             rel = child.relative_to(path)
             if any(part.startswith(".") for part in rel.parts[:-1]):
                 continue  # inside a hidden folder (.git, .ipynb_checkpoints)
+            if child.is_dir():
+                if not recursive and not child.name.startswith("."):
+                    skipped.append((str(child), "sub-folder not read: pass recursive=True (tlgnn predict "
+                                                "--recursive) to read sub-folders"))
+                continue
             reason = skip_reason(child)
             if reason:
                 skipped.append((str(child), reason))
                 continue
-            stem = split_name(child)[0]
-            base = str(rel.parent / stem) if recursive and rel.parent != Path(".") else stem
-            items.append(_FileTask(str(child), base))
+            items.append(_FileTask(str(child), _relative_id(rel)))
         return
     if path.exists() or not (_GLOB_CHARS & set(text)):
         items.append(_FileTask(text, split_name(path)[0]))  # missing files fail in read_file
@@ -180,6 +186,7 @@ def _expand_path(text: str, items: list, skipped: list, recursive: bool) -> None
     matches = sorted(globlib.glob(text, recursive=True))
     if not matches:
         items.append(_Outcome(failures=[StructureReadError(text, "unreadable: no files match this glob pattern")]))
+    root = _glob_root(text)
     for match in matches:
         child = Path(match)
         if child.is_dir():
@@ -187,7 +194,25 @@ def _expand_path(text: str, items: list, skipped: list, recursive: bool) -> None
         elif child.name.startswith("."):
             skipped.append((match, skip_reason(child) or "hidden file"))
         else:
-            items.append(_FileTask(match, split_name(child)[0]))
+            try:
+                rel = child.relative_to(root)
+            except ValueError:  # a pattern glob could not split; the file name alone is the id
+                rel = Path(child.name)
+            items.append(_FileTask(match, _relative_id(rel)))
+
+
+def _relative_id(rel: Path) -> str:
+    """Id of a file found under a folder or glob root: its relative path without the extension(s), so that
+    ``a/CONTCAR`` and ``b/CONTCAR`` stay apart and ``x.cif`` at the root is just ``x``."""
+    stem = split_name(rel)[0]
+    return stem if rel.parent == Path(".") else (rel.parent / stem).as_posix()
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its leading path components without wildcards."""
+    parts = Path(pattern).parts
+    fixed = [p for p in itertools.takewhile(lambda part: not (_GLOB_CHARS & set(part)), parts[:-1])]
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _read_object(obj: Any, index: int | None, disordered: DisorderPolicy) -> _Outcome:

@@ -2,7 +2,8 @@
 
 ``fit(config)`` trains with Lightning (seeded, checkpoints ``best.ckpt`` and ``last.ckpt``, early stopping,
 gradient clipping, mixed precision on GPU), then tests the best checkpoint. ``test(config, checkpoint)``
-evaluates a checkpoint on the config's test split. Both write into ``output_dir``:
+evaluates a checkpoint on the config's test split. Both write into ``output_dir`` (``test`` into
+``output_dir/test`` unless given another folder):
 
 - ``config.yaml`` (the resolved run config), ``checkpoints/{best,last}.ckpt``, ``logs/version_N/metrics.csv``
 - ``metrics.json`` (per-task test metrics), ``predictions_test.csv``, ``parity_<task>.png`` per regression task
@@ -12,6 +13,7 @@ evaluates a checkpoint on the config's test split. Both write into ``output_dir`
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -245,6 +247,39 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
     return L.Trainer(**kwargs)
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that follows a run directory moved or copied between attempts (an rsync'd run, a SLURM
+    requeue on another mount path). Lightning drops the best score when the checkpoint folder's path changed, so
+    a resumed copy wrote a fresh ``best-v1.ckpt`` and tested that; here the paths recorded under the old folder
+    are mapped into the current one when the best checkpoint is there, and the bookkeeping carries over."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            moved = _moved_paths(state_dict, str(old), str(new))
+            if moved.get("best_model_path") and Path(moved["best_model_path"]).is_file():
+                state_dict = moved
+        super().load_state_dict(state_dict)
+
+
+def _moved_paths(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``ModelCheckpoint`` state with every path under ``old`` re-rooted under ``new``."""
+    prefix = os.path.join(old, "")
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and path.startswith(prefix):
+            return os.path.join(new, path[len(prefix):])
+        return path
+
+    moved = dict(state, dirpath=new)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in moved:
+            moved[key] = move(moved[key])
+    if isinstance(moved.get("best_k_models"), dict):
+        moved["best_k_models"] = {move(k): v for k, v in moved["best_k_models"].items()}
+    return moved
+
+
 def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
     """Checkpoints ``best.ckpt`` (by the early-stopping monitor) and ``last.ckpt`` (every epoch), early stopping,
     LR monitor and the epoch seeder. Returns the callbacks and the best-checkpoint callback.
@@ -254,9 +289,9 @@ def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callba
     """
     es = config.trainer.early_stopping
     ckpt_dir = str(output_dir / "checkpoints")
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=es.monitor, mode=es.resolved_mode,
+    best = RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor=es.monitor, mode=es.resolved_mode,
                            save_top_k=1, auto_insert_metric_name=False)
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+    last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                            enable_version_counter=False)
     callbacks: list[Callback] = [best, last, EpochSeeder(config.trainer.seed)]
     if es.patience is not None:
@@ -274,10 +309,15 @@ def _set_threads(config: RunConfig) -> None:
 
 
 def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``"last"`` -> ``output_dir/checkpoints/last.ckpt``, a path, or ``None``."""
+    """The checkpoint to resume from: ``"last"`` -> ``output_dir/checkpoints/last.ckpt`` (which must exist),
+    ``"auto"`` -> the same if it exists, else ``None`` (a fresh start: one job script for the first submission and
+    every requeue), a path, or ``None``."""
     if resume is None:
         return None
-    path = output_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume).expanduser()
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if resume == "auto":
+        return str(last) if last.is_file() else None
+    path = last if resume == "last" else Path(resume).expanduser()
     if not path.is_file():
         raise RunError(f"cannot resume: checkpoint not found: {path}")
     return str(path)
@@ -290,7 +330,8 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
 
     Args:
         config: the run config.
-        resume: ``"last"`` (``output_dir/checkpoints/last.ckpt``) or a checkpoint path to continue from.
+        resume: ``"last"`` (``output_dir/checkpoints/last.ckpt``), ``"auto"`` (that one if it exists, else start
+            afresh) or a checkpoint path to continue from.
         test: test the best checkpoint and write metrics/predictions/plots afterwards.
         overwrite: start over in an ``output_dir`` that already holds checkpoints (they are deleted).
         callbacks: extra Lightning callbacks.
@@ -341,8 +382,9 @@ def _check_tasks(module: TransferModule, dm: Any, checkpoint: str | Path) -> Non
 
 
 def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | None = None) -> TestResult:
-    """Evaluate ``checkpoint`` on the test split of ``config``'s data; write metrics, predictions, plots."""
-    out = Path(output_dir).expanduser().resolve() if output_dir else Path(config.output_dir)
+    """Evaluate ``checkpoint`` on the test split of ``config``'s data; write metrics, predictions, plots into
+    ``output_dir`` (default ``<config.output_dir>/test``, so the training run's own ``metrics.json`` stays)."""
+    out = Path(output_dir).expanduser().resolve() if output_dir else Path(config.output_dir) / "test"
     out.mkdir(parents=True, exist_ok=True)
     _set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -351,7 +393,8 @@ def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | Non
     _check_tasks(module, dm, checkpoint)
     loggers = build_loggers(config.logger, out, config.to_dict())
     trainer = build_trainer(config, out, loggers, [], evaluation=True)
-    result = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=str(checkpoint))
+    label = str(Path(checkpoint).expanduser().resolve())
+    result = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=label)
     close_loggers(loggers)
     return result
 
