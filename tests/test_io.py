@@ -143,6 +143,18 @@ def test_hexagonal_poscar_194_never_read_as_o4p4():
         assert {el.symbol for el in rec.structure.composition} == labels
 
 
+def test_truncated_poscars_say_how_many_coordinate_lines_are_missing(tmp_path):
+    vasp4 = (SPG / "cubic_POSCAR-195").read_text().splitlines()  # counts '4 4 32 48', labelled sites
+    (tmp_path / "cut4.vasp").write_text("\n".join(vasp4[:-2]) + "\n")
+    vasp5 = read_structures(SPG / "layer_POSCAR-78")[0].structure.to(fmt="poscar").splitlines()
+    (tmp_path / "cut5.vasp").write_text("\n".join(vasp5[:-1]) + "\n")  # MoS2: '1 2' promised, 2 sites given
+    reasons = {Path(e.path).name: e.reason for e in read_structures(tmp_path, on_error="skip").failures}
+    assert reasons == {
+        "cut4.vasp": "POSCAR counts line '4 4 32 48' promises 88 atoms but 86 coordinate lines follow (truncated file?)",
+        "cut5.vasp": "POSCAR counts line '1 2' promises 3 atoms but 2 coordinate lines follow (truncated file?)",
+    }
+
+
 def test_spglib_poscars_spread():
     result = read_structures(SPG_TESTS, on_error="skip")
     assert len(result) + len(result.failures) == 20
@@ -282,6 +294,20 @@ def test_glob_list_and_missing(tmp_path):
     assert result.ids == ["1000041"] and "file not found" in result.failures[0].reason
     result = read_structures([COD / "1000041.cif", COD / "1000041.cif"], on_error="skip")
     assert len(result) == 1 and "duplicate id '1000041'" in result.failures[0].reason
+
+
+def test_cif_cut_inside_its_atom_site_loop_is_refused_not_read_short(tmp_path):
+    text = (COD / "1000041.cif").read_text()  # NaCl: one Na and one Cl site
+    cut = text[: text.index("\n", text.index("Na1")) + 1]
+    (tmp_path / "cut.cif").write_text(cut)
+    (err,) = read_structures(tmp_path / "cut.cif", on_error="skip").failures
+    assert err.path == str(tmp_path / "cut.cif")
+    assert err.reason.startswith("atom sites lack Cl, which _chemical_formula_sum 'Cl Na' lists")
+    # hydrogen listed without sites (X-ray structures) is accepted
+    with_h = text.replace("'Cl Na'", "'Cl H2 Na'")
+    assert with_h != text
+    (tmp_path / "noh.cif").write_text(with_h)
+    assert read_structures(tmp_path / "noh.cif")[0].structure.composition.reduced_formula == "NaCl"
 
 
 def test_glob_ids_keep_the_folder_so_same_named_files_stay_apart(tmp_path):

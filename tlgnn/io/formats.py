@@ -87,7 +87,31 @@ def _cif_structure(text: str) -> Structure:
             structures = parser.parse_structures(primitive=False, on_error="raise")
         except Exception as exc:  # noqa: BLE001
             raise _err(_cif_reason(exc)) from exc
+    missing = _elements_missing_from(structures[0], parser.as_dict())
+    if missing:
+        raise _err(missing)
     return structures[0]
+
+
+def _elements_missing_from(structure: Structure, cif: dict) -> str | None:
+    """Why the structure lacks an element that the block's ``_chemical_formula_sum`` lists (a truncated or
+    damaged atom-site loop), or ``None``. Hydrogen is exempt: X-ray structures often list it without sites."""
+    from pymatgen.core import Composition
+
+    block = next(iter(cif.values()), {})
+    formula = block.get("_chemical_formula_sum")
+    if not isinstance(formula, str) or not formula.strip("?. '\""):
+        return None
+    try:
+        listed = {el.symbol for el in Composition(formula.strip("'\"")).remove_charges().elements}
+    except Exception:  # noqa: BLE001 - an unparsable formula is not this check's business
+        return None
+    present = {el.symbol for el in structure.composition.remove_charges().elements}
+    missing = sorted(listed - present - {"H", "D"})
+    if not missing:
+        return None
+    return (f"atom sites lack {', '.join(missing)}, which _chemical_formula_sum {formula.strip()!r} lists "
+            f"(the sites give {structure.composition.reduced_formula}): truncated or damaged atom-site loop?")
 
 
 def _cif_reason(exc: Exception) -> str:
@@ -121,6 +145,11 @@ def parse_poscar(text: str) -> Structure:
     except (ValueError, IndexError) as exc:
         raise _err("not a POSCAR file: lines 2-5 must hold the scale factor and three lattice vectors") from exc
     counts = _int_tokens(lines[5])
+    counts_line = 5 if counts is not None else 6
+    atom_counts = counts if counts is not None else _int_tokens(lines[6])
+    if atom_counts is None:
+        raise _err("not a POSCAR file: line 6 or 7 must hold the number of atoms of each species")
+    _check_site_lines(lines, counts_line, atom_counts)
     names = None
     if counts is not None:  # VASP 4: no species line
         names = _species_from_sites(lines, counts) or _species_from_title(lines[0], len(counts))
@@ -140,6 +169,24 @@ def parse_poscar(text: str) -> Structure:
     if bad:
         raise _err(f"unknown element symbol(s) {bad} in the POSCAR species line")
     return poscar.structure
+
+
+def _check_site_lines(lines: list[str], counts_line: int, counts: list[int]) -> None:
+    """Refuse a POSCAR with fewer coordinate lines (three numbers each) than its counts line promises."""
+    start = counts_line + 1
+    if start < len(lines) and lines[start].strip()[:1] in ("s", "S"):  # selective dynamics
+        start += 1
+    start += 1  # the Direct/Cartesian line
+    n_sites = 0
+    for line in lines[start : start + sum(counts)]:
+        try:
+            [float(t) for t in line.split()[:3]][2]
+        except (ValueError, IndexError):
+            break
+        n_sites += 1
+    if n_sites < sum(counts):
+        raise _err(f"POSCAR counts line {lines[counts_line].strip()!r} promises {sum(counts)} atoms but "
+                   f"{n_sites} coordinate lines follow (truncated file?)")
 
 
 def _int_tokens(line: str) -> list[int] | None:
