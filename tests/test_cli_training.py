@@ -69,12 +69,19 @@ def test_dotted_options_and_set_both_override():
 def test_config_typos_exit_non_zero_naming_the_key(tmp_path, cache_dir, capsys):
     path = write_config(tmp_path, cache_dir)
     assert main(["fit", "--config", str(path), "--trainer.max_epoch", "3"]) == 2
-    assert "trainer.max_epoch: unknown key; did you mean 'max_epochs'" in capsys.readouterr().err
+    assert "command-line override: trainer.max_epoch: unknown key; did you mean 'max_epochs'" in capsys.readouterr().err
     typo = write_config(tmp_path / "typo", cache_dir, **{"model.head": {"name": "multitask", "hiden": [16]}})
     assert main(["fit", "--config", str(typo)]) == 2
     err = capsys.readouterr().err
     assert "model.head.hiden" in err and "did you mean 'hidden'" in err
     assert not (tmp_path / "typo" / "run").exists()  # nothing started
+    # a monitor naming no logged metric is caught before training, with the closest name
+    assert main(["fit", "--config", str(path),
+                 "--trainer.early_stopping.monitor", "val/gap_pbe_mf/mea"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.early_stopping.monitor: no logged metric 'val/gap_pbe_mf/mea'" in err
+    assert "did you mean 'val/gap_pbe_mf/mae'" in err and "val/is_metal_exp/roc_auc" in err
+    assert not (tmp_path / "run").exists()
     # the installed entry point: a real process exit status and the message on stderr
     proc = subprocess.run([sys.executable, "-m", "tlgnn.cli.main", "fit", "--config", str(path),
                            "--set", "optim.schedular=cosine"], capture_output=True, text=True, timeout=120)

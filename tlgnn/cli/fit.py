@@ -128,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     def action(config) -> None:
         from tlgnn.training.run import fit
 
+        from lightning.pytorch.utilities import rank_zero_only
+
         result = fit(config, resume=args.resume, test=not args.no_test, overwrite=args.overwrite)
+        if rank_zero_only.rank != 0:
+            return  # under DDP every rank runs this; one report is enough
         if result.test is not None:
             print(result.test.table)
         print(f"run directory: {result.output_dir}")

@@ -407,6 +407,8 @@ def load_run_config(
     try:
         config = from_dict(RunConfig, data)
     except ConfigError as err:
+        if any(err.key == k or err.key.startswith(k + ".") or k.startswith(err.key + ".") for k in over):
+            source = "command-line override"  # the typo is in what was typed, not in the YAML
         raise ConfigError(err.key, err.reason, source=source) from err
     config.resolve_paths(base)  # anything still relative (defaults) resolves against the YAML
     return config

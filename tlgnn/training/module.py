@@ -22,7 +22,7 @@ import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.losses import masked_loss
-from tlgnn.training.metrics import TaskMetrics
+from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskMetrics
 
 # TransferModule.on_before_batch_transfer runs the encoder's host-side input checks; the data module has no such
 # hook, so Lightning's notice that the module's hook is the one used says nothing a user needs to act on.
@@ -168,6 +168,16 @@ class TransferModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
+
+    def logged_metric_names(self) -> list[str]:
+        """Every epoch-level name this module logs (what ``monitor`` settings may name): ``train/loss``,
+        ``train/<task>/loss``, ``val/loss`` and ``val/<task>/<metric>`` for each task the head outputs."""
+        names = ["val/loss", "train/loss"] + [f"train/{t.name}/loss" for t in self.tasks]
+        for task in self.tasks:
+            if task.name in self.outputs:
+                kinds = CLASSIFICATION_METRICS if task.kind == "classification" else REGRESSION_METRICS
+                names += [f"val/{task.name}/{metric}" for metric in kinds]
+        return names
 
     def _log_metrics(self, stage: str, metrics: TaskMetrics) -> dict[str, dict[str, float]]:
         scores = metrics.compute()

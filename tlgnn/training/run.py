@@ -308,6 +308,24 @@ def _set_threads(config: RunConfig) -> None:
         torch.set_num_threads(config.trainer.cpu_threads)
 
 
+def check_monitors(config: RunConfig, module: TransferModule) -> None:
+    """A ``monitor`` setting must name a metric the module logs: a typo stops the run before training, with the
+    key, the closest name and the choices, not after the first epoch."""
+    import difflib
+
+    from tlgnn.utils.config import ConfigError
+
+    known = module.logged_metric_names()
+    settings = {"trainer.early_stopping.monitor": config.trainer.early_stopping.monitor}
+    if config.optim.scheduler == "plateau":
+        settings["optim.monitor"] = config.optim.monitor
+    for key, name in settings.items():
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(key, f"no logged metric {name!r}; {hint}choices: {', '.join(known)}")
+
+
 def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from: ``"last"`` -> ``output_dir/checkpoints/last.ckpt`` (which must exist),
     ``"auto"`` -> the same if it exists, else ``None`` (a fresh start: one job script for the first submission and
@@ -346,13 +364,14 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
                 "--overwrite to start over, or choose another output_dir"
             )
         shutil.rmtree(ckpt_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_config(config, out / "config.yaml")
     _set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
     dm = build_datamodule(config, "fit")
     module = build_module(config, dm)
+    check_monitors(config, module)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, out / "config.yaml")
     compile_model(config, module)
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
