@@ -4,7 +4,8 @@
 
 The data section of the config (split included) selects the test set; the model comes from the checkpoint.
 Writes ``DIR/{metrics.json, predictions_test.csv, parity_<task>.png}`` (``--output-dir DIR``; default the config's
-``output_dir/test``, beside, not over, the training run's own results) and prints the per-task test metrics. Config keys can be overridden as in ``tlgnn fit``.
+``output_dir/test``, beside, not over, the training run's own results) and prints the per-task test metrics.
+Config keys can be overridden as in ``tlgnn fit``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def register(subparsers) -> None:
     p = make_subparser(subparsers, "test", "evaluate a checkpoint on a config's test split", __doc__)
     add_config_arguments(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. OUTPUT_DIR/checkpoints/best.ckpt)")
-    p.add_argument("--output-dir", default=None, help="where to write the results (default: the config's output_dir/test)")
+    p.add_argument("--output-dir", default=None,
+                   help="where to write the results (default: the config's output_dir/test)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -177,16 +177,19 @@ def _check_site_lines(lines: list[str], counts_line: int, counts: list[int]) -> 
     if start < len(lines) and lines[start].strip()[:1] in ("s", "S"):  # selective dynamics
         start += 1
     start += 1  # the Direct/Cartesian line
-    n_sites = 0
-    for line in lines[start : start + sum(counts)]:
-        try:
-            [float(t) for t in line.split()[:3]][2]
-        except (ValueError, IndexError):
-            break
-        n_sites += 1
+    site_lines = lines[start : start + sum(counts)]
+    n_sites = next((i for i, line in enumerate(site_lines) if not _has_three_numbers(line)), len(site_lines))
     if n_sites < sum(counts):
         raise _err(f"POSCAR counts line {lines[counts_line].strip()!r} promises {sum(counts)} atoms but "
                    f"{n_sites} coordinate lines follow (truncated file?)")
+
+
+def _has_three_numbers(line: str) -> bool:
+    tokens = line.split()[:3]
+    try:
+        return len([float(t) for t in tokens]) == 3
+    except ValueError:
+        return False
 
 
 def _int_tokens(line: str) -> list[int] | None:

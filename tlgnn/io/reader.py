@@ -211,7 +211,7 @@ def _relative_id(rel: Path) -> str:
 def _glob_root(pattern: str) -> Path:
     """The folder a glob pattern starts from: its leading path components without wildcards."""
     parts = Path(pattern).parts
-    fixed = [p for p in itertools.takewhile(lambda part: not (_GLOB_CHARS & set(part)), parts[:-1])]
+    fixed = list(itertools.takewhile(lambda part: not (_GLOB_CHARS & set(part)), parts[:-1]))
     return Path(*fixed) if fixed else Path(".")
 
 
