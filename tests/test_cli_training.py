@@ -82,6 +82,13 @@ def test_config_typos_exit_non_zero_naming_the_key(tmp_path, cache_dir, capsys):
     assert "trainer.early_stopping.monitor: no logged metric 'val/gap_pbe_mf/mea'" in err
     assert "did you mean 'val/gap_pbe_mf/mae'" in err and "val/is_metal_exp/roc_auc" in err
     assert not (tmp_path / "run").exists()
+    # a mistake in the data the config points to: one line naming source, field and the closest column, status 1
+    bad = tmp_path / "bad_sources.yaml"
+    text = SAMPLE.read_text().replace("root: ../../data/mp_sample", f"root: {ROOT / 'data' / 'mp_sample'}")
+    bad.write_text(text.replace("      band_gap_pbe: {task: gap_pbe_mp", "      band_gap_pb: {task: gap_pbe_mp"))
+    assert main(["fit", "--config", str(path), "--data.sources", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "tlgnn fit: data error: source 'mp', field 'labels.band_gap_pb'" in err and "Traceback" not in err
     # the installed entry point: a real process exit status and the message on stderr
     proc = subprocess.run([sys.executable, "-m", "tlgnn.cli.main", "fit", "--config", str(path),
                            "--set", "optim.schedular=cosine"], capture_output=True, text=True, timeout=120)
@@ -94,7 +101,8 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
 
     path = write_config(tmp_path, cache_dir)
     assert main(["fit", "--config", str(path), "--trainer.max_epochs", "2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "gap_pbe_mf" in out and "is_metal_exp" in out and "accuracy" in out and "mae" in out
     run = tmp_path / "run"
     best = run / "checkpoints" / "best.ckpt"
@@ -102,6 +110,10 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 2  # resolved, overrides in
     fit_metrics = json.loads((run / "metrics.json").read_text())
     assert fit_metrics["epochs"] == 2
+    # what the run trains on, what was left out, and the alignment report kept beside the run
+    assert "data: " in captured.err and "aligned materials have none of these labels" in captured.err
+    assert "alignment report (every dropped row and why)" in captured.err
+    assert "dropped" in (run / "alignment_report.md").read_text()
 
     # a second fit into the same run directory needs --resume (or --overwrite)
     assert main(["fit", "--config", str(path)]) == 1

@@ -96,6 +96,11 @@ def test_typo_in_key_is_named_with_suggestion(tmp_path):
         _errors(tmp_path, [bad])
     with pytest.raises(ConfigError, match=r"polymorph_policy: must be one of"):
         _errors(tmp_path, [MP_SOURCE], polymorph_policy="lowest")
+    # inside an optional section the error still names the inner key, with a suggestion
+    typo = {**MP_SOURCE, "structure": {**MP_SOURCE["structure"], "kind": "tabel"}}
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.structure\.kind: must be one of .* got 'tabel' "
+                                          r"\(did you mean 'table'\?\)"):
+        _errors(tmp_path, [typo])
 
 
 def test_nested_key_typo_and_unparsable_formula(tmp_path):
@@ -176,10 +181,64 @@ def test_structure_files_column(tmp_path):
            "structure": {"kind": "files", "column": "file", "dir": "cifs"}, "labels": {"band_gap_pbe": {}}}
     table, _ = align_config(_config(tmp_path, [src]), root=tmp_path, n_jobs=1)
     assert len(table) == 6 and table.frame["n_sites"].min() >= 1
+    # a missing file drops its row with the reason (all of them are named, not only the first); a structure file
+    # without a row is noted
     rows[2]["file"] = "missing.cif"
+    rows[4]["file"] = "gone.cif"
     _write_csv(tmp_path / "t.csv", rows)
-    with pytest.raises(SourceError, match=r"source 's', field 'structure.column', row 2: structure file not found"):
-        align_config(_config(tmp_path, [src]), root=tmp_path, n_jobs=1)
+    table, report = align_config(_config(tmp_path, [src]), root=tmp_path, n_jobs=1)
+    assert len(table) == 4
+    dropped = {d["row"]: d["reason"] for d in report.dropped}
+    assert sorted(dropped) == [2, 4] and "missing.cif: structure file not found" in dropped[2]
+    notes = report.sources["s"].notes
+    assert any(n.startswith("2 structure files in") and "no row in the label table" in n for n in notes), notes
+
+
+def test_cgcnn_layout_headerless_id_prop_csv_with_ids_as_file_stems(tmp_path):
+    """CGCNN's own layout: id_prop.csv without a header (id,target) beside <id>.cif files; one CIF is corrupt, one
+    id has no CIF, one CIF has no row."""
+    rows, cifs = _a_rows(8), _cifs()
+    for r in rows:
+        (tmp_path / f"{r['material_id']}.cif").write_text(cifs[r["material_id"]])
+    (tmp_path / f"{rows[1]['material_id']}.cif").write_text("data_broken\n_cell_length_a 3\n")
+    (tmp_path / f"{rows[2]['material_id']}.cif").unlink()
+    lines = [f"{r['material_id']},{r['band_gap_pbe']}" for r in rows[:7]]  # rows[7] has a CIF, no label
+    (tmp_path / "id_prop.csv").write_text("\r\n".join(lines) + "\r\n")  # Windows line endings
+    src = {"name": "cgcnn", "path": "id_prop.csv", "header": False, "columns": ["material_id", "target"],
+           "id_column": "material_id", "structure": {"kind": "files", "column": "material_id"},
+           "labels": {"target": {"task": "gap", "unit": "eV"}}}
+    config = _config(tmp_path, [src], root=".")
+    table, report = align_config(config, n_jobs=1)
+    assert table.frame["material_id"].tolist() == [r["material_id"] for r in rows[:7] if r not in rows[1:3]]
+    np.testing.assert_allclose(table.frame["gap"], [float(r["band_gap_pbe"]) for r in rows[:7] if r not in rows[1:3]])
+    dropped = {d["id"]: d["reason"] for d in report.dropped}
+    assert set(dropped) == {rows[1]["material_id"], rows[2]["material_id"]}
+    assert "structure file not found" in dropped[rows[2]["material_id"]]
+    assert any(n.startswith("1 structure files in") for n in report.sources["cgcnn"].notes)
+    # the same file read as tab-separated, detected from its first line
+    (tmp_path / "id_prop.csv").write_text("\n".join(line.replace(",", "\t") for line in lines) + "\n")
+    assert align_config(config, n_jobs=1)[0].frame["material_id"].tolist() == table.frame["material_id"].tolist()
+    # header: false needs the column names, and their number must match the file's
+    with pytest.raises(ConfigError, match="columns: source 'cgcnn' has header: false"):
+        _errors(tmp_path, [{**src, "columns": None}], root=".")
+    with pytest.raises(SourceError, match=r"field 'columns'.*has 2 columns per row; 'columns' names 3"):
+        _errors(tmp_path, [{**src, "columns": ["material_id", "target", "extra"]}], root=".")
+
+
+def test_parse_cache_with_one_unreadable_structure_reads_back_the_same(tmp_path):
+    rows, cifs = _a_rows(5), _cifs()
+    for r in rows:
+        (tmp_path / f"{r['material_id']}.cif").write_text(cifs[r["material_id"]])
+    (tmp_path / f"{rows[0]['material_id']}.cif").write_text("data_broken\n")
+    _write_csv(tmp_path / "t.csv", rows)
+    src = {"name": "s", "path": "t.csv", "id_column": "material_id",
+           "structure": {"kind": "files", "column": "material_id"}, "labels": {"band_gap_pbe": {}}}
+    config = _config(tmp_path, [src], root=".")
+    first = align_config(config, n_jobs=1, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "structures").glob("*.parquet"))
+    second = align_config(config, n_jobs=1, cache_dir=tmp_path / "cache")  # from the cache
+    assert len(first[0]) == len(second[0]) == 4
+    assert [d["id"] for d in second[1].dropped] == [rows[0]["material_id"]]
 
 
 def test_tinnet_frames_sample():

@@ -108,6 +108,9 @@ def run_command(command: str, args: argparse.Namespace, action) -> int:
     config = load_config(args, command)
     if config is None:
         return 2
+    from tlgnn.data.align import AlignmentError
+    from tlgnn.data.sources import SourceError
+    from tlgnn.data.splits import SplitError
     from tlgnn.training.run import RunError
     from tlgnn.utils.config import ConfigError
 
@@ -116,6 +119,9 @@ def run_command(command: str, args: argparse.Namespace, action) -> int:
     except ConfigError as err:
         print(f"tlgnn {command}: config error: {err}", file=sys.stderr)
         return 2
+    except (SourceError, AlignmentError, SplitError) as err:  # the data the config points to
+        print(f"tlgnn {command}: data error: {err}", file=sys.stderr)
+        return 1
     except (RunError, FileNotFoundError) as err:
         print(f"tlgnn {command}: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,29 @@ def _source_fingerprint(config: DataConfig) -> str:
 
     path = Path(config.sources)  # type: ignore[arg-type]
     align_cfg, base = load_source_config(path, config.source_overrides)
+    from tlgnn.data.structures import CACHE_VERSION
+
     h = hashlib.sha256(path.read_bytes())
-    h.update(json.dumps(config.source_overrides).encode())
+    h.update(json.dumps(config.source_overrides).encode() + f"|v{CACHE_VERSION}".encode())
     for spec in align_cfg.sources:
         names = [spec.path] + ([spec.structure.path] if spec.structure and spec.structure.path else [])
         for name in names:
-            p = Path(name).expanduser()
-            p = p if p.is_absolute() else base / p
+            p = _resolved(name, base)
             stat = p.stat() if p.exists() else None
             h.update(f"{p}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
+        if spec.structure is not None and spec.structure.kind == "files":
+            # a structure file replaced, added or removed in the folder makes a new alignment
+            folder = _resolved(spec.structure.dir, base) if spec.structure.dir else _resolved(spec.path, base).parent
+            if folder.is_dir():
+                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                    stat = entry.stat()
+                    h.update(f"{entry.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
+
+
+def _resolved(name: str, base: Path) -> Path:
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else base / p
 
 
 def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None]:
@@ -83,8 +97,8 @@ class TransferDataModule(L.LightningDataModule):
     """PyG batches (``y`` [B, T], ``y_mask`` [B, T], ``idx`` [B]) for the tasks of a :class:`DataConfig`.
 
     After :meth:`setup`: ``tasks`` (list of :class:`TaskSpec`), ``table`` (the aligned table restricted to rows
-    with at least one selected label when ``drop_missing``), ``split``, ``train_set``/``val_set``/``test_set``,
-    ``alignment_report`` (path of report.md, or ``None``).
+    with at least one selected label when ``drop_missing``), ``aligned_count`` (rows before that restriction),
+    ``split``, ``train_set``/``val_set``/``test_set``, ``alignment_report`` (path of report.md, or ``None``).
 
     Args:
         config: the data config (paths already resolved, see :meth:`DataConfig.resolve_paths`).
@@ -99,6 +113,7 @@ class TransferDataModule(L.LightningDataModule):
         self.tasks: list[TaskSpec] = []
         self.split: Split | None = None
         self.alignment_report: Path | None = None
+        self.aligned_count = 0  # materials in the aligned table before those without any selected label left out
         self.dataset: MaterialDataset | None = None
         self.train_set = self.val_set = self.test_set = None
         self._cache = None
@@ -115,12 +130,17 @@ class TransferDataModule(L.LightningDataModule):
             table, self.alignment_report = load_table(cfg)
         self.tasks = select_tasks(table.tasks, cfg.tasks)
         names = [t.name for t in self.tasks]
+        self.aligned_count = len(table)
         if cfg.drop_missing:
             keep = table.frame[names].notna().any(axis=1).to_numpy()
             if not keep.all():
                 table = table.subset(np.flatnonzero(keep))
         if len(table) == 0:
-            raise ValueError(f"data: no material has any of the tasks {names}")
+            from tlgnn.data.align import AlignmentError
+
+            where = f"; see the alignment report {self.alignment_report}" if self.alignment_report else ""
+            raise AlignmentError(f"data: none of the {self.aligned_count} aligned materials has a label for any of "
+                                 f"the tasks {names}{where}")
         self.table = table
         self.dataset = MaterialDataset(table, self.graph_cache(), names)
         if cfg.split.file and Path(cfg.split.file).is_file():

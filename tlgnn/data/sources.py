@@ -137,7 +137,10 @@ class SourceSpec:
             ``layout: nested`` a JSON mapping ``{key: {id: value}}``.
         format: table format; inferred from the file name when left out.
         layout: ``table`` (a row per record) or ``nested`` (``{key: {id: value}}``; label keys are the ``key``s).
-        columns: read only these columns (all must exist); default: all.
+        columns: read only these columns (all must exist); default: all. With ``header: false``: the names of
+            the file's columns, in order.
+        header: the CSV's first row names its columns (default). ``false`` for a headerless CSV such as CGCNN's
+            ``id_prop.csv`` (``id,target`` rows); ``columns`` then names them.
         id_column: column holding the record id; ``None``: records are identified by their row.
         namespace: id space of this source's ids (default: the source name). Sources whose ids are in the
             same namespace are matched by id.
@@ -158,6 +161,7 @@ class SourceSpec:
     format: TableFormat | None = None
     layout: Literal["table", "nested"] = "table"
     columns: list[str] | None = None
+    header: bool = True
     id_column: str | None = None
     namespace: str | None = None
     links: dict[str, str] = field(default_factory=dict)
@@ -187,6 +191,9 @@ class SourceSpec:
             )
         if self.tolerance < 0:
             raise ConfigError("tolerance", f"must be >= 0, got {self.tolerance}")
+        if not self.header and not self.columns:
+            raise ConfigError("columns", f"source {self.name!r} has header: false; name its columns in order, "
+                                         "e.g. columns: [material_id, band_gap]")
 
     @property
     def id_space(self) -> str:
@@ -357,8 +364,11 @@ def _open_text(path: Path):
 
 
 def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str = "path",
-               columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a table file into a DataFrame (CSV cells as text; JSON values as parsed); errors are SourceErrors."""
+               columns: list[str] | None = None, header: bool = True) -> pd.DataFrame:
+    """Read a table file into a DataFrame (CSV cells as text; JSON values as parsed); errors are SourceErrors.
+
+    CSV: comma-separated, or tab-separated for ``.tsv`` names and for files whose first line has tabs and no
+    commas. ``header=False``: the CSV has no header row and ``columns`` names its columns in order."""
     if not path.is_file():
         raise SourceError(source, field_name, f"file not found: {path}")
     try:
@@ -366,9 +376,10 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
     except ValueError as err:
         raise SourceError(source, field_name, str(err)) from None
     try:
+        if not header and fmt != "csv":
+            raise SourceError(source, "header", f"header: false applies to CSV/TSV files; {path.name} is {fmt}")
         if fmt == "csv":
-            sep = "\t" if ".tsv" in path.name.lower() else ","
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+            frame = _read_csv(path, source, field_name, columns if not header else None)
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "jsonl":
@@ -395,10 +406,24 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure becomes a named error
         raise SourceError(source, field_name, f"cannot read {path}: {type(err).__name__}: {err}") from None
-    if columns is not None:
+    if columns is not None and header:
         _require_columns(frame, columns, source, "columns", path)
         frame = frame[list(dict.fromkeys(columns))]
     return frame.reset_index(drop=True)
+
+
+def _read_csv(path: Path, source: str, field_name: str, names: list[str] | None) -> pd.DataFrame:
+    with _open_text(path) as handle:
+        first = handle.readline()
+    sep = "\t" if ".tsv" in path.name.lower() or ("\t" in first and "," not in first) else ","
+    if names is None:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, header=None)
+    if frame.shape[1] != len(names):
+        raise SourceError(source, "columns", f"{path.name} has {frame.shape[1]} columns per row; 'columns' names "
+                                             f"{len(names)}: {names}")
+    frame.columns = list(names)
+    return frame
 
 
 def _require_columns(frame: pd.DataFrame, wanted: list[str], source: str, field_name: str, path: Path) -> None:
@@ -543,7 +568,7 @@ def load_source(spec: SourceSpec, base_dir: str | Path) -> SourceTable:
         frame, _ = read_nested(path, list(spec.labels), spec.name)
         ids = frame["id"].tolist()
     else:
-        frame = read_table(path, spec.format, spec.name, columns=spec.columns)
+        frame = read_table(path, spec.format, spec.name, columns=spec.columns, header=spec.header)
         needed = [c for c in (spec.id_column, spec.formula_column, spec.energy_column, *spec.links) if c]
         needed += list(spec.labels)
         if spec.structure is not None and spec.structure.kind in ("inline", "files"):

@@ -20,7 +20,7 @@ import pandas as pd
 from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, read_table
 
 SERIAL_BELOW = 64
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: truncated CIF/POSCAR files are refused (tlgnn.io); NaN-safe read-back
 
 
 @dataclass
@@ -38,7 +38,8 @@ class ParsedStructure:
 
 def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str], base: Path,
                      table_dir: Path) -> tuple[list[Any], list[str]]:
-    """Per row of ``frame``: ``("text", text, fmt)``, ``("file", path)``, ``("dict", dict)`` or ``None``.
+    """Per row of ``frame``: ``("text", text, fmt)``, ``("file", path)``, ``("dict", dict)``, ``("missing",
+    reason)`` (a named structure file that does not exist: the row is dropped with the reason) or ``None``.
 
     Returns the inputs and notes for the report (e.g. rows without a structure in a structure table).
     """
@@ -53,15 +54,24 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str], base
             folder = base / folder
         if not folder.is_dir():
             raise SourceError(spec.name, "structure.dir", f"folder not found: {folder}")
+        files = _structure_files(folder)
         out: list[Any] = []
-        for i, value in enumerate(frame[st.column].tolist()):
+        used: set[str] = set()
+        for value in frame[st.column].tolist():
             if _is_missing(value):
                 out.append(None)
                 continue
-            path = folder / str(value).strip()
-            if not path.is_file():
-                raise SourceError(spec.name, "structure.column", f"structure file not found: {path}", row=i)
+            path = _find_structure_file(folder, str(value).strip(), files)
+            if path is None:
+                out.append(("missing", f"{folder / str(value).strip()}: structure file not found (nor a structure "
+                                       f"file named {str(value).strip()!r} plus an extension such as .cif)"))
+                continue
+            used.add(path.name)
             out.append(("file", str(path)))
+        unused = sorted(set(files.values()) - used - {""})
+        if unused:
+            notes.append(f"{len(unused)} structure files in {folder} have no row in the label table (ignored), "
+                         f"e.g. {', '.join(unused[:3])}")
         return out, notes
     path = Path(st.path).expanduser()  # type: ignore[arg-type]
     if not path.is_absolute():
@@ -96,6 +106,29 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str], base
     if unused:
         notes.append(f"{unused} structures in {path.name} have no row in the label table (ignored)")
     return out, notes
+
+
+def _structure_files(folder: Path) -> dict[str, str]:
+    """The structure files directly in ``folder`` by stem (``{"mp-1": "mp-1.cif"}``); a stem that two files
+    share (``x.cif`` and ``x.vasp``) maps to ``""``, so it is never guessed."""
+    from tlgnn.io.files import skip_reason, split_name
+
+    by_stem: dict[str, str] = {}
+    for entry in os.scandir(folder):
+        if entry.is_file() and skip_reason(Path(entry.name)) is None:
+            stem = split_name(entry.name)[0]
+            by_stem[stem] = "" if stem in by_stem else entry.name
+    return by_stem
+
+
+def _find_structure_file(folder: Path, name: str, files: dict[str, str]) -> Path | None:
+    """``folder/name`` if it is a file, else the one structure file whose stem is ``name`` (ids given without
+    their extension, as in CGCNN's ``id_prop.csv``), else ``None``."""
+    path = folder / name
+    if path.is_file():
+        return path
+    found = files.get(name)
+    return folder / found if found else None
 
 
 def _text_input(value: Any, fmt: str) -> Any:
@@ -138,6 +171,8 @@ def _parse_one(item: Any, name: str, disordered: str) -> ParsedStructure:
 
     try:
         kind = item[0]
+        if kind == "missing":
+            return ParsedStructure(None, None, 0, item[1])
         if kind == "text":
             structure = parse_structure_text(item[1], item[2], name=name, disordered=disordered)
         elif kind == "dict":
@@ -177,12 +212,19 @@ def _cache_key(items: list[Any], disordered: str) -> str | None:
             digest.update(f"\0{item[2]}\0".encode() + item[1].encode())
         elif item[0] == "dict":
             digest.update(b"\0dict" + json.dumps(item[1], sort_keys=True).encode())
+        elif item[0] == "missing":
+            digest.update(b"\0missing\0" + item[1].encode())
         elif item[0] == "file":
             stat = os.stat(item[1])
             digest.update(f"\0file\0{item[1]}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         else:
             return None  # ASE frames: cheap to parse, not cached
     return digest.hexdigest()[:32]
+
+
+def _text(value: Any) -> str | None:
+    """A string cell read back from the cache; a missing one is ``None`` (pandas may give NaN for it)."""
+    return value if isinstance(value, str) else None
 
 
 def parse_structures(items: list[Any], names: list[str], disordered: str = "error", n_jobs: int | None = None,
@@ -203,8 +245,8 @@ def parse_structures(items: list[Any], names: list[str], disordered: str = "erro
                     cached = pd.read_parquet(cache_path)
                     if len(cached) == len(todo):
                         for i, row in zip(todo, cached.itertuples(index=False)):
-                            results[i] = ParsedStructure(row.structure, row.formula, int(row.n_sites), row.error,
-                                                         row.key)
+                            results[i] = ParsedStructure(_text(row.structure), _text(row.formula),
+                                                         int(row.n_sites), _text(row.error), _text(row.key))
                         return results
                 except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
                     pass

@@ -372,6 +372,7 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     check_monitors(config, module)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.yaml")
+    _report_data(dm, out)
     compile_model(config, module)
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
@@ -442,6 +443,24 @@ def collect_predictions(module: TransferModule, loader: Any) -> tuple[list[str],
     return ids, {k: np.concatenate(v) for k, v in preds.items()}, y, mask
 
 
+def _report_data(dm: Any, out: Path) -> None:
+    """Say on stderr what the run trains on and what was left out, and keep the alignment report beside the run
+    (``output_dir/alignment_report.md``): rows dropped while aligning are listed there with their reasons."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    report = _alignment_report(dm)
+    if report and rank_zero_only.rank == 0:
+        (out / "alignment_report.md").write_text(report)
+    left_out = dm.aligned_count - len(dm.table)
+    names = ", ".join(t.name for t in dm.tasks)
+    line = f"data: {len(dm.table)} materials with a label for {names}"
+    if left_out:
+        line += f"; {left_out} aligned materials have none of these labels and are left out"
+    if report:
+        line += f"; alignment report (every dropped row and why): {out / 'alignment_report.md'}"
+    rank_zero_only(print)(line, file=sys.stderr)
+
+
 def _alignment_report(dm: Any) -> str | None:
     """The text of the data's alignment report (``report.md``), if the data module has one."""
     path = getattr(dm, "alignment_report", None)
@@ -482,7 +501,7 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
             report_text = _alignment_report(dm)
             files = [metrics_path, predictions_path, out / "config.yaml"]
             if report_text:
-                (out / "alignment_report.md").write_text(report_text)
+                (out / "alignment_report.md").write_text(report_text)  # tlgnn test: not written by fit
                 files.append(out / "alignment_report.md")
             log_test_results_to_wandb(wandb_logger, scores, plots, report_text, files)
     return TestResult(scores=scores, table=table, output_dir=out, metrics_path=metrics_path,

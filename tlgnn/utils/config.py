@@ -74,6 +74,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) == 1:  # Optional[X]: X's own error names the inner key and reason
+            return _convert(value, present[0], key)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -86,7 +89,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1) if isinstance(value, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
         return value
     if origin in (list, tuple, typing.Sequence):
         if not isinstance(value, (list, tuple)):
