@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tlgnn.data.align import AlignmentError, align_config, write_alignment
+from tlgnn.data.alignment import AlignmentError, align_config, write_alignment
 from tlgnn.data.table import MaterialTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,3 +274,12 @@ def test_cli_align(tmp_path, capsys, cache):
     assert "500 materials" in capsys.readouterr().out
     rc = main(["align", "--config", str(CONFIG), "--out", str(out), "--set", "sources.mp.path=missing.csv"])
     assert rc == 2 and "source 'mp', field 'path': file not found" in capsys.readouterr().err
+
+
+def test_package_names_are_the_documented_functions_whatever_was_imported_first():
+    import tlgnn.data
+    import tlgnn.data.alignment  # noqa: F401 - importing the submodule must not shadow the function
+    from tlgnn.data import align, align_config
+
+    assert callable(align) and align.__name__ == "align" and tlgnn.data.align is align
+    assert align_config is tlgnn.data.alignment.align_config

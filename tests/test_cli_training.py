@@ -184,3 +184,10 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
     from_objects = tlgnn.load_model(best).predict(objects)
     expected = frame.set_index("id").loc["1000041", "gap_pbe_mf"]
     np.testing.assert_allclose(from_objects.gap_pbe_mf, [expected, expected], rtol=1e-5)
+    # one object alone (iterable over its sites/atoms) is one structure, not a list of them
+    model = tlgnn.load_model(best)
+    for single in objects:
+        alone = model.predict(single)
+        assert list(alone.id) == ["structure_0"]
+        np.testing.assert_allclose(alone.gap_pbe_mf, [expected], rtol=1e-5)
+        assert model.embed(single).shape == (1, 16)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tlgnn.data.align import align, align_config
+from tlgnn.data.alignment import align, align_config
 from tlgnn.data.sources import SourceError, load_source_config, load_sources
 from tlgnn.utils.config import ConfigError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tlgnn.data.align import align_config
+from tlgnn.data.alignment import align_config
 from tlgnn.data.config import SplitConfig
 from tlgnn.data.splits import Split, SplitError, check_split, groups, load_split, make_split, save_split
 from tlgnn.utils.config import ConfigError, from_dict

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from tlgnn.data.align import AlignmentError, align_config, write_alignment
+    from tlgnn.data.alignment import AlignmentError, align_config, write_alignment
     from tlgnn.data.config import default_cache_dir
     from tlgnn.data.sources import SourceError
     from tlgnn.utils.config import ConfigError

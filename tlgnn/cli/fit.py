@@ -108,7 +108,7 @@ def run_command(command: str, args: argparse.Namespace, action) -> int:
     config = load_config(args, command)
     if config is None:
         return 2
-    from tlgnn.data.align import AlignmentError
+    from tlgnn.data.alignment import AlignmentError
     from tlgnn.data.sources import SourceError
     from tlgnn.data.splits import SplitError
     from tlgnn.training.run import RunError

@@ -67,7 +67,7 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
         folder = path if path.is_dir() else path.parent
         report = folder / "report.md"
         return table, (report if report.is_file() else None)
-    from tlgnn.data.align import align_config, write_alignment
+    from tlgnn.data.alignment import align_config, write_alignment
 
     out = Path(config.align_dir).expanduser() if config.align_dir else \
         Path(config.cache_dir).expanduser() / "aligned" / _source_fingerprint(config)
@@ -136,7 +136,7 @@ class TransferDataModule(L.LightningDataModule):
             if not keep.all():
                 table = table.subset(np.flatnonzero(keep))
         if len(table) == 0:
-            from tlgnn.data.align import AlignmentError
+            from tlgnn.data.alignment import AlignmentError
 
             where = f"; see the alignment report {self.alignment_report}" if self.alignment_report else ""
             raise AlignmentError(f"data: none of the {self.aligned_count} aligned materials has a label for any of "

@@ -64,7 +64,7 @@ class SourceStats:
 
 @dataclass
 class AlignmentReport:
-    """What :func:`tlgnn.data.align.align` did. ``to_markdown()``, ``to_dict()`` and ``summary()`` render it."""
+    """What :func:`tlgnn.data.alignment.align` did. ``to_markdown()``, ``to_dict()`` and ``summary()`` render it."""
 
     tasks: list[TaskSpec]
     matchers: list[str]

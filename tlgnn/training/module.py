@@ -61,7 +61,6 @@ class TransferModule(L.LightningModule):
         graph: the graph builder settings (``CrystalGraphBuilder.settings``) the model was trained with.
         target_stats: ``{"mean": {task: value}, "std": {task: value}}`` of the training split, physical units,
             optionally with ``"pairs": {high: {low: [mean, std]}}`` of ``high - low`` on rows labelled with both.
-        max_epochs: used by per-step schedules when no Trainer is attached (defaults to the Trainer's).
     """
 
     def __init__(

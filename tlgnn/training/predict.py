@@ -97,7 +97,11 @@ class Predictor:
                  recursive: bool = False, disordered: str = "error"):
         from tlgnn.io import read_structures
 
-        if isinstance(structures, (str, Path)) or not isinstance(structures, Iterable):
+        from ase import Atoms
+        from pymatgen.core.structure import SiteCollection
+
+        # one structure is iterable too (a Structure over its sites, Atoms over its atoms): wrap it, not iterate it
+        if isinstance(structures, (str, Path, SiteCollection, Atoms)) or not isinstance(structures, Iterable):
             structures = [structures]
         result = read_structures(list(structures), on_error="skip", n_jobs=n_jobs, progress=progress,
                                  recursive=recursive, disordered=disordered)
