@@ -137,6 +137,8 @@ def save_packed(path: str | Path, packed: dict) -> int:
 
 def load_packed(path: str | Path) -> dict:
     """Read a file written by :func:`save_packed` (checks the format tag)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: graphs file not found (write one with --save-graphs)")
     packed = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(packed, dict) or packed.get("format") != PACKED_FORMAT:
         raise ValueError(f"{path}: not a {PACKED_FORMAT} graph file (write one with --save-graphs)")

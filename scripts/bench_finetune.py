@@ -90,16 +90,16 @@ def sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------------- data
 def load_hse_table(args: argparse.Namespace):
     """The aligned table restricted to crystals with an HSE gap (graphs cached)."""
+    import numpy as np
+
     from tlgnn.data.config import DataConfig, default_cache_dir
     from tlgnn.data.datamodule import load_table
-    from tlgnn.data.table import MaterialTable
 
     cfg = DataConfig(sources=str(DATA_CONFIG), source_overrides=[f"root={Path(args.data_dir).resolve()}"],
                      tasks=[TARGET], cache_dir=args.cache_dir or default_cache_dir())
     cfg.resolve_paths(ROOT)
     table, _ = load_table(cfg, log=log)
-    frame = table.frame.loc[table.frame[TARGET].notna()].reset_index(drop=True)
-    return MaterialTable(frame, table.tasks), cfg
+    return table.subset(np.flatnonzero(table.frame[TARGET].notna().to_numpy())), cfg
 
 
 def plan(table: Any, args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
@@ -152,7 +152,6 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     from tlgnn.data import TransferDataModule
     from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
     from tlgnn.data.splits import Split, save_split
-    from tlgnn.data.table import MaterialTable
     from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
                                        TrainerConfig)
     from tlgnn.training.module import load_module
@@ -161,7 +160,7 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     t0 = time.time()
     train, val = cell_rows(table, pool, cell["size"], cell["seed"])
     rows = np.concatenate([train, val, test])
-    sub = MaterialTable(table.frame.iloc[rows].reset_index(drop=True), table.tasks)
+    sub = table.subset(rows)
     n_tr, n_va = len(train), len(val)
     split = Split(np.arange(n_tr), np.arange(n_tr, n_tr + n_va), np.arange(n_tr + n_va, len(rows)), "fixed",
                   cell["seed"], {"group_by": "formula"})

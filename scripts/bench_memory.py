@@ -17,12 +17,15 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,8 +46,40 @@ def _status_mib(field: str) -> float:
 def measure_in_child(script: str, args: list[str]) -> dict:
     """Run ``script --measure ...`` in a fresh Python process (so that its peak RSS is its own) and return the
     JSON record it prints last."""
-    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"{Path(script).name}: the measuring process ({' '.join(args)}) failed with status "
+                         f"{proc.returncode}:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def scratch_folder(path: Path, keep: bool) -> Iterator[Path]:
+    """``path`` for this run's files. Afterwards, unless ``keep``, only what this run wrote is removed: the whole
+    folder if the run created it, else the entries that were not there before; nothing of the user's is deleted.
+    """
+    existed = path.exists()
+    if existed and not path.is_dir():
+        raise SystemExit(f"--workdir {path}: exists and is not a folder")
+    before = set(os.listdir(path)) if existed else set()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not keep:
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                for name in set(os.listdir(path)) - before:
+                    shutil.rmtree(path / name, ignore_errors=True)
+
+
+def fresh_subfolder(path: Path) -> Path:
+    """``path``, which must not exist yet (an earlier run kept with --keep, or the user's own folder)."""
+    if path.exists():
+        raise SystemExit(f"{path} already exists (an earlier --keep run?): remove it or choose another --workdir")
+    return path
 
 
 # --------------------------------------------------------------------------------------------- measurement
@@ -144,14 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    free = shutil.disk_usage(args.workdir.parent if not args.workdir.exists() else args.workdir).free / 2**30
-    print(f"work folder {args.workdir}: {free:.0f} GiB free")
     base = base_graphs(args)
     results = []
-    try:
+    with scratch_folder(args.workdir, args.keep):
+        free = shutil.disk_usage(args.workdir).free / 2**30
+        print(f"work folder {args.workdir}: {free:.0f} GiB free")
         for n in sizes:
-            directory = args.workdir / f"n{n}"
-            shutil.rmtree(directory, ignore_errors=True)
+            directory = fresh_subfolder(args.workdir / f"n{n}")
             t0 = time.perf_counter()
             size = write_replicated(directory, base, n)
             print(f"N={n}: wrote {size:.2f} GiB of packs in {time.perf_counter() - t0:.0f} s")
@@ -169,9 +203,6 @@ def main(argv: list[str] | None = None) -> None:
                       f"open_s={r['open_s']:6.1f} epoch_s={r['epoch_s']:7.1f} graphs/s={r['graphs_per_s']:8.0f}")
             if not args.keep:
                 shutil.rmtree(directory, ignore_errors=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(args.workdir, ignore_errors=True)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_memory import _status_mib, measure_in_child  # noqa: E402  (shared with the graph-pack benchmark)
+from bench_memory import (_status_mib, fresh_subfolder, measure_in_child,  # noqa: E402  (shared with the
+                          scratch_folder)                                   # graph-pack benchmark)
 
 
 def measure(path: Path, mode: str) -> dict:
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     keys = [structure_key(s) for s in structures]
     print(f"base: {len(texts)} MP structures, {sum(map(len, texts)) / len(texts) / 1024:.1f} KiB of JSON each")
     results = []
-    try:
+    with scratch_folder(args.workdir, args.keep):
         for n in sorted(int(s) for s in args.sizes.split(",")):
-            path = args.workdir / f"n{n}" / "aligned.parquet"
+            path = fresh_subfolder(args.workdir / f"n{n}") / "aligned.parquet"
             t0 = time.perf_counter()
             gib = write_table(path, texts, formulas, keys, gaps, n)
             print(f"N={n}: wrote {gib:.2f} GiB in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -122,9 +122,6 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(row)
                 print(f"rows={n:<9} structures={mode:<7} peak_rss_mib={row['peak_rss_mib']:8.1f} "
                       f"(after imports {row['rss_after_imports_mib']:.0f})  load_s={row['load_s']:6.2f}", flush=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(args.workdir, ignore_errors=True)
     for n in sorted({r["rows"] for r in results}):
         pair = {r["mode"]: r["peak_rss_mib"] for r in results if r["rows"] == n}
         if len(pair) == 2:

@@ -26,9 +26,11 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -294,6 +296,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.num_workers < 0:
         p.error("--warmup and --num-workers must be >= 0")
+    try:
+        args.sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
+    if not args.sizes or min(args.sizes) < 1:
+        p.error("--batch-sizes: give at least one size, each >= 1")
+    args.feeds = ["loader", "preloaded"] if args.feed == "both" else \
+        [f.strip() for f in args.feed.split(",") if f.strip()]
+    unknown = sorted(set(args.feeds) - {"loader", "packs", "preloaded"})
+    if unknown or not args.feeds:
+        p.error(f"--feed: unknown feed(s) {unknown}; choose from loader, packs, preloaded, both")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     return args
 
 
@@ -324,8 +339,16 @@ def main(argv: list[str] | None = None) -> float:
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     import torch_geometric
 
+    try:  # the models first: a typo in --encoders/--variant stops before the graphs are loaded
+        variants, encoders = build_variants(args, device)
+    except ValueError as err:
+        raise SystemExit(f"bench_train.py: {err}") from None
     packed, data_line = _graphs(args)
     graphs = bench_data.unpack(packed) * args.repeat_data
+    sizes = args.sizes
+    if max(sizes) > len(graphs):
+        raise SystemExit(f"bench_train.py: batch size {max(sizes)} exceeds the {len(graphs)} graphs (every batch is "
+                         "full: lower --batch-sizes, or raise --limit / --repeat-data)")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({card}); torch {torch.__version__}, PyG {torch_geometric.__version__}; "
           f"{torch.get_num_threads()} CPU threads; DataLoader workers {args.num_workers}")
@@ -337,14 +360,23 @@ def main(argv: list[str] | None = None) -> float:
           "forward + backward + AdamW step; memory = "
           + ("max GPU memory allocated" if device.type == "cuda" else "peak process RSS during the timed steps"))
 
+    feeds = args.feeds
+    with tempfile.TemporaryDirectory(prefix="tlgnn_bench_packs_") as pack_dir:
+        packed_graphs = None
+        if "packs" in feeds:
+            packed_graphs = PackedGraphs(bench_data.unpack(packed), Path(pack_dir), repeat=args.repeat_data)
+        results = _time_all(args, variants, graphs, feeds, device, packed_graphs)
+    return _report(args, results, encoders, feeds, device, card, data_line)
+
+
+def build_variants(args: argparse.Namespace, device: torch.device) -> tuple[list, list[str]]:
+    """The models to time: the reference, each tlgnn encoder, each ``--variant``, the compiled CGCNN. Each is built
+    once (seeded) and reset to its initial state before each run, so a compiled model compiles once."""
     from tlgnn.models import ENCODERS
 
     encoders = sorted(ENCODERS) if args.encoders == "all" else [e.strip() for e in args.encoders.split(",") if e.strip()]
     if "cgcnn" in encoders:
         encoders.insert(0, encoders.pop(encoders.index("cgcnn")))
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    # every model is built once (seeded) and reset to its initial state before each run, so a compiled model
-    # compiles once (dynamic shapes) instead of once per run
     torch.manual_seed(args.seed)
     variants: list[tuple[str, str, nn.Module, Callable]] = [
         ("cgcnn", "reference", ReferenceCGCNN().to(device), reference_predict)]
@@ -360,18 +392,14 @@ def main(argv: list[str] | None = None) -> float:
         torch.manual_seed(args.seed)
         eager = tlgnn_model("cgcnn").to(device)
         variants.append(("cgcnn", "tlgnn+compile", torch.compile(eager, dynamic=True), tlgnn_predict))
+    return variants, encoders
+
+
+def _time_all(args: argparse.Namespace, variants: list, graphs: list, feeds: list[str], device: torch.device,
+              packed_graphs: Any) -> list[Result]:
+    """Every model at every feed and batch size, interleaved per repeat; the median run of each is kept."""
     initial = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for _, _, m, _ in variants}
-
-    feeds = ["loader", "preloaded"] if args.feed == "both" else [f.strip() for f in args.feed.split(",") if f.strip()]
-    unknown = sorted(set(feeds) - {"loader", "packs", "preloaded"})
-    if unknown:
-        raise SystemExit(f"--feed: unknown feed(s) {unknown}; choose from loader, packs, preloaded, both")
-    packed_graphs = None
-    if "packs" in feeds:
-        import tempfile
-
-        pack_dir = Path(tempfile.mkdtemp(prefix="tlgnn_bench_packs_"))
-        packed_graphs = PackedGraphs(bench_data.unpack(packed), pack_dir, repeat=args.repeat_data)
+    sizes = args.sizes
     results: list[Result] = []
     for feed in feeds:
         for bs in sizes:
@@ -390,7 +418,13 @@ def main(argv: list[str] | None = None) -> float:
                 print(f"encoder={enc:<12} model={kind:<32} feed={feed:<9} batch={bs:<4} "
                       f"graphs/s={med.graphs_per_s:9.1f}  peak_mem_mib={med.peak_mem_mib:8.1f}  "
                       f"data_wait={100 * med.data_wait:5.1f}%  warmup_s={med.warmup_s:6.2f}", flush=True)
+    return results
 
+
+def _report(args: argparse.Namespace, results: list[Result], encoders: list[str], feeds: list[str],
+            device: torch.device, card: str, data_line: str) -> float:
+    """Per-batch ratios, peak RSS, the JSON file, and the final ``ratio_vs_reference`` line (geometric mean)."""
+    sizes = args.sizes
     feed = "preloaded" if "preloaded" in feeds else feeds[-1]  # the ratio compares model speed when measured
 
     def rate(kind: str, bs: int) -> float:
@@ -422,4 +456,7 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as err:
+        raise SystemExit(f"bench_train.py: {err}") from None

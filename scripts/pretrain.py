@@ -136,27 +136,26 @@ def load_pretraining_table(cfg: Any, args: argparse.Namespace) -> tuple[Any, dic
     import numpy as np
 
     from tlgnn.data.datamodule import load_table
-    from tlgnn.data.table import MaterialTable
 
     t0 = time.time()
     table, _ = load_table(cfg, log=log)
     excluded, counts = excluded_ids(table, Path(args.data_dir))
     keep = ~table.frame["material_id"].isin(excluded).to_numpy()
-    frame = table.frame.loc[keep].reset_index(drop=True)
-    if args.limit is not None and args.limit < len(frame):
-        rows = np.sort(np.random.default_rng(12345).permutation(len(frame))[: args.limit])
-        frame = frame.iloc[rows].reset_index(drop=True)
+    rows = np.flatnonzero(keep)
+    if args.limit is not None and args.limit < len(rows):
+        rows = rows[np.sort(np.random.default_rng(12345).permutation(len(rows))[: args.limit])]
+    used = table.subset(rows)  # keeps the (lazy) table's link to its structures
     facts = {
         "rows_in_source": int(len(table)),
         "excluded": int((~keep).sum()),
         "excluded_by": counts,
-        "used": int(len(frame)),
+        "used": int(len(used)),
         "limit": args.limit,
         "align_s": round(time.time() - t0, 1),
     }
     log(f"table: {len(table)} crystals, {facts['excluded']} excluded (carry a scored label: {counts}), "
-        f"{len(frame)} used ({facts['align_s']} s)")
-    return MaterialTable(frame, table.tasks), facts
+        f"{len(used)} used ({facts['align_s']} s)")
+    return used, facts
 
 
 # ---------------------------------------------------------------------------------------------------- config

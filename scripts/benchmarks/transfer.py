@@ -50,6 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = _experiment_yamls(args.configs)
     if not configs:
         return 2
+    if args.only and not _patterns_match(configs, args.quick, args.only):
+        return 2
     start = time.perf_counter()
     if args.workers > 1:
         failed = _run_parallel(args, configs, results, default_data, per_experiment)
@@ -73,6 +75,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         return cmd_report(args)
     return 1 if failed else 0
+
+
+def _patterns_match(configs: list[Path], quick: bool, only: list[str]) -> bool:
+    """Name each ``--only`` pattern that selects no cell (a typo would otherwise run nothing, silently); False
+    when none selects any."""
+    from tlgnn.benchmark.config import load_experiment
+    from tlgnn.benchmark.runner import plan_cells
+
+    experiments = [load_experiment(path) for path in configs]
+    matched = 0
+    for pattern in only:
+        if any(plan_cells(config, quick, [pattern]) for config in experiments):
+            matched += 1
+            continue
+        example = next((cell.key.id for config in experiments for cell in plan_cells(config, quick)), "none")
+        print(f"--only {pattern!r} selects no cell (cell names look like {example!r}; experiments: "
+              f"{', '.join(config.name for config in experiments)})", file=sys.stderr)
+    return matched > 0
 
 
 def _run_parallel(args: argparse.Namespace, configs: list[Path], results: Path, default_data: str | None,
