@@ -160,6 +160,17 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
                  "--device", "cpu", "--disordered", "order"]) == 0
     assert "Cod_2100513_abridged" in set(pd.read_csv(output, dtype={"id": str}).id)
     (folder / disordered.name).unlink()
+    # --known on a model whose head does not use known values: predicted as before, and said so
+    (tmp_path / "known.csv").write_text("id,gap_pbe_mf\n1000041,3.0\n")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(best), "--input", str(folder), "--output", str(tmp_path / "k.csv"),
+                 "--device", "cpu", "--known", str(tmp_path / "known.csv")]) == 0
+    assert "note: this model does not use known values" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "k.csv", dtype={"id": str}), frame)
+    (tmp_path / "known.csv").write_text("id,gap_pbe\n1000041,3.0\n")
+    assert main(["predict", "--checkpoint", str(best), "--input", str(folder), "--output", str(tmp_path / "k.csv"),
+                 "--device", "cpu", "--known", str(tmp_path / "known.csv")]) == 1
+    assert "column 'gap_pbe' is not a task of this model; did you mean 'gap_pbe_mf'?" in capsys.readouterr().err
     # a folder holding only a sub-folder: nothing found, --recursive named, no stale predictions left behind
     nested = tmp_path / "nested"
     (nested / "inner").mkdir(parents=True)

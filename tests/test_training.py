@@ -388,3 +388,40 @@ def test_compiled_model_keeps_its_parameter_names(tmp_path):
         compile_model(load_run_config(raw=deep_update(raw, {"trainer": {"compile": flag}})), module)
         assert (module.model._compiled_call_impl is not None) == compiled  # what fit() runs
         assert list(module.state_dict()) == names and not any("_orig_mod" in n for n in names)
+
+
+def test_predict_builds_on_known_low_fidelity_values(tmp_path):
+    """A difference head trained with use_known_low takes the low-fidelity value a user knows (e.g. the computed
+    PBE gap of a new crystal) instead of predicting it: high = known low + Δ where known, the model's own low +
+    Δ elsewhere; the low column stays the prediction."""
+    from tlgnn.graphs import CrystalGraphBuilder
+    from tlgnn.training.module import TransferModule
+    from tlgnn.training.predict import Predictor
+
+    cod = Path(__file__).resolve().parents[1] / "data" / "structures" / "cif" / "cgcnn_cod_sample"
+    files = [str(cod / name) for name in ("1000041.cif", "9000046.cif", "9011050.cif")]
+    tasks = [TaskSpec("gap_pbe", unit="eV"), TaskSpec("gap_hse", unit="eV")]
+    torch.manual_seed(0)
+    module = TransferModule({"encoder": TINY_ENCODER, "head": {"name": "difference", "chain": ["gap_pbe", "gap_hse"],
+                                                                 "use_known_low": True, "hidden": [8]}},
+                            tasks, optim={}, loss={}, graph=CrystalGraphBuilder().settings)
+    predictor = Predictor(module)
+    plain = predictor.predict(files)
+    known = pd.DataFrame({"id": ["1000041", "9011050"], "gap_pbe": [5.0, None]})  # one known, one empty cell
+    given = predictor.predict(files, known=known).set_index("id")
+    plain = plain.set_index("id")
+    np.testing.assert_allclose(given.gap_pbe, plain.gap_pbe, rtol=1e-6)  # the low output stays predicted
+    delta = plain.gap_hse - plain.gap_pbe
+    assert given.gap_hse["1000041"] == pytest.approx(5.0 + delta["1000041"], rel=1e-5)
+    for other in ("9000046", "9011050"):
+        assert given.gap_hse[other] == pytest.approx(plain.gap_hse[other], rel=1e-6)
+    # a CSV works the same; bad files name the problem
+    (tmp_path / "known.csv").write_text("id,gap_pbe\n1000041,5.0\n")
+    via_csv = predictor.predict(files, known=tmp_path / "known.csv").set_index("id")
+    assert via_csv.gap_hse["1000041"] == pytest.approx(given.gap_hse["1000041"], rel=1e-6)
+    with pytest.raises(ValueError, match=r"column 'gap_pbx' is not a task of this model; did you mean 'gap_pbe'"):
+        predictor.predict(files, known=pd.DataFrame({"id": ["1000041"], "gap_pbx": [1.0]}))
+    with pytest.raises(ValueError, match=r"row 0 \(id '1000041'\): non-numeric value '1.2 eV'"):
+        predictor.predict(files, known=pd.DataFrame({"id": ["1000041"], "gap_pbe": ["1.2 eV"]}))
+    with pytest.warns(UserWarning, match="known values for 1 id"):
+        predictor.predict(files, known={"nope": {"gap_pbe": 1.0}})

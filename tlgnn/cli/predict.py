@@ -2,6 +2,7 @@
 
     tlgnn predict --checkpoint runs/quickstart/checkpoints/best.ckpt --input my_cifs/ --output preds.csv
     tlgnn predict --checkpoint best.ckpt --input "structures/*.cif" --input extra.vasp --output preds.csv
+    tlgnn predict --checkpoint pbe_to_hse.ckpt --input new_cifs/ --known pbe_gaps.csv --output preds.csv
 
 Needs nothing but the checkpoint (graph settings, tasks and normalisation travel with it). One row per
 structure: ``id`` and a column per task (regression in the task's unit; classification: predicted class and
@@ -27,6 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: GPU when available)")
     p.add_argument("--workers", type=int, default=None, help="processes for reading files (default: all cores)")
     p.add_argument("--recursive", action="store_true", help="also read sub-folders of folder inputs")
+    p.add_argument("--known", metavar="CSV", default=None,
+                   help="known values of low-fidelity tasks: a CSV with an 'id' column (file names without "
+                        "extension) and a column per task, e.g. id,gap_pbe_mf; a difference head trained with "
+                        "use_known_low: true then builds the higher fidelities on them")
     p.add_argument("--disordered", choices=("error", "order", "drop"), default="error",
                    help="structures with partial occupancies: report as errors (default), order them "
                         "(majority species per site), or drop them")
@@ -46,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"tlgnn predict: {err}", file=sys.stderr)
         return 1
-    result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive,
-                                      disordered=args.disordered)
+    try:
+        result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive,
+                                          disordered=args.disordered, known=args.known)
+    except ValueError as err:  # the --known file
+        print(f"tlgnn predict: {err}", file=sys.stderr)
+        return 1
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     errors_path = output.with_name(output.name + ".errors.txt")
@@ -61,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         errors_path.unlink()  # stale list from an earlier run
     for where, why in result.skipped:
         print(f"tlgnn predict: skipped {where}: {why}", file=sys.stderr)
+    for note in result.notes:
+        print(f"tlgnn predict: note: {note}", file=sys.stderr)
     if result.frame.empty:
         found = "no structure could be read" if problems else "no structure files found in the input"
         print(f"tlgnn predict: {found}; nothing written", file=sys.stderr)

@@ -6,6 +6,7 @@ cannot be read or turned into a graph are reported (``PredictionResult.failures`
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ class PredictionResult:
     frame: pd.DataFrame
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. known values whose id matched no structure
 
     def report(self) -> str:
         """One line per structure that has no prediction: ``<location>: <reason>``."""
@@ -51,6 +53,50 @@ def graph_builder_from_settings(settings: dict[str, Any]):
             stacklevel=2,
         )
     return builder
+
+
+def known_labels(known: Any, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
+    """Known values of some tasks per structure id, for a head that uses them at prediction time (a difference
+    head trained with ``use_known_low: true`` takes the known low-fidelity value instead of predicting it).
+
+    ``known``: a DataFrame or a CSV path with an ``id`` column and one column per regression task (the task's
+    unit; empty cells = not known), or ``{id: {task: value}}``. Returns float columns indexed by id. Errors
+    (``ValueError``) name the column or the row.
+    """
+    if isinstance(known, (str, Path)):
+        path = Path(known).expanduser()
+        if not path.is_file():
+            raise ValueError(f"known values: file not found: {path}")
+        frame = pd.read_csv(path, dtype={"id": str})
+    elif isinstance(known, pd.DataFrame):
+        frame = known.copy()
+    elif isinstance(known, dict):
+        frame = pd.DataFrame.from_dict(known, orient="index").rename_axis("id").reset_index()
+    else:
+        raise ValueError(f"known values: give a DataFrame, a CSV path or {{id: {{task: value}}}}, got "
+                         f"{type(known).__name__}")
+    if "id" not in frame.columns:
+        raise ValueError(f"known values: no 'id' column (columns: {', '.join(map(str, frame.columns))})")
+    by_name = {t.name: t for t in tasks}
+    for column in frame.columns.drop("id"):
+        if column not in by_name:
+            close = difflib.get_close_matches(str(column), list(by_name), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"known values: column {column!r} is not a task of this model; {hint}tasks: "
+                             f"{', '.join(by_name)}")
+        if by_name[column].kind != "regression":
+            raise ValueError(f"known values: column {column!r} is a classification task; give regression tasks")
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"known values: column {column!r}, row {i} (id {frame['id'].iat[i]!r}): "
+                             f"non-numeric value {frame[column].iat[i]!r}")
+        frame[column] = values.astype(float)
+    frame["id"] = frame["id"].astype(str)
+    if frame["id"].duplicated().any():
+        raise ValueError(f"known values: id {frame['id'][frame['id'].duplicated()].iat[0]!r} appears twice")
+    return frame.set_index("id")
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -148,28 +194,55 @@ class Predictor:
     def _classes(self, name: str) -> int:
         return next(t.num_classes for t in self.module.tasks if t.name == name)
 
+    def _attach_known(self, graphs: list[Any], ids: list[str], known: pd.DataFrame) -> list[str]:
+        """Give every graph ``y`` [1, T] and ``y_mask`` [1, T] from the known values; returns notes."""
+        tasks = [t.name for t in self.module.tasks]
+        table = known.reindex(columns=tasks)
+        rows = table.reindex(ids).to_numpy(dtype=np.float64) if ids else np.zeros((0, len(tasks)))
+        present = ~np.isnan(rows)
+        for i, graph in enumerate(graphs):
+            graph.y = torch.tensor(np.nan_to_num(rows[i : i + 1]), dtype=torch.float32)
+            graph.y_mask = torch.tensor(present[i : i + 1])
+        notes = []
+        unmatched = sorted(set(known.index) - set(ids))
+        if unmatched:
+            notes.append(f"known values for {len(unmatched)} id(s) that match no predicted structure, e.g. "
+                         f"{', '.join(unmatched[:3])} (ids are file names without extension)")
+        if not getattr(self.module.model.head, "use_known_low", False):
+            notes.append("this model does not use known values (only a difference head trained with "
+                         "use_known_low: true does); the predictions ignore them")
+        return notes
+
     # ------------------------------------------------------------------ public
     def predict_result(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,
-                       recursive: bool = False, disordered: str = "error") -> PredictionResult:
+                       recursive: bool = False, disordered: str = "error", known: Any = None) -> PredictionResult:
         """Predictions plus the structures that could not be used (``tlgnn predict`` reports those).
 
         ``disordered``: partial-occupancy policy of ``tlgnn.io.read_structures`` ("error", "order", "drop").
+        ``known``: known values of some tasks per id (see :func:`known_labels`), e.g. the computed PBE gap of each
+        structure for a PBE -> HSE difference head trained with ``use_known_low: true``; the low task's own
+        column stays the model's prediction, the tasks above it build on the known value where given.
         """
+        table = None if known is None else known_labels(known, self.module.tasks)  # errors before any work
         records, failures, skipped = self._records(structures, n_jobs, progress, recursive, disordered)
         graphs, ids, graph_failures = self._graphs(records)
+        notes = self._attach_known(graphs, ids, table) if table is not None else []
         preds = self._run(graphs, "predict")
         frame = prediction_frame(ids, preds, [t for t in self.module.tasks if t.name in self.outputs])
-        return PredictionResult(frame=frame, failures=failures + graph_failures, skipped=skipped)
+        return PredictionResult(frame=frame, failures=failures + graph_failures, skipped=skipped, notes=notes)
 
-    def predict(self, structures: Any) -> pd.DataFrame:
+    def predict(self, structures: Any, known: Any = None) -> pd.DataFrame:
         """A DataFrame, a row per usable structure: ``id`` and one column per task (physical units).
 
         Classification tasks give the predicted class label and ``<task>_prob_<class>`` columns. Structures
-        that cannot be read or graphed are left out with a warning naming them.
+        that cannot be read or graphed are left out with a warning naming them. ``known``: see
+        :meth:`predict_result`.
         """
-        result = self.predict_result(structures)
+        result = self.predict_result(structures, known=known)
         if result.failures:
             warnings.warn(f"{len(result.failures)} structure(s) skipped:\n{result.report()}", stacklevel=2)
+        for note in result.notes:
+            warnings.warn(note, stacklevel=2)
         return result.frame
 
     def embed(self, structures: Any) -> np.ndarray:
@@ -188,4 +261,4 @@ def _where(err: Any) -> str:
     return f"{where}[{block}]" if block else where
 
 
-__all__ = ["CHECKPOINT_KEY", "PredictionResult", "Predictor", "graph_builder_from_settings"]
+__all__ = ["CHECKPOINT_KEY", "PredictionResult", "Predictor", "graph_builder_from_settings", "known_labels"]
