@@ -303,6 +303,10 @@ def test_cif_cut_inside_its_atom_site_loop_is_refused_not_read_short(tmp_path):
     (err,) = read_structures(tmp_path / "cut.cif", on_error="skip").failures
     assert err.path == str(tmp_path / "cut.cif")
     assert err.reason.startswith("atom sites lack Cl, which _chemical_formula_sum 'Cl Na' lists")
+    # cut inside a loop header: pymatgen's tokenizer fails with a ZeroDivisionError; the reason says what it means
+    (tmp_path / "cut2.cif").write_text(text[: text.index("loop_") + len("loop_\n_")])
+    (err,) = read_structures(tmp_path / "cut2.cif", on_error="skip").failures
+    assert err.reason.startswith("unreadable CIF: a loop_ has no column names or its rows do not fill its columns")
     # hydrogen listed without sites (X-ray structures) is accepted
     with_h = text.replace("'Cl Na'", "'Cl H2 Na'")
     assert with_h != text

@@ -60,7 +60,7 @@ def parse_cif(text: str) -> list[Entry]:
         try:
             cif = CifFile.from_str(text)
         except Exception as exc:  # noqa: BLE001 - any parser failure is an unreadable file
-            raise _err(f"unreadable CIF: {exc}") from exc
+            raise _err(_unreadable_cif(exc)) from exc
     entries = []
     for name, block in cif.data.items():
         keys = {k.lower() for k in block.data}
@@ -82,7 +82,7 @@ def _cif_structure(text: str) -> Structure:
         try:
             parser = CifParser.from_str(text, occupancy_tolerance=CIF_OCCUPANCY_TOLERANCE)
         except Exception as exc:  # noqa: BLE001
-            raise _err(f"unreadable CIF: {exc}") from exc
+            raise _err(_unreadable_cif(exc)) from exc
         try:
             structures = parser.parse_structures(primitive=False, on_error="raise")
         except Exception as exc:  # noqa: BLE001
@@ -112,6 +112,15 @@ def _elements_missing_from(structure: Structure, cif: dict) -> str | None:
         return None
     return (f"atom sites lack {', '.join(missing)}, which _chemical_formula_sum {formula.strip()!r} lists "
             f"(the sites give {structure.composition.reduced_formula}): truncated or damaged atom-site loop?")
+
+
+def _unreadable_cif(exc: Exception) -> str:
+    """Why pymatgen's CIF tokenizer gave up, in words: a ``loop_`` without columns or with a cut-off row is
+    what a truncated file looks like."""
+    if isinstance(exc, (ZeroDivisionError, IndexError)):
+        return (f"unreadable CIF: a loop_ has no column names or its rows do not fill its columns (truncated "
+                f"file?) (pymatgen: {type(exc).__name__}: {exc})")
+    return f"unreadable CIF: {exc}"
 
 
 def _cif_reason(exc: Exception) -> str:
