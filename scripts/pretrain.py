@@ -256,10 +256,12 @@ def render_card(out: Path) -> str:
     """MODEL_CARD.md from every ``*.json`` written by :func:`export` in ``out``."""
     cards = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     cards = [c for c in cards if c.get("kind") == "tlgnn-pretrained"]
+    used = sorted({c["data"]["used"] for c in cards if "used" in c.get("data", {})})
+    count = " / ".join(f"{n:,}" for n in used) or "the"
     lines = [
         "# Pretrained tlgnn encoders",
         "",
-        "Encoders pretrained on the dense, cheap PBE-level labels of ~25k Materials Project crystals, for",
+        f"Encoders pretrained on the dense, cheap PBE-level labels of {count} Materials Project crystals, for",
         "fine-tuning on scarce labels (`model.init_from`, see docs/finetuning.md) and for prediction",
         "(`tlgnn.load_model`). Written by `scripts/pretrain.py`; this card is generated from the `*.json` files next",
         "to the checkpoints.",

@@ -79,12 +79,20 @@ def test_pair_stats_are_of_the_difference_on_rows_with_both_labels(dm):
 
 
 def test_reuse_saved_split_and_aligned_table(dm, tmp_path):
+    import copy
+
+    from tlgnn.data.splits import SplitError
+
     cfg = DataConfig(aligned=str(dm.alignment_report.parent), tasks=TASKS, cache_dir=dm.config.cache_dir)
-    cfg.split.file = dm.config.split.file
+    cfg.split = copy.deepcopy(dm.config.split)
     again = TransferDataModule(cfg)
     again.setup()
     for a, b in zip(dm.split.parts().values(), again.split.parts().values()):
         np.testing.assert_array_equal(np.sort(a), np.sort(b))
+    # a split file is not silently reused under other split settings
+    cfg.split.seed = 5
+    with pytest.raises(SplitError, match=r"split.seed: .*split.json was drawn with seed=0, this config has 5"):
+        TransferDataModule(cfg).setup()
 
 
 def test_structure_dataset_for_prediction(dm):

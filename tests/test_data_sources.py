@@ -250,3 +250,10 @@ def test_tinnet_frames_sample():
         assert row.ead_OH == pytest.approx(float(by_id[row.material_id]["ead_OH"]))
         assert "O" in row.formula and "H" in row.formula  # the kind=OH frame, not the clean slab
     assert table.frame["n_sites"].eq(18).all()
+
+
+def test_formulas_with_fractional_amounts_reduce_to_whole_numbers():
+    from tlgnn.data.sources import reduced_formula
+
+    assert [reduced_formula(f) for f in ("TbO1.5", "Sr0.5TaO3", "Cu1.8S", "Fe4O6", "Ni0.5N0.5")] == \
+        ["Tb2O3", "SrTa2O6", "Cu9S5", "Fe2O3", "NiN"]

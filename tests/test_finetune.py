@@ -242,6 +242,15 @@ def test_encoder_mismatch_names_the_setting(source_ckpt, encoder, key):
     assert str(source_ckpt) in str(err.value)
 
 
+def test_layout_options_may_differ_from_the_checkpoint(source_ckpt):
+    """edge_projection only orders the arithmetic: a GPU user may load a per_atom-trained encoder as per_edge."""
+    m = module(TARGET_TASKS, {"name": "single", "hidden": [8]}, encoder={**ENCODER, "edge_projection": "per_edge"})
+    apply_finetuning(m, source_ckpt, FinetuneConfig(), log=None)
+    state = torch.load(source_ckpt, weights_only=False)["state_dict"]
+    for name, value in m.model.encoder.state_dict().items():
+        assert torch.equal(value, state[f"model.encoder.{name}"]), name
+
+
 @pytest.mark.parametrize("setting, value", [("cutoff", 6.0), ("max_neighbors", 16)])
 def test_graph_mismatch_names_the_setting(source_ckpt, setting, value):
     m = module(TARGET_TASKS, {"name": "single", "hidden": [8]})

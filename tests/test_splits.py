@@ -94,6 +94,27 @@ def test_target_task_split(table):
         from_dict(SplitConfig, {"kind": "target_task"})
 
 
+@pytest.mark.parametrize("group_by", ["material", "formula"])
+def test_target_task_split_tests_the_same_crystals_in_the_single_task_table(table, group_by):
+    """Comparing heads: a single-task run keeps only the target's labelled rows, a multi-task run keeps them all;
+    the same target_task split must score both on the same crystals (groups are ordered by their materials,
+    not by row positions)."""
+    cfg = SplitConfig(kind="target_task", target_task="gap_hse", val_fraction=0.15, test_fraction=0.2, seed=4,
+                      group_by=group_by)
+    labelled = np.flatnonzero(table.frame["gap_hse"].notna().to_numpy())
+    ids = table.frame["material_id"].to_numpy()
+    full = make_split(table, cfg)
+    single_table = table.subset(labelled)
+    single = make_split(single_table, cfg)
+    single_ids = single_table.frame["material_id"].to_numpy()
+    assert set(ids[full.test][np.isin(full.test, labelled)]) == set(single_ids[single.test])
+    assert set(ids[full.val][np.isin(full.val, labelled)]) == set(single_ids[single.val])
+    assert len(single.test) > 20
+    # another seed draws other crystals
+    other = make_split(single_table, SplitConfig(**{**cfg.__dict__, "seed": 5}))
+    assert set(single_ids[other.test]) != set(single_ids[single.test])
+
+
 def test_save_load_and_leak_detection(table, tmp_path):
     split = make_split(table, SplitConfig(kind="formula", seed=2))
     path = save_split(split, table, tmp_path / "split.json")

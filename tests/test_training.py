@@ -325,6 +325,12 @@ def test_resumed_run_ends_at_the_weights_of_an_uninterrupted_run(tmp_path, cache
 
     with pytest.raises(RunError, match="--resume"):
         fit(broken, test=False)
+    # --overwrite starts over: old checkpoints, CSV logs and W&B run id go, the new run is alone
+    (tmp_path / "broken" / "wandb_run_id").write_text("oldrun12\n")
+    assert len(list((tmp_path / "broken" / "logs").iterdir())) == 2  # the crashed attempt and the resumed one
+    fit(broken, test=False, overwrite=True)
+    assert not (tmp_path / "broken" / "wandb_run_id").exists()
+    assert [p.name for p in (tmp_path / "broken" / "logs").iterdir()] == ["version_0"]
 
 
 def test_wandb_offline_run_is_written_inside_output_dir(tmp_path, cache_dir, monkeypatch):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tlgnn.data.config import DataConfig
 from tlgnn.data.dataset import MaterialDataset, StructureDataset
 from tlgnn.data.loader import graph_loader
-from tlgnn.data.splits import Split, check_split, load_split, make_split, save_split
+from tlgnn.data.splits import Split, check_split, check_split_settings, load_split, make_split, save_split
 from tlgnn.data.table import TABLE_FILE, MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
 
@@ -145,6 +145,7 @@ class TransferDataModule(L.LightningDataModule):
         self.dataset = MaterialDataset(table, self.graph_cache(), names)
         if cfg.split.file and Path(cfg.split.file).is_file():
             self.split = load_split(cfg.split.file, table)
+            check_split_settings(self.split, cfg.split, cfg.split.file)
         else:
             self.split = make_split(table, cfg.split)
             if cfg.split.file:

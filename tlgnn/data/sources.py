@@ -506,7 +506,8 @@ def _row_label(i: int, ids: list[str]) -> str:
 
 
 def reduced_formula(formula: str) -> str:
-    """pymatgen reduced formula of a formula string (``"Ag(AuS)2"`` -> ``"Ag(AuS)2"``; ``"Fe4O6"`` -> ``"Fe2O3"``)."""
+    """pymatgen reduced formula of a formula string (``"Ag(AuS)2"`` -> ``"Ag(AuS)2"``; ``"Fe4O6"`` -> ``"Fe2O3"``;
+    non-integer amounts as whole numbers: ``"TbO1.5"`` -> ``"Tb2O3"``, ``"Cu1.8S"`` -> ``"Cu9S5"``)."""
     from pymatgen.core import Composition, Element
 
     comp = Composition(formula)
@@ -515,6 +516,9 @@ def reduced_formula(formula: str) -> str:
     unknown = [str(el) for el in comp.elements if not isinstance(el, Element)]
     if unknown:
         raise ValueError(f"unknown element symbol(s) {unknown}")
+    if any(abs(amount - round(amount)) > 1e-6 for amount in comp.values()):
+        # TbO1.5 is Tb2O3 and Sr0.5TaO3 is SrTa2O6, as the structures' formulas are written
+        comp = Composition(comp.get_integer_formula_and_factor(max_denominator=10)[0])
     return comp.reduced_formula
 
 

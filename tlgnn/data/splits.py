@@ -8,6 +8,7 @@ and reloaded from JSON (by ``material_id``), and :func:`check_split` verifies it
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,15 +94,32 @@ def groups(table: MaterialTable, by: str = "material") -> np.ndarray:
     return uf.labels()
 
 
-def _assign(group_of: np.ndarray, candidates: np.ndarray, fractions: list[float], rng: np.random.Generator,
+def group_order(table: MaterialTable, group_of: np.ndarray, by: str, seed: int,
+                among: np.ndarray | None = None) -> dict[int, str]:
+    """A seeded sort key per group that depends only on the group's materials, not on row positions: the hash
+    of ``seed`` and the group's smallest material id (``row``/``material``) or reduced formula (``formula``),
+    over the rows in ``among`` (default: all; ``target_task`` splits: the target's labelled rows). Two tables
+    holding the same labelled materials (a single-task table and the multi-task table it came from) therefore
+    order their groups alike, and a ``target_task`` split gives both the same test crystals."""
+    column = "formula" if by == "formula" else "material_id"
+    names = table.frame[column].astype(str).to_numpy()
+    rows = np.arange(len(group_of)) if among is None else np.flatnonzero(among)
+    smallest: dict[int, str] = {}
+    for g, name in zip(group_of[rows].tolist(), names[rows].tolist()):
+        if g not in smallest or name < smallest[g]:
+            smallest[g] = name
+    return {g: hashlib.sha256(f"{seed}\0{name}".encode()).hexdigest() for g, name in smallest.items()}
+
+
+def _assign(group_of: np.ndarray, candidates: np.ndarray, fractions: list[float], order: dict[int, str],
             weight_rows: np.ndarray | None = None) -> list[np.ndarray]:
-    """Shuffle the groups of ``candidates`` and fill parts (in order) up to ``fractions`` of the weighted rows.
+    """Take the groups of ``candidates`` in ``order`` and fill parts (in order) up to ``fractions`` of the
+    weighted rows.
 
     Returns the groups of each part; groups left over are returned last.
     """
     weights = np.ones(len(group_of)) if weight_rows is None else weight_rows.astype(float)
-    uniq = np.unique(group_of[candidates])
-    uniq = uniq[rng.permutation(len(uniq))]
+    uniq = np.asarray(sorted(np.unique(group_of[candidates]).tolist(), key=order.__getitem__), dtype=np.int64)
     size = {g: 0.0 for g in uniq}
     for i in candidates:
         size[group_of[i]] += weights[i]
@@ -128,28 +146,27 @@ def make_split(table: MaterialTable, config: SplitConfig) -> Split:
     validate; ``target_task``: val/test groups drawn among rows labelled for ``target_task`` (their size measured in
     labelled rows), every other row trains.
     """
-    rng = np.random.default_rng(config.seed)
     by = {"random": "row", "grouped": "material", "formula": "formula"}.get(config.kind, config.group_by)
     group_of = groups(table, by)
+    order = group_order(table, group_of, by, config.seed)
     all_rows = np.arange(len(table))
     info: dict[str, Any] = {"group_by": by, "config": to_dict(config)}
     if config.kind in ("random", "grouped", "formula"):
-        test_g, val_g, _ = _assign(group_of, all_rows, [config.test_fraction, config.val_fraction], rng)
+        test_g, val_g, _ = _assign(group_of, all_rows, [config.test_fraction, config.val_fraction], order)
     elif config.kind == "kfold":
-        uniq = np.unique(group_of)
-        uniq = uniq[rng.permutation(len(uniq))]
+        uniq = sorted(np.unique(group_of).tolist(), key=order.__getitem__)
         counts = np.bincount(np.searchsorted(np.unique(group_of), group_of))
         size = dict(zip(np.unique(group_of), counts))
         folds: list[list] = [[] for _ in range(config.n_folds)]
         load = np.zeros(config.n_folds)
-        for g in sorted(uniq, key=lambda g: -size[g]):  # largest first, to the lightest fold; ties by shuffle
+        for g in sorted(uniq, key=lambda g: -size[g]):  # largest first, to the lightest fold; ties by the order
             k = int(np.argmin(load))
             folds[k].append(g)
             load[k] += size[g]
         test_g = np.asarray(folds[config.fold], dtype=np.int64)
         rest = all_rows[~np.isin(group_of, test_g)]
         frac = config.val_fraction
-        val_g, _ = _assign(group_of, rest, [frac], rng)
+        val_g, _ = _assign(group_of, rest, [frac], order)
         info["fold_sizes"] = load.astype(int).tolist()
     elif config.kind == "target_task":
         task = config.target_task
@@ -159,7 +176,8 @@ def make_split(table: MaterialTable, config: SplitConfig) -> Split:
         if labelled.sum() < 3:
             raise SplitError(f"split.target_task: only {int(labelled.sum())} rows are labelled for {task!r}")
         cand = all_rows[labelled]
-        test_g, val_g, _ = _assign(group_of, cand, [config.test_fraction, config.val_fraction], rng,
+        order = group_order(table, group_of, by, config.seed, among=labelled)
+        test_g, val_g, _ = _assign(group_of, cand, [config.test_fraction, config.val_fraction], order,
                                    weight_rows=labelled)
         info["target_task"] = task
     else:  # pragma: no cover - guarded by SplitConfig
@@ -228,6 +246,20 @@ def save_split(split: Split, table: MaterialTable, path: str | Path) -> Path:
     return path
 
 
+def check_split_settings(split: Split, config: SplitConfig, path: str | Path) -> None:
+    """A split read from ``split.file`` must have been drawn with the config's split settings: a changed seed or
+    fraction would otherwise be ignored silently while the run config records it. Splits written by other code
+    (without the settings they were drawn with) are accepted as they are."""
+    drawn = split.info.get("config")
+    if not isinstance(drawn, dict):
+        return
+    wanted = to_dict(config)
+    for key, value in wanted.items():
+        if key != "file" and key in drawn and drawn[key] != value:
+            raise SplitError(f"split.{key}: {path} was drawn with {key}={drawn[key]!r}, this config has "
+                             f"{value!r}; delete the file to draw a new split, or point split.file elsewhere")
+
+
 def load_split(path: str | Path, table: MaterialTable) -> Split:
     """Read a split written by :func:`save_split` and map it onto ``table`` (checked with :func:`check_split`)."""
     path = Path(path)
@@ -256,4 +288,4 @@ def load_split(path: str | Path, table: MaterialTable) -> Split:
     return split
 
 
-__all__ = ["Split", "SplitError", "check_split", "groups", "load_split", "make_split", "save_split"]
+__all__ = ["Split", "SplitError", "check_split", "check_split_settings", "group_order", "groups", "load_split", "make_split", "save_split"]

@@ -108,7 +108,8 @@ def check_encoder(pretrained: Pretrained, encoder: Mapping[str, Any]) -> None:
     from tlgnn.models import ENCODERS
 
     ours, theirs = full_options(ENCODERS, encoder), full_options(ENCODERS, pretrained.encoder_spec)
-    for key in ["name", *sorted(set(ours) | set(theirs) - {"name"})]:
+    free = set(getattr(ENCODERS.get(ours.get("name")), "layout_options", ()))  # same weights, same function
+    for key in ["name", *sorted((set(ours) | set(theirs)) - {"name"} - free)]:
         if not _same(ours.get(key), theirs.get(key)):
             raise ConfigError(
                 f"model.encoder.{key}",
@@ -195,11 +196,16 @@ class FinetunePlan:
         if self.init_from:
             head = "head loaded" if self.head_loaded else f"new head ({self.head_reason})"
             parts.append(f"encoder from {self.init_from}; {head}")
+        else:
+            parts.append("NO model.init_from: the encoder starts from random weights, yet these fine-tuning "
+                         "settings apply (for plain training from scratch set model.finetune: {})")
         parts.append(f"frozen encoder groups {self.initial_frozen}/{self.n_groups}")
         if self.config.unfreeze_every:
             parts.append(f"unfreeze one every {self.config.unfreeze_every} epoch(s)")
-        if self.config.encoder_lr or self.config.head_lr:
-            parts.append(f"lr encoder {self.config.encoder_lr or 'optim.lr'}, head {self.config.head_lr or 'optim.lr'}")
+        encoder_trains = self.initial_frozen < self.n_groups or self.config.unfreeze_every
+        if self.config.head_lr or (self.config.encoder_lr and encoder_trains):
+            encoder = f"encoder {self.config.encoder_lr or 'optim.lr'}, " if encoder_trains else ""
+            parts.append(f"lr {encoder}head {self.config.head_lr or 'optim.lr'}")
         return "fine-tuning: " + "; ".join(parts)
 
 

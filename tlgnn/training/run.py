@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
-from tlgnn.training.loggers import build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
+from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.module import TransferModule, load_module, task_predictions
 from tlgnn.training.outputs import format_metrics_table, parity_plots, prediction_frame, write_metrics_json
 
@@ -351,7 +351,8 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
         resume: ``"last"`` (``output_dir/checkpoints/last.ckpt``), ``"auto"`` (that one if it exists, else start
             afresh) or a checkpoint path to continue from.
         test: test the best checkpoint and write metrics/predictions/plots afterwards.
-        overwrite: start over in an ``output_dir`` that already holds checkpoints (they are deleted).
+        overwrite: start over in an ``output_dir`` that already holds checkpoints (they, the CSV logs and the
+            W&B run id are deleted).
         callbacks: extra Lightning callbacks.
     """
     out = Path(config.output_dir)
@@ -363,7 +364,11 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
                 f"{out} already holds a run ({ckpt_dir / 'last.ckpt'}); pass --resume to continue it, "
                 "--overwrite to start over, or choose another output_dir"
             )
+        # start over: the old run's checkpoints, CSV logs and W&B run id go (its offline W&B files stay in
+        # output_dir/wandb, unsynced data is not deleted; the new run gets a new id)
         shutil.rmtree(ckpt_dir)
+        shutil.rmtree(out / "logs", ignore_errors=True)
+        (out / RUN_ID_FILE).unlink(missing_ok=True)
     _set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
@@ -451,9 +456,10 @@ def _report_data(dm: Any, out: Path) -> None:
     report = _alignment_report(dm)
     if report and rank_zero_only.rank == 0:
         (out / "alignment_report.md").write_text(report)
+    names = [t.name for t in dm.tasks]
+    labelled = int(dm.table.frame[names].notna().any(axis=1).sum())
+    line = f"data: {len(dm.table)} materials, {labelled} with a label for {', '.join(names)}"
     left_out = dm.aligned_count - len(dm.table)
-    names = ", ".join(t.name for t in dm.tasks)
-    line = f"data: {len(dm.table)} materials with a label for {names}"
     if left_out:
         line += f"; {left_out} aligned materials have none of these labels and are left out"
     if report:

@@ -117,10 +117,12 @@ class Encoder(nn.Module):
     Subclasses set ``out_dim`` (width of ``graph_emb``), implement ``forward(batch) -> EncoderOutput`` and
     ``layer_groups()``: the encoder's modules in input-to-output order (input embedding first, then each
     interaction block, then the post-pooling layer if any) covering every parameter exactly once.
-    Fine-tuning freezes the first k groups.
+    Fine-tuning freezes the first k groups. ``layout_options``: options that choose how the same function is
+    computed (e.g. CGCNN's ``edge_projection``); a checkpoint's encoder may be loaded with other values of them.
     """
 
     out_dim: int
+    layout_options: tuple[str, ...] = ()
 
     def forward(self, batch: Any) -> EncoderOutput:  # pragma: no cover - abstract
         raise NotImplementedError

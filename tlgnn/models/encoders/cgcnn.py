@@ -93,6 +93,8 @@ class CGCNNEncoder(Encoder):
     which is PyG's ``CGConv(batch_norm=True)`` layer exactly — less work per edge, see docs/performance.md).
     """
 
+    layout_options = ("edge_projection",)  # same function, other arithmetic order: free when fine-tuning
+
     def __init__(
         self,
         atom_fea_len: int = 64,
