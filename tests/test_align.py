@@ -120,6 +120,16 @@ def test_composition_lowest_energy_policy(aligned, raw):
         assert got[mid] == pytest.approx(np.mean(vals))
     n_ambiguous = len({_reduced(r["formula"]) for r in raw["c"]} & {f for f, v in by_formula.items() if len(v) > 1})
     assert report.sources["expt_gap"].ambiguous_formulas == n_ambiguous > 5
+    # every ambiguous formula names the polymorph it went to and by how much energy it won
+    choices = {c["formula"]: c for c in report.sources["expt_gap"].polymorph_choices}
+    assert len(choices) == n_ambiguous
+    for f, c in choices.items():
+        ranked = sorted(energy[m] for m in by_formula[f])
+        assert c["chosen"] == [min(by_formula[f], key=energy.__getitem__)] and c["polymorphs"] == len(ranked)
+        assert c["margin_ev_per_atom"] == pytest.approx(ranked[1] - ranked[0])
+    md = report.to_markdown()
+    closest = min(choices.values(), key=lambda c: c["margin_ev_per_atom"])
+    assert "## Polymorph choices" in md and f"{closest['formula']} ({closest['polymorphs']} polymorphs)" in md
     unmatched = [r for r in raw["c"] if _reduced(r["formula"]) not in by_formula]
     assert len(report.sources["expt_gap"].dropped) == len(unmatched)
     # classification labels are class indices of classes [0, 1]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tlgnn.data.match import FormulaIndex, IdIndex, StructureIndex, pick_polymorph
+from tlgnn.data.match import FormulaIndex, IdIndex, StructureIndex, energy_margin, pick_polymorph
 from tlgnn.data.report import AlignmentReport
 from tlgnn.data.sources import AlignmentConfig, SourceError, SourceTable, load_source_config, load_sources
 from tlgnn.data.structures import parse_structures
@@ -134,6 +134,7 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
         new_formulas: list[tuple[str, int]] = []
         has_ids = bool(src.spec.id_column or src.spec.layout == "nested")
         ambiguous_formulas: set[str] = set()
+        chosen: dict[str, dict] = {}  # formula -> which polymorph its rows went to, and by what energy margin
         for group in _groups(src):
             first = group[0]
             own = [(src.spec.id_space, src.ids[first])] if has_ids else []
@@ -161,9 +162,16 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
                 elif matcher == "composition" and not structure_ok and formula:
                     cands = formula_index.get(formula)
                     if cands:
-                        choice = pick_polymorph(cands, [mats.energy[m] for m in cands], config.polymorph_policy)
+                        energies = [mats.energy[m] for m in cands]
+                        choice = pick_polymorph(cands, energies, config.polymorph_policy)
                         if choice.ambiguous:
                             ambiguous_formulas.add(formula)
+                        if choice.ambiguous and choice.materials and formula not in chosen:
+                            chosen[formula] = {
+                                "formula": formula, "polymorphs": len(cands),
+                                "chosen": [mats.material_id[m] for m in choice.materials],
+                                "margin_ev_per_atom": energy_margin(energies) if len(choice.materials) == 1 else None,
+                            }
                         if choice.materials:
                             targets, how = choice.materials, "composition"
                         else:
@@ -210,6 +218,7 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
         for formula, m in new_formulas:
             formula_index.add(formula, m)
         stats.ambiguous_formulas = len(ambiguous_formulas)
+        stats.polymorph_choices = list(chosen.values())
         if struct_index is not None:
             struct_index.forget()
         say(f"{src.name}: " + stats.short() + f" ({time.perf_counter() - t_src:.1f} s)")

@@ -78,6 +78,12 @@ def pick_polymorph(candidates: list[int], energies: list[float], policy: str) ->
     return PolymorphChoice([min(known, key=lambda t: t[0])[1]], True)
 
 
+def energy_margin(energies: list[float]) -> float | None:
+    """How far (eV/atom) the lowest known energy lies below the next one; ``None`` with fewer than two known."""
+    known = sorted(e for e in energies if e is not None and not math.isnan(e))
+    return float(known[1] - known[0]) if len(known) >= 2 else None
+
+
 class StructureIndex:
     """Structure matching bucketed by reduced formula, then space group number."""
 

@@ -14,6 +14,7 @@ from tlgnn.data.tasks import TaskSpec
 
 OUTCOMES = ("new", "id", "structure", "composition", "merged")
 LIST_LIMIT = 15  # rows shown per list in the Markdown report (the JSON has all)
+NEAR_DEGENERATE_EV = 0.025  # polymorphs closer than this (eV/atom) are flagged: the energy alone barely decides
 
 
 @dataclass
@@ -25,6 +26,7 @@ class SourceStats:
     counts: Counter = field(default_factory=Counter)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     ambiguous_formulas: int = 0
+    polymorph_choices: list[dict[str, Any]] = field(default_factory=list)  # formula rows matched to a polymorph
     dropped_labels: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     _seen: set = field(default_factory=set, repr=False)
@@ -57,7 +59,8 @@ class SourceStats:
         return {
             "rows": self.rows, "outcomes": {o: self.counts[o] for o in OUTCOMES},
             "dropped": len(self.dropped), "dropped_by_reason": dict(Counter(d["code"] for d in self.dropped)),
-            "ambiguous_formulas": self.ambiguous_formulas, "dropped_labels": dict(self.dropped_labels),
+            "ambiguous_formulas": self.ambiguous_formulas, "polymorph_choices": self.polymorph_choices,
+            "dropped_labels": dict(self.dropped_labels),
             "notes": self.notes, "dropped_rows": self.dropped,
         }
 
@@ -203,7 +206,25 @@ class AlignmentReport:
             for d in s.dropped[:LIST_LIMIT]:
                 out.append(f"- row {d['row']} (id `{d['id']}`): {d['reason']}")
             out.append("")
-        out += ["## Duplicates inside a source", ""]
+        out += ["## Polymorph choices", ""]
+        choices = [(s.name, c) for s in self.sources.values() for c in s.polymorph_choices]
+        if not choices:
+            out.append("None: no formula-only row met several polymorphs.")
+        else:
+            near = sum(1 for _, c in choices if c["margin_ev_per_atom"] is not None
+                       and c["margin_ev_per_atom"] < NEAR_DEGENERATE_EV)
+            out.append(f"{len(choices)} formulas matched one of several polymorphs ({near} by less than "
+                       f"{1000 * NEAR_DEGENERATE_EV:.0f} meV/atom: check that the label describes that polymorph). "
+                       f"Closest first (all in report.json):")
+            out.append("")
+            ranked = sorted(choices, key=lambda sc: (sc[1]["margin_ev_per_atom"] is None,
+                                                     sc[1]["margin_ev_per_atom"] or 0.0))
+            for name, c in ranked[:LIST_LIMIT]:
+                margin = c["margin_ev_per_atom"]
+                how = f"lowest energy by {1000 * margin:.1f} meV/atom" if margin is not None else "all polymorphs"
+                out.append(f"- {name}: {c['formula']} ({c['polymorphs']} polymorphs) -> "
+                           f"{', '.join(c['chosen'])} ({how})")
+        out += ["", "## Duplicates inside a source", ""]
         if not self.duplicates:
             out.append("None.")
         else:
