@@ -262,6 +262,11 @@ def test_fit_outputs_and_checkpoint_round_trip_through_load_model(tmp_path, cach
 
     # the checkpoint describes itself
     meta = read_checkpoint(result.best_checkpoint)[CHECKPOINT_KEY]
+    # the baseline to beat: always predicting the training mean
+    train_mean = meta["target_stats"]["mean"]["gap_pbe_mf"]
+    assert saved["gap_pbe_mf"]["mae_of_mean"] == pytest.approx((rows.gap_pbe_mf_true - train_mean).abs().mean(),
+                                                              rel=1e-5)
+    assert "mae_of_mean" in result.test.table
     assert [t["name"] for t in meta["tasks"]] == tasks and meta["version"] == tlgnn.__version__
     assert meta["graph"]["cutoff"] == 8.0 and meta["model"]["encoder"] == TINY_ENCODER
     assert set(meta["target_stats"]["std"]) == {"gap_pbe_mf", "gap_hse"}

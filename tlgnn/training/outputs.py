@@ -19,10 +19,27 @@ from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 
+BASELINE_MAE = "mae_of_mean"
+"""Test metric of a regression task: the MAE of always predicting the training split's mean (task unit)."""
+
+
+def add_mean_baseline(scores: dict[str, dict[str, float]], frame: Any, train_mean: Mapping[str, float]) -> None:
+    """Add ``mae_of_mean`` to each regression task's scores: what a model must beat to have learnt anything.
+    ``frame`` holds ``<task>_true`` columns (NaN where unlabelled), ``train_mean`` the training-split means."""
+    for task, mean in train_mean.items():
+        column = f"{task}_true"
+        if task in scores and column in frame:
+            true = frame[column].to_numpy(dtype=float)
+            true = true[~np.isnan(true)]
+            if len(true):
+                scores[task][BASELINE_MAE] = float(np.abs(true - mean).mean())
+
+
 def format_metrics_table(scores: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> str:
     """A plain-text table, one row per task: n and its metrics (regression in the task's unit)."""
     by_name = {t.name: t for t in tasks}
-    rows = [("task", "kind", "unit", "n", *REGRESSION_METRICS, *CLASSIFICATION_METRICS)]
+    columns = (*REGRESSION_METRICS, BASELINE_MAE, *CLASSIFICATION_METRICS)
+    rows = [("task", "kind", "unit", "n", *columns)]
 
     def fmt(value: Any) -> str:
         if value is None:
@@ -34,7 +51,7 @@ def format_metrics_table(scores: Mapping[str, Mapping[str, float]], tasks: Seque
         task = by_name.get(name)
         kind = task.kind if task else ""
         unit = (task.unit or "") if task else ""
-        metric_cells = [fmt(values.get(m)) if m in values else "" for m in (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)]
+        metric_cells = [fmt(values.get(m)) if m in values else "" for m in columns]
         rows.append((name, kind, unit, str(int(values.get("n", 0))), *metric_cells))
     keep = [i for i in range(len(rows[0])) if any(row[i] for row in rows[1:])] or list(range(len(rows[0])))
     rows = [tuple(row[i] for i in keep) for row in rows]

@@ -29,7 +29,8 @@ from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.module import TransferModule, load_module, task_predictions
-from tlgnn.training.outputs import format_metrics_table, parity_plots, prediction_frame, write_metrics_json
+from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, parity_plots, prediction_frame,
+                                    write_metrics_json)
 
 
 class RunError(RuntimeError):
@@ -481,7 +482,6 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
     trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
     scores: dict[str, dict[str, float]] = getattr(module, "last_test_scores", {})
     tasks: list[TaskSpec] = [t for t in module.tasks if t.name in module.outputs]
-    table = format_metrics_table(scores, tasks)
     metrics_path = out / "metrics.json"
     predictions_path: Path | None = None
     plots: dict[str, Path] = {}
@@ -492,6 +492,7 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
         loader = graph_loader(dm.test_set, batch_size=dm.config.batch_size, shuffle=False)
         ids, preds, y, mask = collect_predictions(module, loader)
         frame = prediction_frame(ids, preds, module.tasks, targets=y, mask=mask, id_column="material_id")
+        add_mean_baseline(scores, frame, module.model.head.target_stats()[0])
         predictions_path = out / "predictions_test.csv"
         frame.to_csv(predictions_path, index=False)
         plots = parity_plots(frame, tasks, out, scores)
@@ -510,8 +511,8 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
                 (out / "alignment_report.md").write_text(report_text)  # tlgnn test: not written by fit
                 files.append(out / "alignment_report.md")
             log_test_results_to_wandb(wandb_logger, scores, plots, report_text, files)
-    return TestResult(scores=scores, table=table, output_dir=out, metrics_path=metrics_path,
-                      predictions_path=predictions_path, plots=plots)
+    return TestResult(scores=scores, table=format_metrics_table(scores, tasks), output_dir=out,
+                      metrics_path=metrics_path, predictions_path=predictions_path, plots=plots)
 
 
 __all__ = [
