@@ -115,3 +115,70 @@ def test_data_config_validation():
         from_dict(DataConfig, {"aligned": "x", "tasks": ["a"], "split": {"kind": "target_task", "target_task": "gap_hse"}})
     cfg = from_dict(DataConfig, {"aligned": "runs/a", "split": {"file": "/abs/split.json"}}).resolve_paths("/base/cfg")
     assert cfg.aligned == "/base/cfg/runs/a" and cfg.split.file == "/abs/split.json"
+
+
+def test_damaged_cached_alignment_is_set_aside_and_rebuilt(dm, tmp_path, capsys):
+    """A byte flipped in a cached aligned table (which would train on wrong labels) or a truncated one is
+    detected by its checksum, moved to corrupt/ and aligned again; a damaged user-given table is an error."""
+    import shutil
+
+    from tlgnn.data.alignment import AlignmentError
+    from tlgnn.data.datamodule import load_table
+    from tlgnn.data.table import MaterialTable
+    from tlgnn.utils.files import CorruptFileError
+
+    cfg = from_dict(DataConfig, {"sources": "configs/data/mp_sample.yaml", "tasks": TASKS,
+                                 "cache_dir": dm.config.cache_dir, "align_dir": str(tmp_path / "al")}).resolve_paths(ROOT)
+    table, _ = load_table(cfg)
+    path = tmp_path / "al" / "aligned.parquet"
+    assert (tmp_path / "al" / "aligned.parquet.xxh3").is_file() and (tmp_path / "al" / "report.md").is_file()
+    reference = table.frame["gap_hse"].to_numpy()
+    for damage in ("flip", "cut"):
+        data = bytearray(path.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x01
+        else:
+            data = data[: len(data) // 2]
+        path.write_bytes(bytes(data))
+        with pytest.raises(CorruptFileError, match="aligned.parquet"):
+            MaterialTable.load(path)
+        again, _ = load_table(cfg)
+        np.testing.assert_array_equal(again.frame["gap_hse"].to_numpy(), reference)
+        assert "the cached alignment is damaged" in capsys.readouterr().err
+    assert len(list((tmp_path / "corrupt").iterdir())) == 2
+    # a table the user points to is not rebuilt: a data error naming it
+    shutil.copy(path, tmp_path / "mine.parquet")
+    shutil.copy(str(path) + ".xxh3", tmp_path / "mine.parquet.xxh3")
+    (tmp_path / "mine.parquet").write_bytes((tmp_path / "mine.parquet").read_bytes()[:1000])
+    with pytest.raises(AlignmentError, match=r"data.aligned: .*mine.parquet: checksum mismatch"):
+        load_table(from_dict(DataConfig, {"aligned": str(tmp_path / "mine.parquet"), "tasks": TASKS}))
+
+
+def test_a_table_changed_under_its_old_timestamp_realigns(dm, tmp_path):
+    """The alignment cache is keyed by the tables' contents, not by size and mtime: a corrected label file copied
+    with its old timestamp (cp -p, rsync -a) is not mistaken for the old one."""
+    import csv
+    import gzip
+    import json
+    import os
+
+    import yaml
+
+    from tlgnn.data.datamodule import load_table
+
+    sample = ROOT / "data" / "mp_sample"
+    rows = list(csv.DictReader(gzip.open(sample / "labels.csv.gz", "rt")))[:20]
+    cifs = {d["material_id"]: d["cif"] for d in map(json.loads, gzip.open(sample / "structures.jsonl.gz", "rt"))}
+    for r in rows:
+        (tmp_path / f"{r['material_id']}.cif").write_text(cifs[r["material_id"]])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,gap\n" + "".join(f"{r['material_id']},1.50\n" for r in rows))
+    (tmp_path / "src.yaml").write_text(yaml.safe_dump({"root": ".", "sources": [
+        {"name": "s", "path": "labels.csv", "id_column": "id", "structure": {"kind": "files", "column": "id"},
+         "labels": {"gap": {"unit": "eV"}}}]}))
+    cfg = from_dict(DataConfig, {"sources": str(tmp_path / "src.yaml"), "cache_dir": dm.config.cache_dir})
+    assert (load_table(cfg)[0].frame["gap"] == 1.5).all()
+    stat = labels.stat()
+    labels.write_text(labels.read_text().replace("1.50", "2.50", 1))  # same size
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sorted(load_table(cfg)[0].frame["gap"].unique()) == [1.5, 2.5]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -239,6 +240,14 @@ def test_parse_cache_with_one_unreadable_structure_reads_back_the_same(tmp_path)
     second = align_config(config, n_jobs=1, cache_dir=tmp_path / "cache")  # from the cache
     assert len(first[0]) == len(second[0]) == 4
     assert [d["id"] for d in second[1].dropped] == [rows[0]["material_id"]]
+    # a damaged cache file (one flipped byte) is noticed by its checksum and parsed again, never used
+    (cache_file,) = (tmp_path / "cache" / "structures").glob("*.parquet")
+    data = bytearray(cache_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    cache_file.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="parsed-structure cache .* is damaged .*checksum mismatch"):
+        third = align_config(config, n_jobs=1, cache_dir=tmp_path / "cache")
+    pd.testing.assert_frame_equal(third[0].frame, first[0].frame)
 
 
 def test_tinnet_frames_sample():

@@ -330,6 +330,25 @@ def test_resumed_run_ends_at_the_weights_of_an_uninterrupted_run(tmp_path, cache
 
     with pytest.raises(RunError, match="--resume"):
         fit(broken, test=False)
+    # a damaged checkpoint is refused by name before anything starts: truncated, or one flipped byte
+    from tlgnn.training.run import resume_checkpoint
+
+    data = (tmp_path / "broken" / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match=r"cut.ckpt is damaged \(not a complete checkpoint"):
+        resume_checkpoint(str(tmp_path / "cut.ckpt"), tmp_path)
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "broken" / "checkpoints" / "last.ckpt") as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)  # the largest tensor's bytes
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26 : member.header_offset + 30])
+    start = member.header_offset + 30 + name_len + extra_len
+    flipped = bytearray(data)
+    flipped[start + member.file_size // 2] ^= 0x40
+    (tmp_path / "flip.ckpt").write_bytes(bytes(flipped))
+    with pytest.raises(RunError, match=r"flip.ckpt is damaged \(CRC mismatch in "):
+        resume_checkpoint(str(tmp_path / "flip.ckpt"), tmp_path)
     # --overwrite starts over: old checkpoints, CSV logs and W&B run id go, the new run is alone
     (tmp_path / "broken" / "wandb_run_id").write_text("oldrun12\n")
     assert len(list((tmp_path / "broken" / "logs").iterdir())) == 2  # the crashed attempt and the resumed one

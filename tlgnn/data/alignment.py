@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tlgnn.data.sources import AlignmentConfig, SourceError, SourceTable, load_s
 from tlgnn.data.structures import parse_structures
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.utils.files import temp_path
 
 
 class AlignmentError(ValueError):
@@ -318,13 +320,16 @@ def align_config(path: str | Path, overrides: list[str] | None = None, root: str
 
 
 def write_alignment(table: MaterialTable, report: AlignmentReport, out_dir: str | Path) -> Path:
-    """Write ``aligned.parquet``, ``report.md`` and ``report.json`` into ``out_dir``; returns the table path."""
+    """Write ``report.md``, ``report.json`` and then ``aligned.parquet`` (with its checksum) into ``out_dir``;
+    returns the table path. The table comes last: a folder holding it (and its checksum) is complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = table.save(out)
-    (out / "report.md").write_text(report.to_markdown())
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=_json_default))
-    return path
+    for name, text in (("report.md", report.to_markdown()),
+                       ("report.json", json.dumps(report.to_dict(), indent=1, default=_json_default))):
+        tmp = temp_path(out / name)
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    return table.save(out)
 
 
 def _json_default(obj: Any) -> Any:

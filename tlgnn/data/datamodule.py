@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from tlgnn.data.loader import graph_loader
 from tlgnn.data.splits import Split, check_split, check_split_settings, load_split, make_split, save_split
 from tlgnn.data.table import TABLE_FILE, MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
+from tlgnn.utils.files import CorruptFileError, file_digest, temp_path
 
 MIN_STD = 1e-8
 
 
 def _source_fingerprint(config: DataConfig) -> str:
-    """Hash of the source YAML, its overrides and the size/mtime of every file it names (cache key)."""
+    """Hash of the source YAML, its overrides, the contents of every table it names and the size/mtime of each
+    file in a ``files`` folder (cache key). Tables are hashed by content: a corrected file copied with its old
+    timestamp (``cp -p``, ``rsync -a``) still realigns."""
     from tlgnn.data.sources import load_source_config
 
     path = Path(config.sources)  # type: ignore[arg-type]
@@ -36,8 +40,7 @@ def _source_fingerprint(config: DataConfig) -> str:
         names = [spec.path] + ([spec.structure.path] if spec.structure and spec.structure.path else [])
         for name in names:
             p = _resolved(name, base)
-            stat = p.stat() if p.exists() else None
-            h.update(f"{p}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}".encode())
+            h.update(f"{p}|{file_digest(p) if p.is_file() else 'missing'}".encode())
         if spec.structure is not None and spec.structure.kind == "files":
             # a structure file replaced, added or removed in the folder makes a new alignment
             folder = _resolved(spec.structure.dir, base) if spec.structure.dir else _resolved(spec.path, base).parent
@@ -61,20 +64,31 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
     loaded with ``structures="lazy"``: the structures' JSON stays in the file and is read only to build graphs
     the cache lacks, so memory does not grow with it.
     """
+    from tlgnn.data.alignment import AlignmentError, align_config, write_alignment
+
     if config.aligned is not None:
         path = Path(config.aligned).expanduser()
-        table = MaterialTable.load(path, structures="lazy")
+        try:
+            table = MaterialTable.load(path, structures="lazy")
+        except CorruptFileError as err:
+            raise AlignmentError(f"data.aligned: {err}") from None
         folder = path if path.is_dir() else path.parent
         report = folder / "report.md"
         return table, (report if report.is_file() else None)
-    from tlgnn.data.alignment import align_config, write_alignment
-
     out = Path(config.align_dir).expanduser() if config.align_dir else \
         Path(config.cache_dir).expanduser() / "aligned" / _source_fingerprint(config)
-    if not (out / TABLE_FILE).is_file():
-        table, report = align_config(config.sources, config.source_overrides,  # type: ignore[arg-type]
-                                     n_jobs=config.n_jobs, cache_dir=config.cache_dir, log=log)
-        write_alignment(table, report, out)
+    if (out / TABLE_FILE).is_file():
+        try:
+            return MaterialTable.load(out, structures="lazy"), out / "report.md"
+        except CorruptFileError as err:  # a cache: set the damaged one aside and align again
+            aside = out.parent / "corrupt" / temp_path(out).name.lstrip(".").replace(".tmp-", "-")
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out, aside)
+            print(f"tlgnn: the cached alignment is damaged ({err}); moved to {aside}, aligning again",
+                  file=sys.stderr)
+    table, report = align_config(config.sources, config.source_overrides,  # type: ignore[arg-type]
+                                 n_jobs=config.n_jobs, cache_dir=config.cache_dir, log=log)
+    write_alignment(table, report, out)
     return MaterialTable.load(out, structures="lazy"), out / "report.md"
 
 

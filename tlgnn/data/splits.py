@@ -19,6 +19,7 @@ import numpy as np
 from tlgnn.data.config import SplitConfig
 from tlgnn.data.table import MaterialTable
 from tlgnn.utils.config import to_dict
+from tlgnn.utils.files import temp_path
 
 PARTS = ("train", "val", "test")
 
@@ -240,7 +241,7 @@ def save_split(split: Split, table: MaterialTable, path: str | Path) -> Path:
                **{k: ids[np.asarray(v, dtype=np.int64)].tolist() for k, v in split.parts().items()}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temp_path(path)
     tmp.write_text(json.dumps(payload, indent=0))
     tmp.replace(path)
     return path

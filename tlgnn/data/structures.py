@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, read_table
+from tlgnn.utils.files import temp_path, verify_checksum, write_checksum
 
 SERIAL_BELOW = 64
 CACHE_VERSION = 3  # 3: truncated CIF/POSCAR files are refused (tlgnn.io); NaN-safe read-back
@@ -242,14 +244,16 @@ def parse_structures(items: list[Any], names: list[str], disordered: str = "erro
             cache_path = Path(cache_dir).expanduser() / "structures" / f"{key}.parquet"
             if cache_path.is_file():
                 try:
+                    verify_checksum(cache_path)
                     cached = pd.read_parquet(cache_path)
                     if len(cached) == len(todo):
                         for i, row in zip(todo, cached.itertuples(index=False)):
                             results[i] = ParsedStructure(_text(row.structure), _text(row.formula),
                                                          int(row.n_sites), _text(row.error), _text(row.key))
                         return results
-                except Exception:  # noqa: BLE001 - a broken cache file is rebuilt
-                    pass
+                except Exception as err:  # noqa: BLE001 - a damaged cache file is reparsed, and said so
+                    warnings.warn(f"parsed-structure cache {cache_path} is damaged ({err}); parsing again",
+                                  stacklevel=2)
     work = [items[i] for i in todo]
     work_names = [names[i] for i in todo]
     n_jobs = n_jobs or os.cpu_count() or 1
@@ -266,13 +270,14 @@ def parse_structures(items: list[Any], names: list[str], disordered: str = "erro
         results[i] = result
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
+        tmp = temp_path(cache_path)
         pd.DataFrame({
             "structure": [p.structure for p in parsed], "formula": [p.formula for p in parsed],
             "n_sites": [p.n_sites for p in parsed], "error": [p.error for p in parsed],
             "key": [p.key for p in parsed],
         }).to_parquet(tmp)
         os.replace(tmp, cache_path)
+        write_checksum(cache_path)
     return results
 
 

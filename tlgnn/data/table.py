@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.utils.files import CorruptFileError, temp_path, verify_checksum, write_checksum
 
 TABLE_FILE = "aligned.parquet"
 META_KEY = b"tlgnn.tasks"
@@ -135,7 +136,8 @@ class MaterialTable:
         return json.loads(self.frame["provenance"].iat[i])
 
     def save(self, path: str | Path) -> Path:
-        """Write ``aligned.parquet`` (``path`` is the file or its folder); returns the file path."""
+        """Write ``aligned.parquet`` (``path`` is the file or its folder) atomically, with its checksum in
+        ``aligned.parquet.xxh3``; returns the file path."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -151,9 +153,13 @@ class MaterialTable:
         meta = dict(table.schema.metadata or {})
         meta[META_KEY] = json.dumps([t.to_dict() for t in self.tasks]).encode()
         table = table.replace_schema_metadata(meta)
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        tmp.replace(path)
+        tmp = temp_path(path)
+        try:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_checksum(path)
         return path
 
     @classmethod
@@ -163,6 +169,7 @@ class MaterialTable:
         ``structures``: ``"memory"`` reads the structures' JSON into ``frame``; ``"lazy"`` leaves it in the
         file (see the module docstring), for tables of many materials whose graphs are mostly cached.
         """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if structures not in ("memory", "lazy"):
@@ -172,15 +179,19 @@ class MaterialTable:
             path = path / TABLE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"aligned table not found: {path} (write one with `tlgnn align`)")
-        schema = pq.read_schema(path)
-        meta = (schema.metadata or {}).get(META_KEY)
-        if meta is None:
-            raise ValueError(f"{path}: no task metadata ({META_KEY.decode()}); not written by tlgnn align")
-        tasks = [TaskSpec.from_dict(d) for d in json.loads(meta)]
-        if structures == "lazy" and "structure" in schema.names:
-            columns = [c for c in schema.names if c != "structure"]
-            return cls(pq.read_table(path, columns=columns).to_pandas(), tasks, path)
-        return cls(pq.read_table(path).to_pandas(), tasks)
+        verify_checksum(path)  # a damaged table must not train silently on wrong labels
+        try:
+            schema = pq.read_schema(path)
+            meta = (schema.metadata or {}).get(META_KEY)
+            if meta is None:
+                raise ValueError(f"{path}: no task metadata ({META_KEY.decode()}); not written by tlgnn align")
+            tasks = [TaskSpec.from_dict(d) for d in json.loads(meta)]
+            if structures == "lazy" and "structure" in schema.names:
+                columns = [c for c in schema.names if c != "structure"]
+                return cls(pq.read_table(path, columns=columns).to_pandas(), tasks, path)
+            return cls(pq.read_table(path).to_pandas(), tasks)
+        except (OSError, pa.ArrowException) as err:  # truncated or damaged parquet
+            raise CorruptFileError(path, f"unreadable aligned table ({type(err).__name__}: {err})") from None
 
 
 __all__ = ["BASE_COLUMNS", "MaterialTable", "ParquetColumn", "ROW_GROUP_ROWS", "TABLE_FILE"]

@@ -339,7 +339,25 @@ def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
     path = last if resume == "last" else Path(resume).expanduser()
     if not path.is_file():
         raise RunError(f"cannot resume: checkpoint not found: {path}")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise RunError(f"cannot resume: {path} is damaged ({damage}); resume from another checkpoint with "
+                       f"--resume PATH (e.g. {path.parent / 'best.ckpt'}) or start over with --overwrite")
     return str(path)
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a checkpoint file is unusable (truncated, or a stored CRC-32 no longer matches its bytes), or ``None``.
+    torch checkpoints are zip archives; ``torch.load`` itself does not check the CRCs, so a flipped bit would
+    otherwise resume silently on wrong weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"not a complete checkpoint: {err}"
+    return f"CRC mismatch in {bad}" if bad else None
 
 
 # ---------------------------------------------------------------------------------------------------- fit

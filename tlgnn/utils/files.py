@@ -1,0 +1,71 @@
+"""Files that must never be half-written or silently damaged: unique temporary names and checksum sidecars.
+
+``temp_path(path)`` names a temporary file beside ``path`` that no other process uses (pid and a random part), to
+be moved onto ``path`` with ``os.replace`` once complete. ``write_checksum(path)`` records the xxh3-64 digest of a
+finished file in ``<path>.xxh3``; ``verify_checksum(path)`` raises :class:`CorruptFileError` naming the file if it
+no longer matches. The graph packs keep per-array checksums of their own (``tlgnn.graphs.packs``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import xxhash
+
+CHECKSUM_SUFFIX = ".xxh3"
+
+
+class CorruptFileError(ValueError):
+    """A file on disk is damaged or unreadable: names the file and what is wrong."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def temp_path(path: str | Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and call (``.<name>.tmp-<pid>-<random>``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def file_digest(path: str | Path, chunk: int = 16 * 2**20) -> str:
+    """xxh3-64 hex digest of a file's bytes, read in chunks."""
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: str | Path) -> Path:
+    return Path(f"{path}{CHECKSUM_SUFFIX}")
+
+
+def write_checksum(path: str | Path) -> Path:
+    """Record the digest of the finished file ``path`` in ``<path>.xxh3`` (written atomically)."""
+    target = checksum_path(path)
+    tmp = temp_path(target)
+    tmp.write_text(file_digest(path) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def verify_checksum(path: str | Path, required: bool = False) -> None:
+    """Raise :class:`CorruptFileError` if ``path`` differs from its recorded digest. Without a ``.xxh3`` file
+    (written by an older tlgnn) there is nothing to compare: accepted unless ``required``."""
+    recorded = checksum_path(path)
+    if not recorded.is_file():
+        if required:
+            raise CorruptFileError(path, f"its checksum file {recorded.name} is missing (an interrupted write?)")
+        return
+    expected = recorded.read_text().strip()
+    actual = file_digest(path)
+    if actual != expected:
+        raise CorruptFileError(path, f"checksum mismatch (recorded {expected}, file {actual}): the file was "
+                                     "damaged or changed after it was written")
+
+
+__all__ = ["CorruptFileError", "checksum_path", "file_digest", "temp_path", "verify_checksum", "write_checksum"]
