@@ -136,6 +136,21 @@ def _writer(root: str, start: int, stop: int, barrier) -> None:
     cache.get_many(structures, n_jobs=1)
 
 
+def test_packs_left_half_written_by_a_killed_process_are_removed_when_old(tmp_path, structures):
+    import os
+
+    cache = GraphCache(tmp_path, CrystalGraphBuilder())
+    old, fresh = cache.directory / ".tmp-pack-old", cache.directory / ".tmp-pack-fresh"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "pos.npy").write_bytes(b"half")
+    stamp = time.time() - 7 * 3600
+    os.utime(old, (stamp, stamp))
+    with pytest.warns(UserWarning, match="a graph pack a killed process left unfinished"):
+        GraphCache(tmp_path, CrystalGraphBuilder())
+    assert not old.exists() and fresh.exists()  # a recent one may belong to a live writer
+
+
 def test_concurrent_writers_leave_a_consistent_cache(tmp_path, structures):
     ctx = mp.get_context("fork")  # fast; the writers only run numpy/vesin code
     barrier = ctx.Barrier(2)

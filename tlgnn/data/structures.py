@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, read_table
-from tlgnn.utils.files import temp_path, verify_checksum, write_checksum
+from tlgnn.utils.files import remove_stale_temps, temp_path, verify_checksum, write_checksum
 
 SERIAL_BELOW = 64
 CACHE_VERSION = 3  # 3: truncated CIF/POSCAR files are refused (tlgnn.io); NaN-safe read-back
@@ -242,6 +242,7 @@ def parse_structures(items: list[Any], names: list[str], disordered: str = "erro
         key = _cache_key([items[i] for i in todo], disordered)
         if key is not None:
             cache_path = Path(cache_dir).expanduser() / "structures" / f"{key}.parquet"
+            remove_stale_temps(cache_path.parent)  # files a killed process was writing
             if cache_path.is_file():
                 try:
                     verify_checksum(cache_path)

@@ -35,6 +35,7 @@ from torch_geometric.data import Data
 
 from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, structure_arrays
 from tlgnn.graphs.packs import PACK_PREFIX, CorruptPackError, GraphStore, Pack, write_pack
+from tlgnn.utils.files import remove_stale_temps
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -92,6 +93,8 @@ class GraphCache:
         self.settings_hash = settings_hash(builder.settings)
         self.directory = self.root / self.settings_hash[:16]
         self.directory.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temps(self.directory, ".tmp-*"):  # packs half-written by killed processes
+            warnings.warn(f"removed {path}: a graph pack a killed process left unfinished", stacklevel=2)
         settings_file = self.directory / "settings.json"
         if not settings_file.exists():
             tmp = self.directory / f".settings-{uuid.uuid4().hex}.json"

@@ -31,6 +31,32 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+STALE_TEMP_S = 6 * 3600
+"""A temporary file or folder untouched this long (s) was left by a killed process: it may be removed."""
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = ".*tmp-*", older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove temporary files/folders matching ``pattern`` in ``folder`` that were last modified more than
+    ``older_than_s`` ago (a process killed while writing left them; a live writer touches its own constantly).
+    Returns what was removed."""
+    import shutil
+    import time
+
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    limit = time.time() - older_than_s
+    for path in folder.glob(pattern):
+        try:
+            if path.lstat().st_mtime < limit:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed.append(path)
+        except OSError:  # another process removed it first
+            continue
+    return removed
+
+
 def file_digest(path: str | Path, chunk: int = 16 * 2**20) -> str:
     """xxh3-64 hex digest of a file's bytes, read in chunks."""
     digest = xxhash.xxh3_64()
@@ -68,4 +94,5 @@ def verify_checksum(path: str | Path, required: bool = False) -> None:
                                      "damaged or changed after it was written")
 
 
-__all__ = ["CorruptFileError", "checksum_path", "file_digest", "temp_path", "verify_checksum", "write_checksum"]
+__all__ = ["CorruptFileError", "checksum_path", "file_digest", "remove_stale_temps", "temp_path", "verify_checksum",
+           "write_checksum"]
