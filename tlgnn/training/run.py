@@ -254,6 +254,11 @@ class RunCheckpoint(ModelCheckpoint):
     a resumed copy wrote a fresh ``best-v1.ckpt`` and tested that; here the paths recorded under the old folder
     are mapped into the current one when the best checkpoint is there, and the bookkeeping carries over."""
 
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, so checkpoints written before this subclass existed resume alike."""
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
         if old and new and old != new:
