@@ -202,3 +202,5 @@ def test_fit_then_test_then_predict_with_a_broken_cif(tmp_path, cache_dir, capsy
         assert list(alone.id) == ["structure_0"]
         np.testing.assert_allclose(alone.gap_pbe_mf, [expected], rtol=1e-5)
         assert model.embed(single).shape == (1, 16)
+    ids, emb = model.embed([str(folder / "broken.cif"), str(folder / "1000041.cif")], return_ids=True)
+    assert ids == ["1000041"] and emb.shape == (1, 16)  # the unusable file is left out; ids say which rows remain

@@ -245,14 +245,16 @@ class Predictor:
             warnings.warn(note, stacklevel=2)
         return result.frame
 
-    def embed(self, structures: Any) -> np.ndarray:
-        """Graph embeddings, numpy float32 [n, d], in the order of the usable structures."""
+    def embed(self, structures: Any, return_ids: bool = False) -> np.ndarray | tuple[list[str], np.ndarray]:
+        """Graph embeddings, numpy float32 [n, d], in the order of the usable structures; with ``return_ids``
+        also their ids (``(ids, embeddings)``), since structures that cannot be used are left out."""
         records, failures, _ = self._records(structures)
-        graphs, _, graph_failures = self._graphs(records)
+        graphs, ids, graph_failures = self._graphs(records)
         if failures or graph_failures:
             report = "\n".join(f"{w}: {r}" for w, r in failures + graph_failures)
             warnings.warn(f"{len(failures) + len(graph_failures)} structure(s) skipped:\n{report}", stacklevel=2)
-        return self._run(graphs, "embed")  # type: ignore[return-value]
+        embeddings = self._run(graphs, "embed")
+        return (ids, embeddings) if return_ids else embeddings  # type: ignore[return-value]
 
 
 def _where(err: Any) -> str:
