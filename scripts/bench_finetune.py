@@ -19,7 +19,7 @@ encoder architecture, single-task head, optimiser and step budget:
 Each cell runs the same code path as ``tlgnn fit`` (``build_module`` -> Lightning trainer, best-validation
 checkpoint) and is appended to ``OUT/results.jsonl``; finished cells are skipped when rerun (resumable). ``report``
 writes the table and the plot into ``docs/finetuning.md`` (between the generated markers) and
-``docs/figures/finetune_learning_curve.png``.
+``docs/figures/finetune_learning_curve.png``, or into ``--doc PATH`` and ``figures/`` beside it.
 
     python scripts/bench_finetune.py run --quick          # N in {50, 100, 200}, seeds 0-1, ~1 h on 2 CPU cores
     python scripts/bench_finetune.py run                  # N in {50, 100, 200, 400, all}, seeds 0-2
@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rep = sub.add_parser("report", help="table + plot into docs/finetuning.md")
     rep.add_argument("--out", default=str(ROOT / "runs" / "bench_finetune"))
     rep.add_argument("--results", default=None, help="results.jsonl (default OUT/results.jsonl)")
+    rep.add_argument("--doc", default=str(DOC),
+                     help="Markdown file to write the table into, between the generated markers; the plot goes to "
+                          "figures/ beside it (default: docs/finetuning.md; give another for a throwaway run)")
     return p.parse_args(argv)
 
 
@@ -297,6 +300,8 @@ def report(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    doc = Path(args.doc)
+    figure = doc.parent / "figures" / FIGURE.name
     path = Path(args.results or Path(args.out) / "results.jsonl")
     if not path.is_file():
         print(f"bench_finetune: no results at {path}", file=sys.stderr)
@@ -323,8 +328,8 @@ def report(args: argparse.Namespace) -> int:
         row.append(f"{100 * (s.mae - f.mae) / s.mae:+.0f} %" if s is not None and f is not None else "–")
         row.append(f"{cell[(n, arms[0])].base:.3f}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"![learning curves](figures/{FIGURE.name})", "", END]
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    lines += ["", f"![learning curves](figures/{figure.name})", "", END]
+    figure.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = {n: (i, n) for i, n in enumerate(sizes)}
     for arm, marker in zip(arms, "osd"):
@@ -340,18 +345,18 @@ def report(args: argparse.Namespace) -> int:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(FIGURE, dpi=120)
+    fig.savefig(figure, dpi=120)
     block = "\n".join(lines)
-    text = DOC.read_text() if DOC.is_file() else f"# Fine-tuning\n\n{BEGIN}\n{END}\n"
+    text = doc.read_text() if doc.is_file() else f"# Fine-tuning\n\n{BEGIN}\n{END}\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]
         text = head + block + tail
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    doc.write_text(text)
     print("\n".join(lines[2:-3]))
-    log(f"wrote {DOC} and {FIGURE}")
+    log(f"wrote {doc} and {figure}")
     return 0
 
 
