@@ -127,8 +127,9 @@ def test_damaged_cached_alignment_is_set_aside_and_rebuilt(dm, tmp_path, capsys)
     from tlgnn.data.table import MaterialTable
     from tlgnn.utils.files import CorruptFileError
 
-    cfg = from_dict(DataConfig, {"sources": "configs/data/mp_sample.yaml", "tasks": TASKS,
-                                 "cache_dir": dm.config.cache_dir, "align_dir": str(tmp_path / "al")}).resolve_paths(ROOT)
+    raw = {"sources": "configs/data/mp_sample.yaml", "tasks": TASKS, "cache_dir": dm.config.cache_dir,
+           "align_dir": str(tmp_path / "al")}
+    cfg = from_dict(DataConfig, raw).resolve_paths(ROOT)
     table, _ = load_table(cfg)
     path = tmp_path / "al" / "aligned.parquet"
     assert (tmp_path / "al" / "aligned.parquet.xxh3").is_file() and (tmp_path / "al" / "report.md").is_file()

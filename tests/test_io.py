@@ -150,7 +150,8 @@ def test_truncated_poscars_say_how_many_coordinate_lines_are_missing(tmp_path):
     (tmp_path / "cut5.vasp").write_text("\n".join(vasp5[:-1]) + "\n")  # MoS2: '1 2' promised, 2 sites given
     reasons = {Path(e.path).name: e.reason for e in read_structures(tmp_path, on_error="skip").failures}
     assert reasons == {
-        "cut4.vasp": "POSCAR counts line '4 4 32 48' promises 88 atoms but 86 coordinate lines follow (truncated file?)",
+        "cut4.vasp": "POSCAR counts line '4 4 32 48' promises 88 atoms but 86 coordinate lines follow "
+                     "(truncated file?)",
         "cut5.vasp": "POSCAR counts line '1 2' promises 3 atoms but 2 coordinate lines follow (truncated file?)",
     }
 

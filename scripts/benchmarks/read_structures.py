@@ -51,8 +51,8 @@ def main() -> None:
         print(f"{n_files} CIFs: {len(warm)} read, {len(warm.failures)} failed (warm-up read untimed)")
         for n_jobs, values in times.items():
             dt = statistics.median(values)
-            print(f"n_jobs={n_jobs}: median {dt:.2f} s of {len(values)} (min {min(values):.2f}, max {max(values):.2f}), "
-                  f"{n_files / dt:.0f} files/s")
+            print(f"n_jobs={n_jobs}: median {dt:.2f} s of {len(values)} (min {min(values):.2f}, "
+                  f"max {max(values):.2f}), {n_files / dt:.0f} files/s")
 
 
 if __name__ == "__main__":

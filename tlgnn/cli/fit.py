@@ -132,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
     """Train (and test); 0 on success, 2 on a config error, 1 on a data/checkpoint error."""
 
     def action(config) -> None:
-        from tlgnn.training.run import fit
-
         from lightning.pytorch.utilities import rank_zero_only
+
+        from tlgnn.training.run import fit
 
         result = fit(config, resume=args.resume, test=not args.no_test, overwrite=args.overwrite)
         if rank_zero_only.rank != 0:

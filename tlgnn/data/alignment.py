@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from tlgnn.data.sources import AlignmentConfig, SourceError, SourceTable, load_s
 from tlgnn.data.structures import parse_structures
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec
-from tlgnn.utils.files import temp_path
+from tlgnn.utils.files import write_text_atomic
 
 
 class AlignmentError(ValueError):
@@ -324,11 +323,8 @@ def write_alignment(table: MaterialTable, report: AlignmentReport, out_dir: str 
     returns the table path. The table comes last: a folder holding it (and its checksum) is complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("report.md", report.to_markdown()),
-                       ("report.json", json.dumps(report.to_dict(), indent=1, default=_json_default))):
-        tmp = temp_path(out / name)
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_text_atomic(out / "report.md", report.to_markdown())
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1, default=_json_default))
     return table.save(out)
 
 

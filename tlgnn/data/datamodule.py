@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tlgnn.data.loader import graph_loader
 from tlgnn.data.splits import Split, check_split, check_split_settings, load_split, make_split, save_split
 from tlgnn.data.table import TABLE_FILE, MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
-from tlgnn.utils.files import CorruptFileError, file_digest, temp_path
+from tlgnn.utils.files import CorruptFileError, file_digest
 
 MIN_STD = 1e-8
 
@@ -28,32 +29,26 @@ def _source_fingerprint(config: DataConfig) -> str:
     """Hash of the source YAML, its overrides, the contents of every table it names and the size/mtime of each
     file in a ``files`` folder (cache key). Tables are hashed by content: a corrected file copied with its old
     timestamp (``cp -p``, ``rsync -a``) still realigns."""
-    from tlgnn.data.sources import load_source_config
+    from tlgnn.data.sources import _resolve, load_source_config
+    from tlgnn.data.structures import CACHE_VERSION, structure_folder
 
     path = Path(config.sources)  # type: ignore[arg-type]
     align_cfg, base = load_source_config(path, config.source_overrides)
-    from tlgnn.data.structures import CACHE_VERSION
-
     h = hashlib.sha256(path.read_bytes())
     h.update(json.dumps(config.source_overrides).encode() + f"|v{CACHE_VERSION}".encode())
     for spec in align_cfg.sources:
         names = [spec.path] + ([spec.structure.path] if spec.structure and spec.structure.path else [])
         for name in names:
-            p = _resolved(name, base)
+            p = _resolve(base, name)
             h.update(f"{p}|{file_digest(p) if p.is_file() else 'missing'}".encode())
         if spec.structure is not None and spec.structure.kind == "files":
             # a structure file replaced, added or removed in the folder makes a new alignment
-            folder = _resolved(spec.structure.dir, base) if spec.structure.dir else _resolved(spec.path, base).parent
+            folder = structure_folder(spec, base)
             if folder.is_dir():
                 for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                     stat = entry.stat()
                     h.update(f"{entry.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
-
-
-def _resolved(name: str, base: Path) -> Path:
-    p = Path(name).expanduser()
-    return p if p.is_absolute() else base / p
 
 
 def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None]:
@@ -81,7 +76,7 @@ def load_table(config: DataConfig, log=None) -> tuple[MaterialTable, Path | None
         try:
             return MaterialTable.load(out, structures="lazy"), out / "report.md"
         except CorruptFileError as err:  # a cache: set the damaged one aside and align again
-            aside = out.parent / "corrupt" / temp_path(out).name.lstrip(".").replace(".tmp-", "-")
+            aside = out.parent / "corrupt" / f"{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(out, aside)
             print(f"tlgnn: the cached alignment is damaged ({err}); moved to {aside}, aligning again",

@@ -379,7 +379,7 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
         if not header and fmt != "csv":
             raise SourceError(source, "header", f"header: false applies to CSV/TSV files; {path.name} is {fmt}")
         if fmt == "csv":
-            frame = _read_csv(path, source, field_name, columns if not header else None)
+            frame = _read_csv(path, source, columns if not header else None)
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "jsonl":
@@ -412,7 +412,7 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
     return frame.reset_index(drop=True)
 
 
-def _read_csv(path: Path, source: str, field_name: str, names: list[str] | None) -> pd.DataFrame:
+def _read_csv(path: Path, source: str, names: list[str] | None) -> pd.DataFrame:
     with _open_text(path) as handle:
         first = handle.readline()
     sep = "\t" if ".tsv" in path.name.lower() or ("\t" in first and "," not in first) else ","
@@ -622,7 +622,7 @@ def load_source(spec: SourceSpec, base_dir: str | Path) -> SourceTable:
     if spec.structure is not None:
         from tlgnn.data.structures import structure_inputs as collect
 
-        structure_inputs, notes = collect(spec, frame, ids, base, path.parent)
+        structure_inputs, notes = collect(spec, frame, ids, base)
     return SourceTable(spec, tasks, ids, labels, formulas, energies, links, structure_inputs, base, notes)
 
 

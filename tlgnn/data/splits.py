@@ -19,7 +19,7 @@ import numpy as np
 from tlgnn.data.config import SplitConfig
 from tlgnn.data.table import MaterialTable
 from tlgnn.utils.config import to_dict
-from tlgnn.utils.files import temp_path
+from tlgnn.utils.files import write_text_atomic
 
 PARTS = ("train", "val", "test")
 
@@ -241,10 +241,7 @@ def save_split(split: Split, table: MaterialTable, path: str | Path) -> Path:
                **{k: ids[np.asarray(v, dtype=np.int64)].tolist() for k, v in split.parts().items()}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(payload, indent=0))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(payload, indent=0))
 
 
 def check_split_settings(split: Split, config: SplitConfig, path: str | Path) -> None:
@@ -289,4 +286,5 @@ def load_split(path: str | Path, table: MaterialTable) -> Split:
     return split
 
 
-__all__ = ["Split", "SplitError", "check_split", "check_split_settings", "group_order", "groups", "load_split", "make_split", "save_split"]
+__all__ = ["Split", "SplitError", "check_split", "check_split_settings", "group_order", "groups", "load_split",
+           "make_split", "save_split"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, read_table
+from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, _resolve, read_table
 from tlgnn.utils.files import remove_stale_temps, temp_path, verify_checksum, write_checksum
 
 SERIAL_BELOW = 64
@@ -38,8 +38,16 @@ class ParsedStructure:
     key: str | None = None
 
 
-def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str], base: Path,
-                     table_dir: Path) -> tuple[list[Any], list[str]]:
+def structure_folder(spec: SourceSpec, base: Path) -> Path:
+    """The folder of a ``files`` source's structure files: ``structure.dir`` (relative to ``base``, the source
+    config's root) or, by default, the label table's folder."""
+    st = spec.structure
+    assert st is not None
+    return _resolve(base, st.dir) if st.dir else _resolve(base, spec.path).parent
+
+
+def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
+                     base: Path) -> tuple[list[Any], list[str]]:
     """Per row of ``frame``: ``("text", text, fmt)``, ``("file", path)``, ``("dict", dict)``, ``("missing",
     reason)`` (a named structure file that does not exist: the row is dropped with the reason) or ``None``.
 
@@ -51,9 +59,7 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str], base
     if st.kind == "inline":
         return [_text_input(v, st.format) for v in frame[st.column].tolist()], notes
     if st.kind == "files":
-        folder = Path(st.dir).expanduser() if st.dir else table_dir
-        if not folder.is_absolute():
-            folder = base / folder
+        folder = structure_folder(spec, base)
         if not folder.is_dir():
             raise SourceError(spec.name, "structure.dir", f"folder not found: {folder}")
         files = _structure_files(folder)
@@ -282,4 +288,4 @@ def parse_structures(items: list[Any], names: list[str], disordered: str = "erro
     return results
 
 
-__all__ = ["ParsedStructure", "parse_structures", "structure_inputs"]
+__all__ = ["ParsedStructure", "parse_structures", "structure_folder", "structure_inputs"]

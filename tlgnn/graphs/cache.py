@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import sys
-import uuid
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,7 +34,7 @@ from torch_geometric.data import Data
 
 from tlgnn.graphs.builder import CrystalGraphBuilder, GraphArrays, structure_arrays
 from tlgnn.graphs.packs import PACK_PREFIX, CorruptPackError, GraphStore, Pack, write_pack
-from tlgnn.utils.files import remove_stale_temps
+from tlgnn.utils.files import remove_stale_temps, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -97,9 +96,7 @@ class GraphCache:
             warnings.warn(f"removed {path}: a graph pack a killed process left unfinished", stacklevel=2)
         settings_file = self.directory / "settings.json"
         if not settings_file.exists():
-            tmp = self.directory / f".settings-{uuid.uuid4().hex}.json"
-            tmp.write_text(json.dumps(builder.settings, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, settings_file)
+            write_text_atomic(settings_file, json.dumps(builder.settings, indent=1, sort_keys=True) + "\n")
         self._packs: dict[str, Pack] = {}  # name -> opened pack
         self._index: dict[str, int] = {}  # key -> slot: (pack number, position) = _slot_pack/_slot_pos[slot]
         self._slot_pack: list[int] = []  # pack number (order of self._packs)

@@ -531,7 +531,8 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
             report_text = _alignment_report(dm)
             files = [metrics_path, predictions_path, out / "config.yaml"]
             if report_text:
-                (out / "alignment_report.md").write_text(report_text)  # tlgnn test: not written by fit
+                if not (out / "alignment_report.md").is_file():  # fit wrote it already; tlgnn test did not
+                    (out / "alignment_report.md").write_text(report_text)
                 files.append(out / "alignment_report.md")
             log_test_results_to_wandb(wandb_logger, scores, plots, report_text, files)
     return TestResult(scores=scores, table=format_metrics_table(scores, tasks), output_dir=out,

@@ -1,9 +1,9 @@
 """Files that must never be half-written or silently damaged: unique temporary names and checksum sidecars.
 
 ``temp_path(path)`` names a temporary file beside ``path`` that no other process uses (pid and a random part), to
-be moved onto ``path`` with ``os.replace`` once complete. ``write_checksum(path)`` records the xxh3-64 digest of a
-finished file in ``<path>.xxh3``; ``verify_checksum(path)`` raises :class:`CorruptFileError` naming the file if it
-no longer matches. The graph packs keep per-array checksums of their own (``tlgnn.graphs.packs``).
+be moved onto ``path`` with ``os.replace`` once complete; ``write_text_atomic(path, text)`` does that for text.
+``write_checksum(path)`` records the xxh3-64 digest of a finished file in ``<path>.xxh3``; ``verify_checksum(path)``
+raises :class:`CorruptFileError` naming the file if it no longer matches. The graph packs keep per-array checksums of their own (``tlgnn.graphs.packs``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ STALE_TEMP_S = 6 * 3600
 """A temporary file or folder untouched this long (s) was left by a killed process: it may be removed."""
 
 
-def remove_stale_temps(folder: str | Path, pattern: str = ".*tmp-*", older_than_s: float = STALE_TEMP_S) -> list[Path]:
+def remove_stale_temps(folder: str | Path, pattern: str = ".*tmp-*",
+                       older_than_s: float = STALE_TEMP_S) -> list[Path]:
     """Remove temporary files/folders matching ``pattern`` in ``folder`` that were last modified more than
     ``older_than_s`` ago (a process killed while writing left them; a live writer touches its own constantly).
     Returns what was removed."""
@@ -70,22 +71,30 @@ def checksum_path(path: str | Path) -> Path:
     return Path(f"{path}{CHECKSUM_SUFFIX}")
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a unique temporary file moved into place: readers see the old file or
+    the whole new one, never part of it."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_checksum(path: str | Path) -> Path:
     """Record the digest of the finished file ``path`` in ``<path>.xxh3`` (written atomically)."""
-    target = checksum_path(path)
-    tmp = temp_path(target)
-    tmp.write_text(file_digest(path) + "\n")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(checksum_path(path), file_digest(path) + "\n")
 
 
-def verify_checksum(path: str | Path, required: bool = False) -> None:
+def verify_checksum(path: str | Path) -> None:
     """Raise :class:`CorruptFileError` if ``path`` differs from its recorded digest. Without a ``.xxh3`` file
-    (written by an older tlgnn) there is nothing to compare: accepted unless ``required``."""
+    (written by an older tlgnn, or by a process killed between the file and its digest) there is nothing to
+    compare, and the file is accepted."""
     recorded = checksum_path(path)
     if not recorded.is_file():
-        if required:
-            raise CorruptFileError(path, f"its checksum file {recorded.name} is missing (an interrupted write?)")
         return
     expected = recorded.read_text().strip()
     actual = file_digest(path)
@@ -95,4 +104,4 @@ def verify_checksum(path: str | Path, required: bool = False) -> None:
 
 
 __all__ = ["CorruptFileError", "checksum_path", "file_digest", "remove_stale_temps", "temp_path", "verify_checksum",
-           "write_checksum"]
+           "write_checksum", "write_text_atomic"]
