@@ -158,7 +158,8 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
                                        TrainerConfig)
     from tlgnn.training.module import load_module
-    from tlgnn.training.run import build_module, build_trainer, collect_predictions, training_callbacks
+    from tlgnn.training.inference import predict_batches
+    from tlgnn.training.run import build_module, build_trainer, training_callbacks
 
     t0 = time.time()
     train, val = cell_rows(table, pool, cell["size"], cell["seed"])
@@ -203,7 +204,8 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     trainer = build_trainer(config, work, [], callbacks)
     trainer.fit(module, datamodule=dm)
     best = load_module(best_cb.best_model_path).to(module.device)
-    _, preds, y, mask = collect_predictions(best, dm.test_dataloader())
+    got = predict_batches(best, dm.test_dataloader())
+    preds, y = got.preds, got.y
     err = preds[TARGET] - y[:, 0]
     y_true = y[:, 0]
     result = {

@@ -199,12 +199,11 @@ def evaluate(module: Any, loader: Any) -> dict[str, dict[str, float]]:
     """MAE / RMSE / R² per task (physical units) of ``module`` on ``loader``; restores train mode."""
     import torch
 
+    from tlgnn.training.inference import predict_batches
     from tlgnn.training.metrics import regression_metrics
-    from tlgnn.training.run import collect_predictions
 
-    was_training = module.training
-    _, preds, y, mask = collect_predictions(module, loader)
-    module.train(was_training)
+    got = predict_batches(module, loader)
+    preds, y, mask = got.preds, got.y, got.mask
     scores = {}
     for k, task in enumerate(module.tasks):
         if task.name in preds:

@@ -362,37 +362,22 @@ def train(config) -> tuple[Path, int]:
 
 
 def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
-            rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-task predictions for table ``rows`` of ``prep`` (classification: probabilities) plus head parts
-    (``<T>__delta`` of a difference head, ``latent:<name>`` of an ELV head), and the ELV head's learned scalar
-    parameters (``{}`` for other heads)."""
-    import torch
-
+            rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """Per-task predictions for table ``rows`` of ``prep`` (classification: probabilities), the head's extra
+    outputs (``head.extras``: ``delta_<T>`` of a difference head, ``latent_<name>`` of an ELV head) and its
+    learned scalar parameters (``head.parameters_dict``; ``{}`` for most heads)."""
     from tlgnn.data.dataset import MaterialDataset
-    from tlgnn.data.loader import graph_loader
     from tlgnn.data.graphs import graph_cache
-    from tlgnn.models.heads.difference import DifferenceHead
-    from tlgnn.models.heads.elv import ELVHead
-    from tlgnn.training.module import load_module, task_predictions
+    from tlgnn.data.loader import graph_loader
+    from tlgnn.training.inference import predict_batches
+    from tlgnn.training.module import load_module
 
     module = load_module(checkpoint)
-    head = module.model.head
     dataset = MaterialDataset(prep.table, graph_cache(_cache_dir(opts), opts.cutoff, opts.max_neighbors),
                               [t.name for t in module.tasks], rows=rows)
-    out: dict[str, list[np.ndarray]] = {}
-    with torch.no_grad():
-        for batch in graph_loader(dataset, batch_size=128, shuffle=False):
-            enc = module.model.encode(batch)
-            raw = dict(head(enc, batch))
-            preds = {**raw, **task_predictions(module.tasks, raw)}
-            if isinstance(head, DifferenceHead):
-                preds.update({k: v for k, v in head.components(enc, batch).items() if k.endswith("__delta")})
-            if isinstance(head, ELVHead):
-                preds.update({f"latent:{k}": v for k, v in head.latents(enc).items()})
-            for name, value in preds.items():
-                out.setdefault(name, []).append(value.float().cpu().numpy())
-    params = {k: float(v.detach()) for k, v in head.parameters_dict().items()} if isinstance(head, ELVHead) else {}
-    return {k: np.concatenate(v) for k, v in out.items()}, params
+    got = predict_batches(module, graph_loader(dataset, batch_size=128, shuffle=False), extras=True)
+    params = {k: float(v.detach()) for k, v in module.model.head.parameters_dict().items()}
+    return got.preds, got.extras, params
 
 
 def _finish(prep: Prepared, opts: GNNOptions, keep: bool = False) -> None:
@@ -532,13 +517,13 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     config = run_config(cell, opts, prep, head, monitor, init_from)
     checkpoint, epochs = train(config)
     test_rows = np.arange(len(train_rows) + len(val), len(prep.table))
-    preds, params = predict(checkpoint, prep, opts, test_rows)
+    preds, extras, params = predict(checkpoint, prep, opts, test_rows)
     _finish(prep, opts)
 
     columns: dict[str, np.ndarray] = {}
     if exp.kind == "regression" and p is not None:
         if kind == "difference":
-            delta = preds[f"{t}__delta"]
+            delta = extras[f"delta_{t}"]
             columns["delta_pred"] = delta
             columns["low_used"] = preds[t] - delta
             if cell.regime == "structure_only":
@@ -553,9 +538,9 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
             columns["low_pred"] = np.array([test_pred[str(i)] for i in cell.frame["id"].to_numpy()[cell.test_idx]])
     if head["name"] == "elv":
         info["parameters"] = params
-        for name, values in preds.items():
-            if name.startswith("latent:") and name[7:] not in tasks:
-                columns[name.replace(":", "_")] = values
+        for name, values in extras.items():
+            if name[len("latent_"):] not in tasks:
+                columns[name] = values
     info.update({"epochs_run": epochs, "n_train_rows": int(len(train_rows)), "n_val_rows": int(len(val)),
                  "n_low_only_rows": int(len(extra)), "planned_epochs": _epochs(opts, len(train_rows))[0]})
     y_pred = preds[t]

@@ -246,17 +246,6 @@ class TransferModule(L.LightningModule):
         self._loss_std = None  # the head's buffers are about to be replaced
 
 
-def task_predictions(tasks: Sequence[TaskSpec], out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What a user reads from the model's outputs ``out``, for the tasks present in it: regression values [B]
-    as float32 in physical units, classification probabilities [B, C] (softmax of the logits)."""
-    preds: dict[str, torch.Tensor] = {}
-    for task in tasks:
-        if task.name in out:
-            value = out[task.name].float()
-            preds[task.name] = torch.softmax(value, dim=-1) if task.kind == "classification" else value
-    return preds
-
-
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint file and check that it is a tlgnn checkpoint; errors name the file."""
     path = Path(path)
@@ -290,5 +279,4 @@ def load_module(path: str | Path, map_location: Any = "cpu") -> TransferModule:
     return module
 
 
-__all__ = ["CHECKPOINT_KEY", "TransferModule", "build_transfer_model", "load_module", "read_checkpoint",
-           "task_predictions"]
+__all__ = ["CHECKPOINT_KEY", "TransferModule", "build_transfer_model", "load_module", "read_checkpoint"]

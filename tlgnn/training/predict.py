@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from tlgnn.data.tasks import TaskSpec
-from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module, task_predictions
+from tlgnn.training.inference import predict_batches
+from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module
 from tlgnn.training.outputs import prediction_frame
 
 
@@ -166,33 +167,14 @@ class Predictor:
             ids.append(rec.id)
         return graphs, ids, failures
 
-    @torch.no_grad()
     def _run(self, graphs: list[Any], want: str) -> dict[str, np.ndarray] | np.ndarray:
+        """``{task: predictions}`` (``want="predict"``) or the embeddings [n, d] (``"embed"``) of ``graphs``."""
         from torch_geometric.loader import DataLoader
 
         loader = DataLoader(graphs, batch_size=self.batch_size, shuffle=False)
-        preds: dict[str, list[np.ndarray]] = {name: [] for name in self.outputs}
-        embeddings: list[np.ndarray] = []
-        for batch in loader:
-            batch = self.module.model.encoder.prepare_batch(batch).to(self.device)
-            if want == "embed":
-                embeddings.append(self.module.embed(batch).float().cpu().numpy())
-                continue
-            for name, value in task_predictions(self.module.tasks, self.module(batch)).items():
-                preds[name].append(value.cpu().numpy())
         if want == "embed":
-            return np.concatenate(embeddings) if embeddings else np.zeros((0, self.module.model.encoder.out_dim))
-        return {
-            name: (np.concatenate(chunks) if chunks else np.zeros((0,) if self._kind(name) == "regression"
-                                                                  else (0, self._classes(name))))
-            for name, chunks in preds.items()
-        }
-
-    def _kind(self, name: str) -> str:
-        return next(t.kind for t in self.module.tasks if t.name == name)
-
-    def _classes(self, name: str) -> int:
-        return next(t.num_classes for t in self.module.tasks if t.name == name)
+            return predict_batches(self.module, loader, embed=True, predict=False).embeddings
+        return predict_batches(self.module, loader).preds
 
     def _attach_known(self, graphs: list[Any], ids: list[str], known: pd.DataFrame) -> list[str]:
         """Give every graph ``y`` [1, T] and ``y_mask`` [1, T] from the known values; returns notes."""

@@ -28,7 +28,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
-from tlgnn.training.module import TransferModule, load_module, task_predictions
+from tlgnn.training.inference import predict_batches
+from tlgnn.training.module import TransferModule, load_module
 from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, parity_plots, prediction_frame,
                                     write_metrics_json)
 
@@ -448,30 +449,6 @@ def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | Non
     return result
 
 
-@torch.no_grad()
-def collect_predictions(module: TransferModule, loader: Any) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``(ids, {task: pred}, y [n, T], y_mask [n, T])`` over a loader (classification preds = probabilities)."""
-    module.eval()
-    device = module.device
-    ids: list[str] = []
-    preds: dict[str, list[np.ndarray]] = {}
-    ys, masks = [], []
-    for batch in loader:
-        batch = module.model.encoder.prepare_batch(batch).to(device)  # host-side checks, as in training
-        for name, value in task_predictions(module.tasks, module(batch)).items():
-            preds.setdefault(name, []).append(value.cpu().numpy())
-        ys.append(batch.y.float().cpu().numpy())
-        masks.append(batch.y_mask.bool().cpu().numpy())
-        mids = getattr(batch, "material_id", None)
-        if mids is None:
-            mids = [str(int(i)) for i in batch.idx.cpu()]
-        ids.extend(str(m) for m in mids)
-    n_tasks = len(module.tasks)
-    y = np.concatenate(ys) if ys else np.zeros((0, n_tasks), np.float32)
-    mask = np.concatenate(masks) if masks else np.zeros((0, n_tasks), bool)
-    return ids, {k: np.concatenate(v) for k, v in preds.items()}, y, mask
-
-
 def _report_data(dm: Any, out: Path) -> None:
     """Say on stderr what the run trains on and what was left out, and keep the alignment report beside the run
     (``output_dir/alignment_report.md``): rows dropped while aligning are listed there with their reasons."""
@@ -513,8 +490,9 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
         from tlgnn.data.loader import graph_loader
 
         loader = graph_loader(dm.test_set, batch_size=dm.config.batch_size, shuffle=False)
-        ids, preds, y, mask = collect_predictions(module, loader)
-        frame = prediction_frame(ids, preds, module.tasks, targets=y, mask=mask, id_column="material_id")
+        got = predict_batches(module, loader)
+        frame = prediction_frame(got.ids, got.preds, module.tasks, targets=got.y, mask=got.mask,
+                                 id_column="material_id")
         add_mean_baseline(scores, frame, module.model.head.target_stats()[0])
         predictions_path = out / "predictions_test.csv"
         frame.to_csv(predictions_path, index=False)
@@ -547,7 +525,6 @@ __all__ = [
     "build_datamodule",
     "build_module",
     "build_trainer",
-    "collect_predictions",
     "fit",
     "resume_checkpoint",
     "test",

@@ -253,3 +253,14 @@ class Head(nn.Module):
     # ----------------------------------------------------------------- forward
     def forward(self, enc: EncoderOutput, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def extras(self, enc: EncoderOutput, batch: Any) -> dict[str, torch.Tensor]:
+        """Per-structure values [B] besides the predictions that a head exposes for analysis (physical units),
+        keyed by the column name a caller writes them under: ``delta_<task>`` (difference head),
+        ``latent_<name>`` (ELV head). ``{}`` for heads with nothing to add."""
+        return {}
+
+    def parameters_dict(self) -> dict[str, torch.Tensor]:
+        """The head's learned scalar constants by name (0-dim tensors; the ELV head's ``parameters``), else
+        ``{}``."""
+        return {}

@@ -29,7 +29,8 @@ from tlgnn.models.heads.base import Head, find_task, register_head
 class DifferenceHead(Head):
     """Options: ``chain`` (≥ 2 regression task names, lowest fidelity first), ``use_known_low`` (False).
 
-    ``forward`` returns one prediction per chain task; :meth:`components` returns ``y_0`` and every Δ_k.
+    ``forward`` returns one prediction per chain task; :meth:`components` returns ``y_0`` and every Δ_k,
+    :meth:`extras` every Δ_k as ``delta_<task_k>``.
     """
 
     def __init__(
@@ -79,6 +80,11 @@ class DifferenceHead(Head):
         for k, net in enumerate(self.deltas):
             out[f"{self.chain[k + 1]}__delta"] = self.delta_mean[k] + self.delta_std[k] * net(g)[:, 0]
         return out
+
+    def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """``{"delta_<task_k>": Δ_k [B]}`` for every link of the chain (physical units)."""
+        parts = self.components(enc, batch)
+        return {f"delta_{high}": parts[f"{high}__delta"] for high in self.chain[1:]}
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
         parts = self.components(enc, batch)

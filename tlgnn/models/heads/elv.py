@@ -129,6 +129,10 @@ class ELVHead(Head):
         """The learnable scalar parameters by name (0-dim tensors)."""
         return {name: self.parameter_values[k] for k, name in enumerate(self.parameter_names)}
 
+    def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """``{"latent_<name>": z [B]}`` for every latent (physical units)."""
+        return {f"latent_{name}": value for name, value in self.latents(enc).items()}
+
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
         latents = self.latents(enc)
         env = {**latents, **self.parameters_dict()}
