@@ -34,9 +34,8 @@ import vesin  # noqa: E402
 from tlgnn.graphs import CrystalGraphBuilder, GraphCache, structure_key  # noqa: E402
 from tlgnn.graphs.builder import structure_arrays  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mp_multifidelity_bandgap" / (
-    "structures.jsonl.gz"
-)
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "mp_multifidelity_bandgap" / "structures.jsonl.gz"
 CUTOFF, K = 8.0, 12
 BATCH = 256  # structures per build_many call, as tlgnn.graphs.cache builds them
 
@@ -107,52 +106,45 @@ def batched(builder, structures, size: int = BATCH) -> list:
             for g in builder.build_many(structures[start : start + size])]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2000, help="number of structures (default 2000)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="structures.jsonl.gz (material_id, cif)")
-    parser.add_argument("--check", type=int, default=None,
-                        help="structures whose graphs are compared (a) vs (b) (default: all)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each tlgnn / bare-vesin timing (median)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def shown(path: Path) -> str:
+    """``path`` relative to the repository (printed output is pasted into docs: no absolute paths)."""
+    return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
+
+
+def read_structures(path: Path, n: int) -> list:
+    """The first ``n`` structures of a ``structures.jsonl.gz`` (one JSON per line with a ``cif`` field)."""
     from pymatgen.core import Structure
 
-    if not args.data.exists():
-        raise SystemExit(f"--data {args.data}: file not found")
+    if not path.exists():
+        raise SystemExit(f"--data {shown(path)}: file not found")
     structures = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gzip.open(args.data, "rt") as fh:
+        with gzip.open(path, "rt") as fh:
             for line in fh:
-                if len(structures) >= args.n:
+                if len(structures) >= n:
                     break
                 structures.append(Structure.from_str(json.loads(line)["cif"], fmt="cif"))
-    n, atoms = len(structures), sum(len(s) for s in structures)
-    arrays = [structure_arrays(s) for s in structures]
-    print(f"{n} structures, {atoms} atoms from {args.data}; cutoff {CUTOFF} Å, {K} nearest; 1 thread")
+    return structures
 
-    builder = CrystalGraphBuilder(cutoff=CUTOFF, max_neighbors=K)
 
+def time_builders(builder, structures, arrays, repeat: int, line) -> tuple[list, float, float]:
+    """Print the (a)-(c) timings; returns the CGCNN-style reference graphs and the (a'') and (a) times."""
     def bare(a):
         nl = vesin.NeighborList(cutoff=CUTOFF, full_list=True, n_threads=1)
         return nl.compute(a[1], a[2], list(a[3]), quantities="ijSd")
 
-    warm = min(50, n)
+    warm = min(50, len(structures))
     for s, a in zip(structures[:warm], arrays[:warm]):
         builder(s), builder.from_arrays(*a), cgcnn_style(s), bare(a)
     batched(builder, structures[:warm])
-    t_struct = median_time(lambda: [builder(s) for s in structures], args.repeat)
-    t_arrays = median_time(lambda: [builder.from_arrays(*a) for a in arrays], args.repeat)
-    t_batch = median_time(lambda: batched(builder, structures), args.repeat)
-    t_bare = median_time(lambda: [bare(a) for a in arrays], args.repeat)
+    t_struct = median_time(lambda: [builder(s) for s in structures], repeat)
+    t_arrays = median_time(lambda: [builder.from_arrays(*a) for a in arrays], repeat)
+    t_batch = median_time(lambda: batched(builder, structures), repeat)
+    t_bare = median_time(lambda: [bare(a) for a in arrays], repeat)
     t0 = time.perf_counter()
     reference = [cgcnn_style(s) for s in structures]
     t_cgcnn = time.perf_counter() - t0
-
-    def line(label, t):
-        print(f"{label:<44s} {t:8.3f} s  {n / t:9.0f} structures/s  {atoms / t:10.0f} atoms/s")
-
     line("(a) tlgnn builder(Structure), one per call", t_struct)
     line("(a') tlgnn builder.from_arrays, one per call", t_arrays)
     line(f"(a'') tlgnn build_many, batches of {BATCH}", t_batch)
@@ -160,8 +152,11 @@ def main() -> None:
     line("(c) bare vesin neighbour list (ijSd)", t_bare)
     print(f"ratio vs bare neighbour list: {t_bare / t_batch:.2f} (build_many), {t_bare / t_arrays:.2f} (from arrays), "
           f"{t_bare / t_struct:.2f} (from Structure)")
+    return reference, t_cgcnn / t_batch, t_cgcnn / t_struct
 
-    check = n if args.check is None else min(args.check, n)
+
+def check_graphs(builder, structures, reference, check: int) -> None:
+    """Print how many batch graphs equal the one-by-one ones (bit for bit) and the CGCNN-style ones."""
     graphs = batched(builder, structures[:check])
     fields = ("z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset")
     differ = [k for k in range(check) if not all(torch.equal(graphs[k][f], builder(structures[k])[f]) for f in fields)]
@@ -171,6 +166,12 @@ def main() -> None:
     print(f"identical graphs (a) vs (b): {check - len(mismatched)}/{check}" + (f", mismatches at {mismatched[:10]}"
                                                                               if mismatched else ""))
 
+
+def time_cache(builder, structures, line) -> None:
+    """Print the graph cache's cold build, open and load times against rebuilding from the table's JSON."""
+    from pymatgen.core import Structure
+
+    n, warm = len(structures), min(50, len(structures))
     keys = [structure_key(s) for s in structures]  # hashing is shared by both cache paths: outside the timing
     with tempfile.TemporaryDirectory() as tmp:
         GraphCache(Path(tmp) / "warm", builder).get_many(structures[:warm], keys=keys[:warm], n_jobs=1)[0]
@@ -209,8 +210,31 @@ def main() -> None:
     print(f"cache load speedup vs rebuilding from the table: {t_table / loads[False]:.1f} (in RAM), "
           f"{t_table / loads[True]:.1f} (mmap); batched: {t_table / batched_load[False]:.1f} (in RAM), "
           f"{t_table / batched_load[True]:.1f} (mmap)")
-    print(f"speedup of one-structure-per-call builder(Structure): {t_cgcnn / t_struct:.1f}")
-    print(f"speedup: {t_cgcnn / t_batch:.1f}")  # build_many: the path the data layer (GraphCache) uses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="number of structures (default 2000)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="structures.jsonl.gz (material_id, cif)")
+    parser.add_argument("--check", type=int, default=None,
+                        help="structures whose graphs are compared (a) vs (b) (default: all)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each tlgnn / bare-vesin timing (median)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    structures = read_structures(args.data, args.n)
+    n, atoms = len(structures), sum(len(s) for s in structures)
+    arrays = [structure_arrays(s) for s in structures]
+    print(f"{n} structures, {atoms} atoms from {shown(args.data)}; cutoff {CUTOFF} Å, {K} nearest; 1 thread")
+    builder = CrystalGraphBuilder(cutoff=CUTOFF, max_neighbors=K)
+
+    def line(label, t):
+        print(f"{label:<44s} {t:8.3f} s  {n / t:9.0f} structures/s  {atoms / t:10.0f} atoms/s")
+
+    reference, speedup_batch, speedup_struct = time_builders(builder, structures, arrays, args.repeat, line)
+    check_graphs(builder, structures, reference, n if args.check is None else min(args.check, n))
+    time_cache(builder, structures, line)
+    print(f"speedup of one-structure-per-call builder(Structure): {speedup_struct:.1f}")
+    print(f"speedup: {speedup_batch:.1f}")  # build_many: the path the data layer (GraphCache) uses
 
 
 if __name__ == "__main__":

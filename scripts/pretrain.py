@@ -197,10 +197,8 @@ def previous_training_seconds(ckpt: Path) -> float:
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate(module: Any, loader: Any) -> dict[str, dict[str, float]]:
     """MAE / RMSE / R² per task (physical units) of ``module`` on ``loader``; restores train mode."""
-    import torch
-
     from tlgnn.training.inference import predict_batches
-    from tlgnn.training.metrics import regression_metrics
+    from tlgnn.training.scores import regression_metrics
 
     got = predict_batches(module, loader)
     preds, y, mask = got.preds, got.y, got.mask
@@ -208,7 +206,7 @@ def evaluate(module: Any, loader: Any) -> dict[str, dict[str, float]]:
     for k, task in enumerate(module.tasks):
         if task.name in preds:
             m = mask[:, k]
-            scores[task.name] = {**regression_metrics(torch.as_tensor(preds[task.name][m]), torch.as_tensor(y[m, k])),
+            scores[task.name] = {**regression_metrics(y_true=y[m, k], y_pred=preds[task.name][m]),
                                  "n": int(m.sum())}
     return scores
 

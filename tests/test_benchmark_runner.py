@@ -14,6 +14,7 @@ import yaml
 from tlgnn.benchmark.config import load_experiment
 from tlgnn.benchmark.data import load_table
 from tlgnn.benchmark.folds import grouped_folds
+from tlgnn.benchmark.kinds import MODEL_VERSIONS, cell_version, is_current, kind_version
 from tlgnn.benchmark.metrics import classification_metrics, regression_metrics
 from tlgnn.benchmark.models import resolve_model
 from tlgnn.benchmark.report import BEGIN, END, collect, coverage, write_report
@@ -128,6 +129,40 @@ def test_truncated_result_is_rerun(tmp_path, experiment):
     again = run_experiment(experiment, results, quick=True, only=only, log=lambda m: None)
     assert again.ran == ["hse_sample/affine_lowknown/fold0_nall_s0"]
     assert "metrics" in json.loads(cell.read_text())
+
+
+def test_a_cell_of_an_older_kind_version_is_named_by_the_report_and_rerun(tmp_path, experiment, monkeypatch):
+    results = tmp_path / "results"
+    run_experiment(experiment, results, quick=True, log=lambda m: None)
+    cell = results / "hse_sample" / "rf_difference" / "fold0_nall_s0.json"
+    assert json.loads(cell.read_text())["model_version"] == kind_version("rf_difference") == 1
+    monkeypatch.setitem(MODEL_VERSIONS, "rf_difference", 2)  # the kind's results changed since the cell was run
+    output = tmp_path / "results.md"
+    write_report(results, output, tmp_path / "figures")
+    text = output.read_text()
+    assert "Outdated cells: 1" in text
+    assert "- `hse_sample/rf_difference` (`rf_difference` version 1, now 2): fold0_nall_s0" in text
+    assert "| `rf_difference` |" not in text and "| `rf_single` |" in text  # left out of the tables
+    assert [task for _, task in unfinished_tasks(experiment, results, quick=True)] == [
+        ["hse_sample/rf_difference/fold0_nall_s0"]]
+    logs: list[str] = []
+    again = run_experiment(experiment, results, quick=True, log=logs.append)
+    assert again.ran == ["hse_sample/rf_difference/fold0_nall_s0"] and len(again.skipped) == 2
+    assert any(line.startswith("[outdated] hse_sample/rf_difference/fold0_nall_s0") for line in logs)
+    assert json.loads(cell.read_text())["model_version"] == 2
+    write_report(results, output, tmp_path / "figures")
+    assert "Outdated cells" not in output.read_text()
+
+
+def test_cells_without_a_version_count_as_version_1_except_difference_cells_before_6cbf56f():
+    assert cell_version({"kind": "rf_single", "finished_at": "2026-11-20T00:00:00+00:00"}) == 1
+    assert is_current({"kind": "gnn_elv", "finished_at": "2026-11-26T03:00:00+00:00"})
+    # the difference head changed at 6cbf56f (2026-11-26 11:24:25 UTC): older cells are stale, later ones current
+    assert kind_version("gnn_difference") == 2
+    assert not is_current({"kind": "gnn_difference", "finished_at": "2026-11-26T02:55:41+00:00"})
+    assert is_current({"kind": "gnn_difference", "finished_at": "2026-11-26T11:28:06+00:00"})
+    assert not is_current({"kind": "gnn_difference"})  # no time: counted as before the change
+    assert is_current({"kind": "gnn_difference", "model_version": 2, "finished_at": "2026-11-26T02:55:41+00:00"})
 
 
 def test_report_tables_plots_and_kept_prose(tmp_path, experiment):
@@ -280,7 +315,7 @@ def test_aligned_parquet_gets_formula_from_structures_and_renamed_columns(tmp_pa
 
 
 def test_metrics_on_hand_computed_values():
-    m = regression_metrics(np.array([1.0, 2.0, 4.0]), np.array([1.5, 2.0, 2.0]))
+    m = regression_metrics(y_true=np.array([1.0, 2.0, 4.0]), y_pred=np.array([1.5, 2.0, 2.0]))
     assert m["mae"] == pytest.approx(2.5 / 3) and m["rmse"] == pytest.approx(np.sqrt(4.25 / 3))
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     c = classification_metrics(np.array([0, 1, 1, 0]), proba)

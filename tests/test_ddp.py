@@ -120,5 +120,5 @@ def test_ddp_two_cpu_ranks_identical_weights_and_global_validation_metrics(tmp_p
         for batch in dm.val_dataloader():
             preds.append(fresh(batch)[TASK])
             targets.append(batch.y[:, 0])
-    whole = regression_metrics(torch.cat(preds), torch.cat(targets))
+    whole = regression_metrics(y_true=torch.cat(targets), y_pred=torch.cat(preds))
     assert logged[0][key] == pytest.approx(whole["mae"], rel=1e-4, abs=1e-6)

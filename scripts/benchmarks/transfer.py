@@ -146,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     configs = _experiment_yamls(args.configs)
     if not configs:
         return 2
-    output = write_report(results, args.output, args.figures, configs)
+    output = write_report(results, args.output, args.figures, configs, root=REPO)
     print(f"wrote {output}")
     return 0
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tlgnn.benchmark.kinds import MODEL_KINDS
 from tlgnn.utils.config import ConfigError, from_dict, load_yaml
 
 Regime = Literal["structure_only", "low_fidelity_known"]
@@ -87,7 +88,7 @@ class ModelEntry:
     Attributes:
         name: results folder name (unique within the experiment); default: ``kind`` plus ``_lowknown`` in the
             low-fidelity-known regime.
-        kind: a key of :data:`tlgnn.benchmark.models.MODEL_KINDS` (``rf_single``, ``rf_difference``, ``affine``,
+        kind: a key of :data:`tlgnn.benchmark.kinds.MODEL_KINDS` (``rf_single``, ``rf_difference``, ``affine``,
             ``gnn_*``).
         regime: ``structure_only`` (the model never sees the test crystal's labels) or ``low_fidelity_known``
             (the test crystal's low-fidelity label is given).
@@ -188,8 +189,6 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         config = from_dict(ExperimentConfig, raw)
     except ConfigError as err:
         raise ConfigError(err.key, err.reason, source=str(path)) from err
-    from tlgnn.benchmark.models import MODEL_KINDS
-
     for i, model in enumerate(config.models):
         if model.kind not in MODEL_KINDS:
             raise ConfigError(

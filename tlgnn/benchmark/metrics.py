@@ -1,27 +1,11 @@
-"""Scores of one cell on the scarce task: MAE/RMSE (regression, units of the target), accuracy/F1/ROC-AUC."""
+"""Scores of one cell on the scarce task: MAE/RMSE (regression, units of the target; the scorer is
+:func:`tlgnn.training.scores.regression_metrics`), accuracy/F1/ROC-AUC, the correction error."""
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """``mae``, ``rmse``, ``r2``, ``max_abs_error`` and ``n``; raises on shape mismatch or NaN predictions."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"predictions {y_pred.shape} do not match labels {y_true.shape}")
-    if not np.all(np.isfinite(y_pred)):
-        raise ValueError(f"{int((~np.isfinite(y_pred)).sum())} predictions are NaN/inf")
-    error = y_pred - y_true
-    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
-    return {
-        "mae": float(np.abs(error).mean()),
-        "rmse": float(np.sqrt((error**2).mean())),
-        "r2": float(1.0 - (error**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
-        "max_abs_error": float(np.abs(error).max()),
-        "n": int(y_true.size),
-    }
+from tlgnn.training.scores import regression_metrics  # the one regression scorer, re-exported here
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

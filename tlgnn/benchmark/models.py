@@ -8,8 +8,8 @@ Leakage is prevented by the data handed over, not by trust: ``cell.frame`` is a 
 which the scarce target is present only on ``cell.train_target_idx``, and every label column is blank on the
 test rows — except the low-fidelity column in the ``low_fidelity_known`` regime.
 
-Model kinds are looked up in :data:`MODEL_KINDS` (``kind -> "module:function"``, imported on first use so
-forests do not import torch and GNN kinds do not load at all until run). GNN kinds
+Model kinds are looked up in :data:`tlgnn.benchmark.kinds.MODEL_KINDS` (``kind -> "module:function"``, with
+the version of each kind's results; re-exported here). GNN kinds
 (``gnn_single``, ``gnn_union``, ``gnn_multitask``, ``gnn_difference``, ``gnn_fidelity``, ``gnn_finetune``,
 ``gnn_elv``) resolve to ``tlgnn.benchmark.gnn:run_gnn_cell``, built on ``tlgnn.training``; its contract:
 
@@ -32,18 +32,7 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.benchmark.config import ExperimentConfig, ModelEntry, TrainSize
-
-#: kind -> "module:function" implementing ``run(cell: CellInput) -> CellOutput``.
-MODEL_KINDS: dict[str, str] = {
-    "rf_single": "tlgnn.benchmark.baseline_models:run_rf_single",
-    "rf_difference": "tlgnn.benchmark.baseline_models:run_rf_difference",
-    "affine": "tlgnn.benchmark.baseline_models:run_affine",
-    **{
-        f"gnn_{name}": "tlgnn.benchmark.gnn:run_gnn_cell"
-        for name in ("single", "union", "multitask", "difference", "fidelity", "finetune", "elv")
-    },
-}
-
+from tlgnn.benchmark.kinds import MODEL_KINDS, register_model  # noqa: F401  (re-exported: their old home)
 
 @dataclass
 class CellInput:
@@ -134,13 +123,6 @@ def resolve_model(kind: str) -> ModelFn:
             ) from err
         raise
     return getattr(module, function)
-
-
-def register_model(kind: str, target: str) -> None:
-    """Register (or replace) a model kind as ``"module:function"``."""
-    if ":" not in target:
-        raise ValueError(f"model target must look like 'package.module:function', got {target!r}")
-    MODEL_KINDS[kind] = target
 
 
 __all__ = ["CellInput", "CellOutput", "MODEL_KINDS", "ModelFn", "register_model", "resolve_model"]

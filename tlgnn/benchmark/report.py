@@ -1,6 +1,8 @@
 """Aggregate cell JSONs into tables and learning-curve plots, written into ``docs/results.md``.
 
-Only finished cells count (``fold*_n*_s*.json`` that parse; hidden temp files are ignored). Numbers are the mean
+Only finished cells count (``fold*_n*_s*.json`` that parse; hidden temp files are ignored); a cell computed by an
+older version of its model kind (:mod:`tlgnn.benchmark.kinds`) counts as unfinished, and the report names it
+until it is rerun. Numbers are the mean
 ± standard deviation (ddof = 1) over folds (and seeds) of each (experiment, model, training size). The generated
 part of ``docs/results.md`` lies between :data:`BEGIN` and :data:`END`; the hand-written text around it is kept.
 """
@@ -8,11 +10,14 @@ part of ``docs/results.md`` lies between :data:`BEGIN` and :data:`END`; the hand
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
 
 BEGIN = "<!-- BEGIN GENERATED: scripts/benchmarks/transfer.py report -->"
 END = "<!-- END GENERATED -->"
@@ -21,7 +26,8 @@ REGIME_TITLES = {"structure_only": "structure only", "low_fidelity_known": "low 
 
 
 def collect(results: str | Path) -> pd.DataFrame:
-    """One row per finished cell under ``results`` (metrics flattened as ``m_<name>``)."""
+    """One row per finished cell under ``results`` (metrics flattened as ``m_<name>``; ``version``: that of its
+    model kind which computed it, ``outdated``: whether the kind has a newer version since)."""
     rows = []
     for path in sorted(Path(results).glob("*/*/*.json")):
         if not _CELL.match(path.name):
@@ -39,6 +45,8 @@ def collect(results: str | Path) -> pd.DataFrame:
         row["data_files"] = json.dumps(record.get("data", {}).get("files", {}), sort_keys=True)
         row["hardware"] = json.dumps(record.get("hardware", {}), sort_keys=True)
         row["git_commit"] = record.get("git_commit")
+        row["version"] = cell_version(record)
+        row["outdated"] = not is_current(record)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -192,27 +200,54 @@ def coverage_section(table: pd.DataFrame) -> str:
     return text + " Models with missing cells:\n\n" + _table(["experiment", "model", "finished", "missing"], rows)
 
 
+def outdated_section(cells: pd.DataFrame) -> str:
+    """Markdown naming the cells computed by an older version of their model kind (left out of every table)."""
+    old = cells[cells["outdated"]]
+    lines = [f"Outdated cells: {len(old)}, computed by an older version of their model kind "
+             "(`tlgnn.benchmark.kinds`); they are left out of the tables below until rerun "
+             "(`transfer.py run` recomputes them):", ""]
+    for (experiment, model, kind), group in old.groupby(["experiment", "model", "kind"], sort=True):
+        versions = ", ".join(str(v) for v in sorted(set(group["version"])))
+        stems = ", ".join(f"fold{r.fold}_n{r.train_size}_s{r.seed}" for r in group.sort_values(
+            ["fold", "train_size", "seed"]).itertuples())
+        lines.append(f"- `{experiment}/{model}` (`{kind}` version {versions}, now {kind_version(kind)}): {stems}")
+    return "\n".join(lines)
+
+
+def _hardware_lines(cells: pd.DataFrame) -> str:
+    texts = dict.fromkeys(  # one line per distinct text (records may differ in fields not shown)
+        f"{h.get('cpu')} ({h.get('cores')} cores, {h.get('memory_gb')} GB), GPU {h.get('gpu') or 'none'}, "
+        f"Python {h.get('python')}, scikit-learn {h.get('sklearn')}"
+        for h in map(json.loads, sorted(set(cells["hardware"]))))
+    return "Hardware: " + "; ".join(texts)
+
+
 def render(results: str | Path, figures: str | Path, figures_rel: str = "results",
-           configs: list[Path] | None = None) -> str:
+           configs: list[Path] | None = None, results_shown: str | None = None) -> str:
     """The generated Markdown for every experiment under ``results`` (plots and ``summary.csv`` into ``figures``);
-    with the experiment YAMLs ``configs``, a coverage summary of their planned grid first."""
+    with the experiment YAMLs ``configs``, a coverage summary of their planned grid first. ``results_shown``:
+    how the page names the results folder (default: as given)."""
+    shown = results if results_shown is None else results_shown
     cells = collect(results)
     if cells.empty:
-        return f"No finished cells under `{results}`."
+        return f"No finished cells under `{shown}`."
+    outdated = cells[cells["outdated"]]
+    cells = cells[~cells["outdated"]].reset_index(drop=True)
+    if cells.empty:
+        return f"No current cells under `{shown}`.\n\n{outdated_section(outdated)}"
     summary = summarise(cells)
     Path(figures).mkdir(parents=True, exist_ok=True)
     summary.to_csv(Path(figures) / "summary.csv", index=False, float_format="%.5g")
-    hardware = sorted(set(cells["hardware"]))
     commits = sorted({c for c in cells["git_commit"] if c})
     lines = [
-        f"Finished cells: {len(cells)} from `{results}`"
+        f"Finished cells: {len(cells)} from `{shown}`"
         + (" (quick mode)" if cells["quick"].all() else "")
         + f"; every aggregate (mean, std, folds) is also in `{figures_rel}/summary.csv` (relative to this page)"
         + f"; git commit(s): {', '.join(c[:10] for c in commits) or 'unknown'}.",
-        "Hardware: " + "; ".join(
-            f"{h.get('cpu')} ({h.get('cores')} cores, {h.get('memory_gb')} GB), GPU {h.get('gpu') or 'none'}, "
-            f"Python {h.get('python')}, scikit-learn {h.get('sklearn')}" for h in map(json.loads, hardware)),
+        _hardware_lines(cells),
     ]
+    if not outdated.empty:
+        lines.append(outdated_section(outdated))
     if configs:
         lines.append(coverage_section(coverage(configs, cells, quick=bool(cells["quick"].all()))))
     for experiment in sorted(cells["experiment"].unique()):
@@ -220,17 +255,21 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
     return "\n\n".join(lines)
 
 
+def shown_path(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` (``..`` where outside it): pages never hold this machine's absolute paths."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
 def write_report(results: str | Path, output: str | Path, figures: str | Path,
-                 configs: list[Path] | None = None) -> Path:
+                 configs: list[Path] | None = None, root: str | Path | None = None) -> Path:
     """Replace the generated block of ``output`` (created with a skeleton if absent) with the current tables
-    (and the coverage of the ``configs`` grid, see :func:`render`)."""
+    (and the coverage of the ``configs`` grid, see :func:`render`). The page names the figures relative to
+    itself and the results folder relative to ``root`` (the repository; default the working directory)."""
     output = Path(output)
     figures = Path(figures)
-    try:
-        figures_rel = str(figures.resolve().relative_to(output.resolve().parent))
-    except ValueError:
-        figures_rel = str(figures.resolve())
-    block = f"{BEGIN}\n\n{render(results, figures, figures_rel, configs)}\n\n{END}"
+    figures_rel = shown_path(figures, output.parent)
+    results_shown = shown_path(results, Path.cwd() if root is None else root)
+    block = f"{BEGIN}\n\n{render(results, figures, figures_rel, configs, results_shown)}\n\n{END}"
     text = output.read_text() if output.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -243,4 +282,5 @@ def write_report(results: str | Path, output: str | Path, figures: str | Path,
     return output
 
 
-__all__ = ["BEGIN", "END", "collect", "coverage", "coverage_section", "learning_curve_plot", "render", "summarise", "write_report"]
+__all__ = ["BEGIN", "END", "collect", "coverage", "coverage_section", "learning_curve_plot", "outdated_section", "render",
+           "shown_path", "summarise", "write_report"]

@@ -1,9 +1,10 @@
 """Plan and run the cells of an experiment, resumably.
 
 For each (model, fold, training size, seed) the runner builds the masked :class:`CellInput`, calls the model,
-scores the test rows on the scarce target only and writes the cell's predictions and JSON. A cell whose JSON
-already exists is skipped (a warning is printed when its recorded settings differ from the current ones; pass
-``force=True`` to recompute).
+scores the test rows on the scarce target only and writes the cell's predictions and JSON (with the version of
+its model kind, :mod:`tlgnn.benchmark.kinds`). A cell whose JSON already exists is skipped (a warning is printed
+when its recorded settings differ from the current ones; pass ``force=True`` to recompute), unless an older
+version of its kind computed it: then it is recomputed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from tlgnn.benchmark.cells import CellKey, git_commit, hardware_info, read_finis
 from tlgnn.benchmark.config import ExperimentConfig, ModelEntry, TrainSize
 from tlgnn.benchmark.data import BenchmarkTable, load_table, require_columns
 from tlgnn.benchmark.folds import grouped_folds, learning_curve_order
-from tlgnn.benchmark.metrics import classification_metrics, correction_metrics, regression_metrics
+from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
+from tlgnn.benchmark.metrics import classification_metrics, correction_metrics
 from tlgnn.benchmark.models import CellInput, resolve_model
+from tlgnn.training.scores import regression_metrics
 from tlgnn.utils.config import to_dict
 
 
@@ -175,7 +178,9 @@ def _score(config: ExperimentConfig, frame: pd.DataFrame, test_idx: np.ndarray, 
         y_pred = np.asarray(output.y_pred, dtype=np.float64).reshape(-1)
         if y_pred.shape != y_true.shape:
             raise ValueError(f"regression output must be [n_test={len(test_idx)}], got {np.shape(output.y_pred)}")
-        metrics = regression_metrics(y_true, y_pred)
+        if not np.isfinite(y_pred).all():
+            raise ValueError(f"{int((~np.isfinite(y_pred)).sum())} predictions are NaN/inf")
+        metrics = regression_metrics(y_true=y_true, y_pred=y_pred)
         predictions["y_pred"] = y_pred
         if config.low is not None:
             low_true = frame[config.low].to_numpy(dtype=np.float64)[test_idx]
@@ -206,9 +211,10 @@ def run_experiment(
 ) -> RunSummary:
     """Run every planned cell of ``config`` not finished yet under ``results``; returns a :class:`RunSummary`.
 
-    With ``keep_going`` a failing cell is reported and the others still run; otherwise the error propagates.
-    ``accelerator`` (``cpu``/``gpu``) is where the GNN kinds train; ``shared`` keeps the per-experiment memo
-    across calls (a worker process running several groups of cells).
+    A cell computed by an older version of its model kind (:mod:`tlgnn.benchmark.kinds`) is not finished: it
+    is recomputed. With ``keep_going`` a failing cell is reported and the others still run; otherwise the error
+    propagates. ``accelerator`` (``cpu``/``gpu``) is where the GNN kinds train; ``shared`` keeps the
+    per-experiment memo across calls (a worker process running several groups of cells).
     """
     results = Path(results).resolve()  # work dirs are handed to runs whose cwd differs
     start = time.perf_counter()
@@ -218,78 +224,111 @@ def run_experiment(
         return summary
     data = prepare(config, data_path, repo_root)
     hashes: dict[str, str] = {}
-    shared = {} if shared is None else shared
-    if accelerator != "cpu":
-        import torch  # noqa: F401  (so that hardware_info names the GPU)
-    hardware = hardware_info()
+    context = _RunContext(config, data, results, quick, accelerator, {} if shared is None else shared)
     for cell in cells:
         key, model = cell.key, cell.model
         h = hashes.setdefault(str(model.name), settings_hash(config, model, data.table, quick))
-        json_path = key.json_path(results)
-        done = read_finished(json_path)
+        done = read_finished(key.json_path(results))
         if done is not None and not force:
-            if done.get("settings_hash") != h:
-                log(f"[stale] {key.id}: recorded settings differ from the config; kept (rerun with --force)")
-            summary.skipped.append(key.id)
-            continue
-        train_idx, train_target_idx, test_idx = cell_rows(config, data, key.fold, key.train_size, key.seed)
-        if key.train_size != "all" and len(train_target_idx) < int(key.train_size):
-            summary.too_large.append(key.id)
-            log(f"[n/a] {key.id}: only {len(train_target_idx)} scarce training labels")
-            continue
-        frame = masked_frame(config, data.frame, model, train_target_idx, test_idx)
-        work_dir = results / config.name / str(model.name) / "work" / key.stem
-        cell_input = CellInput(
-            experiment=config, model=model, frame=frame, train_idx=train_idx, train_target_idx=train_target_idx,
-            test_idx=test_idx, groups=data.frame["group"].to_numpy(), fold=key.fold, train_size=key.train_size,
-            seed=key.seed, quick=quick, data_path=data.table.path, work_dir=work_dir, shared=shared,
-            accelerator=accelerator,
-        )
-        t0 = time.perf_counter()
+            if is_current(done):
+                if done.get("settings_hash") != h:
+                    log(f"[stale] {key.id}: recorded settings differ from the config; kept (rerun with --force)")
+                summary.skipped.append(key.id)
+                continue
+            log(f"[outdated] {key.id}: computed by version {cell_version(done)} of {model.kind}, now "
+                f"{kind_version(model.kind)}; rerunning")
         try:
-            output = resolve_model(model.kind)(cell_input)
-            metrics, predictions = _score(config, data.frame, test_idx, output)
+            line = _run_cell(context, cell, h)
+        except _TooLarge as err:
+            summary.too_large.append(key.id)
+            log(f"[n/a] {key.id}: only {err} scarce training labels")
+            continue
         except Exception as err:  # one failing cell must not lose the others' results
             if not keep_going:
                 raise
             summary.failed[key.id] = f"{type(err).__name__}: {err}"
             log(f"[failed] {key.id}: {type(err).__name__}: {err}")
             continue
-        wall = time.perf_counter() - t0
-        record = {
-            "experiment": config.name,
-            "model": model.name,
-            "kind": model.kind,
-            "regime": model.regime,
-            "task_kind": config.kind,
-            "target": config.target,
-            "low": config.low,
-            "fold": key.fold,
-            "train_size": key.train_size,
-            "n_train_target": int(len(train_target_idx)),
-            "n_train_rows": int(len(train_idx)),
-            "n_test": int(len(test_idx)),
-            "seed": key.seed,
-            "quick": quick,
-            "metrics": metrics,
-            "wall_time_s": round(wall, 3),
-            "info": output.info,
-            "options": model.options,
-            "settings_hash": h,
-            "data": {"path": data.table.path, "files": data.table.files},
-            "folds": {"n_folds": config.folds.n_folds, "seed": config.folds.seed, "group_by": config.data.group_by},
-            "accelerator": accelerator,
-            "hardware": hardware,
-            "git_commit": git_commit(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_csv(key.predictions_path(results), predictions)
-        write_json(json_path, record)
         summary.ran.append(key.id)
-        main = metrics.get("mae", metrics.get("accuracy"))
-        log(f"[done] {key.id}: {'mae' if 'mae' in metrics else 'accuracy'}={main:.4f} n_train={len(train_target_idx)} ({wall:.1f} s)")
+        log(line)
     summary.wall_time_s = time.perf_counter() - start
     return summary
+
+
+class _TooLarge(Exception):
+    """The cell's training size exceeds the fold's scarce training labels (the message is their count)."""
+
+
+@dataclass
+class _RunContext:
+    """What every cell of one :func:`run_experiment` call shares."""
+
+    config: ExperimentConfig
+    data: ExperimentData
+    results: Path
+    quick: bool
+    accelerator: str
+    shared: dict[str, Any]
+    hardware: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.accelerator != "cpu":
+            import torch  # noqa: F401  (so that hardware_info names the GPU)
+        self.hardware = hardware_info()
+
+
+def _run_cell(ctx: _RunContext, cell: PlannedCell, settings: str) -> str:
+    """Compute one cell and write its files; returns the log line. Raises :class:`_TooLarge` for a training
+    size above the fold's labels and whatever the model raises."""
+    config, data, key, model = ctx.config, ctx.data, cell.key, cell.model
+    train_idx, train_target_idx, test_idx = cell_rows(config, data, key.fold, key.train_size, key.seed)
+    if key.train_size != "all" and len(train_target_idx) < int(key.train_size):
+        raise _TooLarge(len(train_target_idx))
+    frame = masked_frame(config, data.frame, model, train_target_idx, test_idx)
+    cell_input = CellInput(
+        experiment=config, model=model, frame=frame, train_idx=train_idx, train_target_idx=train_target_idx,
+        test_idx=test_idx, groups=data.frame["group"].to_numpy(), fold=key.fold, train_size=key.train_size,
+        seed=key.seed, quick=ctx.quick, data_path=data.table.path,
+        work_dir=ctx.results / config.name / str(model.name) / "work" / key.stem, shared=ctx.shared,
+        accelerator=ctx.accelerator,
+    )
+    t0 = time.perf_counter()
+    output = resolve_model(model.kind)(cell_input)
+    metrics, predictions = _score(config, data.frame, test_idx, output)
+    wall = time.perf_counter() - t0
+    record = {
+        "experiment": config.name,
+        "model": model.name,
+        "kind": model.kind,
+        "model_version": kind_version(model.kind),
+        "regime": model.regime,
+        "task_kind": config.kind,
+        "target": config.target,
+        "low": config.low,
+        "fold": key.fold,
+        "train_size": key.train_size,
+        "n_train_target": int(len(train_target_idx)),
+        "n_train_rows": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "seed": key.seed,
+        "quick": ctx.quick,
+        "metrics": metrics,
+        "wall_time_s": round(wall, 3),
+        "info": output.info,
+        "options": model.options,
+        "settings_hash": settings,
+        "data": {"path": data.table.path, "files": data.table.files},
+        "folds": {"n_folds": config.folds.n_folds, "seed": config.folds.seed, "group_by": config.data.group_by},
+        "accelerator": ctx.accelerator,
+        "hardware": ctx.hardware,
+        "git_commit": git_commit(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_csv(key.predictions_path(ctx.results), predictions)
+    write_json(key.json_path(ctx.results), record)
+    main = metrics.get("mae", metrics.get("accuracy"))
+    return (f"[done] {key.id}: {'mae' if 'mae' in metrics else 'accuracy'}={main:.4f} "
+            f"n_train={len(train_target_idx)} ({wall:.1f} s)")
 
 
 # kinds whose cells of one fold share a trained artefact (the fold's low-fidelity model, memoised on disk):
@@ -299,7 +338,8 @@ FOLD_SHARED_KINDS = ("gnn_single", "gnn_union", "gnn_finetune")
 
 def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool = False,
                      only: list[str] | None = None, force: bool = False) -> list[tuple[int, list[str]]]:
-    """The unfinished cells of ``config`` (every selected cell with ``force``) as worker tasks
+    """The unfinished cells of ``config`` (not computed, or by an older version of their kind; every selected
+    cell with ``force``) as worker tasks
     ``(priority, cell ids)``, in plan order.
 
     ``priority`` is the index of the first ``only`` pattern a task's cells match (0 without patterns), so
@@ -308,7 +348,8 @@ def unfinished_tasks(config: ExperimentConfig, results: str | Path, quick: bool 
     """
     tasks: dict[tuple, tuple[int, list[str]]] = {}
     for cell in plan_cells(config, quick, only):
-        if not force and read_finished(cell.key.json_path(Path(results))) is not None:
+        done = None if force else read_finished(cell.key.json_path(Path(results)))
+        if done is not None and is_current(done):
             continue
         rank = next((i for i, p in enumerate(only or []) if matches(cell.key.id, [p])), 0)
         key = ((str(cell.model.name), cell.key.fold) if cell.model.kind in FOLD_SHARED_KINDS

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
-
-if TYPE_CHECKING:  # pragma: no cover
-    from tlgnn.graphs.packs import GraphStore
 
 #: graph fields of the contract (docs/architecture.md) in item order: name -> (dtype, trailing shape, per)
 GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
@@ -30,6 +27,22 @@ GRAPH_FIELDS: dict[str, tuple[torch.dtype, tuple[int, ...], str]] = {
     "edge_dist": (torch.float32, (), "edge"),
     "cell_offset": (torch.long, (3,), "edge"),
 }
+
+
+class PackedGraphs(Protocol):
+    """What :func:`collate_graphs` reads (:class:`tlgnn.graphs.packs.GraphStore` is one; this module does not
+    import it, the packs module imports this one).
+
+    ``packs``: objects with ``node_offsets``/``node_counts``/``edge_offsets``/``edge_counts`` (int64 arrays, one
+    value per graph), ``dtype(name)`` and ``take_rows(name, RowSelection, out=None)``; ``locate(indices)`` gives
+    each item's ``(pack number, position in the pack)``.
+    """
+
+    packs: Sequence[Any]
+
+    def __len__(self) -> int: ...
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class RowSelection:
@@ -117,7 +130,7 @@ def _check_extra(extra: Mapping[str, Any], n: int) -> None:
                             f"got {type(value).__name__}")
 
 
-def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
+def collate_graphs(store: PackedGraphs, indices: Sequence[int] | np.ndarray,
                    extra: Mapping[str, Any] | None = None) -> Batch:
     """Graphs ``indices`` of ``store`` as one ``Batch``, equal to ``Batch.from_data_list`` of the items.
 
@@ -228,4 +241,4 @@ def collate_graphs(store: "GraphStore", indices: Sequence[int] | np.ndarray,
     return batch
 
 
-__all__ = ["GRAPH_FIELDS", "RowSelection", "collate_graphs"]
+__all__ = ["GRAPH_FIELDS", "PackedGraphs", "RowSelection", "collate_graphs"]

@@ -5,7 +5,8 @@ each task, concatenated over the epoch's batches and, under DDP, gathered over a
 "cat"``) before :meth:`TaskMetrics.compute` — so MAE, RMSE, R², accuracy, F1 and ROC-AUC are those of the
 whole validation/test set, not an average of per-batch or per-rank values.
 
-Regression metrics are in the task's physical unit (the head outputs physical units). Classification: accuracy;
+Regression metrics (:func:`tlgnn.training.scores.regression_metrics`, the one regression scorer) are in the
+task's physical unit (the head outputs physical units). Classification: accuracy;
 F1 of class index 1 for two classes, macro F1 otherwise; ROC-AUC of class 1 (two classes) or macro one-vs-rest.
 A metric that is undefined for the data (R² with < 2 labels or constant labels, ROC-AUC with one class present)
 is NaN rather than a misleading number.
@@ -21,24 +22,10 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.scores import regression_metrics
 
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc")
-
-
-def regression_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """MAE, RMSE (units of the target) and R² of ``pred`` vs ``target`` (both [n]); NaN where undefined."""
-    pred = pred.double().reshape(-1)
-    target = target.double().reshape(-1)
-    n = target.numel()
-    if n == 0:
-        return {"mae": math.nan, "rmse": math.nan, "r2": math.nan}
-    err = pred - target
-    mae = err.abs().mean().item()
-    rmse = err.pow(2).mean().sqrt().item()
-    ss_tot = (target - target.mean()).pow(2).sum().item()
-    r2 = 1.0 - err.pow(2).sum().item() / ss_tot if n >= 2 and ss_tot > 0 else math.nan
-    return {"mae": mae, "rmse": rmse, "r2": r2}
 
 
 def _binary_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
@@ -142,7 +129,8 @@ class TaskMetrics(Metric):
             if task.kind == "classification":
                 scores = classification_metrics(pred.reshape(-1, task.num_classes), target)
             else:
-                scores = regression_metrics(pred, target)
+                scored = regression_metrics(y_true=target, y_pred=pred)
+                scores = {name: scored[name] for name in REGRESSION_METRICS}
             scores["n"] = int(target.numel())
             out[name] = scores
         return out
