@@ -357,6 +357,46 @@ def test_resumed_run_ends_at_the_weights_of_an_uninterrupted_run(tmp_path, cache
     assert [p.name for p in (tmp_path / "broken" / "logs").iterdir()] == ["version_0"]
 
 
+ELV_HEAD = {"name": "elv", "latents": ["gap_pbe_mf", "shift"], "expressions": {"gap_hse": "gap_pbe_mf + softplus(shift)"}}
+WATCHED = {"early_stopping": {"monitor": "val/gap_hse/mae", "patience": 5}}
+
+
+def test_an_overflowing_expression_stops_the_run_naming_task_expression_epoch_and_keeps_the_last_good_checkpoint(
+        tmp_path, cache_dir):
+    """Issue 19 item 9: an ELV expression that overflows used to end in Lightning's "Early stopping conditioned on
+    metric ... which is not available"; now one line names the task, its expression and the epoch, and
+    ``last.ckpt`` keeps the weights of the last epoch that ended well."""
+    from tlgnn.training.run import RunError
+
+    tasks, out = ["gap_pbe_mf", "gap_hse"], tmp_path / "run"
+    fit(load_run_config(raw=raw_config(out, cache_dir, ELV_HEAD, tasks, trainer={**WATCHED, "max_epochs": 1})),
+        test=False)
+    last = out / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    head = {**ELV_HEAD, "expressions": {"gap_hse": "exp(1000 + shift) + gap_pbe_mf"}}
+    config = load_run_config(raw=raw_config(out, cache_dir, head, tasks, trainer={**WATCHED, "max_epochs": 3}))
+    with pytest.raises(RunError) as info:
+        fit(config, resume="last", test=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("training stopped: non-finite training loss (inf or nan) in epoch 1 for task "
+                              "'gap_hse' (expression 'exp(1000 + shift) + gap_pbe_mf')"), message
+    assert f"the last good checkpoints are kept: {last}" in message
+    assert last.read_bytes() == good
+    weights = read_checkpoint(last)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_a_diverging_learning_rate_stops_in_the_first_epoch_without_a_checkpoint(tmp_path, cache_dir):
+    from tlgnn.training.run import RunError
+
+    raw = raw_config(tmp_path / "run", cache_dir, ELV_HEAD, ["gap_pbe_mf", "gap_hse"], optim={"lr": 1e4},
+                     trainer=WATCHED)
+    with pytest.raises(RunError, match=r"non-finite training loss \(inf or nan\) in epoch 0 for task .*"
+                                       r"; no checkpoint was written before it"):
+        fit(load_run_config(raw=raw), test=False)
+
+
 def test_wandb_offline_run_is_written_inside_output_dir(tmp_path, cache_dir, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

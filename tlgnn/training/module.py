@@ -28,6 +28,12 @@ from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, T
 # hook, so Lightning's notice that the module's hook is the one used says nothing a user needs to act on.
 warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`")
 
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training or validation loss became inf or nan (a diverging run, an expression that overflows)."""
+
+
 CHECKPOINT_KEY = "tlgnn"
 CHECKPOINT_FORMAT = 1
 
@@ -93,6 +99,7 @@ class TransferModule(L.LightningModule):
         self.test_metrics = TaskMetrics(self.tasks)
         self._loss_std: dict[str, float] | None = None
         self.finetune_plan: Any = None
+        self._nonfinite: dict[str, torch.Tensor] = {}  # stage -> flags [T + 1] (tasks, combined) on the device
 
     # ------------------------------------------------------------------ statistics
     def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float],
@@ -148,6 +155,7 @@ class TransferModule(L.LightningModule):
         if not losses:
             return self._zero_loss()
         loss = self.model.head.combine_losses(losses)
+        self._watch_finite("train", losses, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         for name, value in losses.items():
             self.log(f"train/{name}/loss", value, on_step=False, on_epoch=True, batch_size=size)
@@ -159,8 +167,44 @@ class TransferModule(L.LightningModule):
         losses = self._losses(preds, batch)
         if losses:
             loss = self.model.head.combine_losses(losses)
+            if stage == "val":
+                self._watch_finite(stage, losses, loss)
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=int(batch.num_graphs),
                      sync_dist=True)
+
+    # ------------------------------------------------------------------ non-finite losses
+    def _watch_finite(self, stage: str, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> None:
+        """Remember (on the device, no host sync) which task losses, or the combined one, were not finite in the
+        first step where any was (later steps run on the weights that step broke)."""
+        zero = total.new_zeros((), dtype=torch.float32)
+        values = [losses[t.name].detach().float() if t.name in losses else zero for t in self.tasks]
+        flags = ~torch.isfinite(torch.stack([*values, total.detach().float()]))
+        seen = self._nonfinite.get(stage)
+        self._nonfinite[stage] = flags if seen is None else torch.where(seen.any(), seen, flags)
+
+    def check_finite(self, stage: str) -> None:
+        """Raise :class:`NonFiniteLossError` naming the tasks (and expressions) and the epoch if a ``stage``
+        ("train" or "val") loss was inf or nan since the last check. Called at the end of each training and
+        validation epoch, before that epoch's checkpoints are written, so ``last.ckpt`` keeps the last good
+        weights; one host sync per epoch."""
+        flags = self._nonfinite.pop(stage, None)
+        if flags is None:
+            return
+        bad = flags.cpu()
+        trainer = self._trainer
+        if trainer is not None:
+            if not trainer.strategy.reduce_boolean_decision(bool(bad.any()), all=False):
+                return
+        elif not bool(bad.any()):
+            return
+        names = [self.model.head.output_label(t.name) for t, flag in zip(self.tasks, bad[:-1].tolist()) if flag]
+        what = ", ".join(names) or ("the combined loss" if bool(bad[-1]) else "a task on another process")
+        kind = "training" if stage == "train" else "validation"
+        raise NonFiniteLossError(f"non-finite {kind} loss (inf or nan) in epoch {self.current_epoch} for {what}; "
+                                 "lower optim.lr, check the expressions and the labels")
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite("train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
@@ -191,6 +235,8 @@ class TransferModule(L.LightningModule):
         return scores
 
     def on_validation_epoch_end(self) -> None:
+        self.check_finite("train")  # validation ends a training epoch before its checkpoints are written
+        self.check_finite("val")
         self._log_metrics("val", self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
@@ -279,4 +325,5 @@ def load_module(path: str | Path, map_location: Any = "cpu") -> TransferModule:
     return module
 
 
-__all__ = ["CHECKPOINT_KEY", "TransferModule", "build_transfer_model", "load_module", "read_checkpoint"]
+__all__ = ["CHECKPOINT_KEY", "NonFiniteLossError", "TransferModule", "build_transfer_model", "load_module",
+           "read_checkpoint"]

@@ -29,7 +29,7 @@ from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import RunConfig, save_run_config
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
-from tlgnn.training.module import TransferModule, load_module
+from tlgnn.training.module import NonFiniteLossError, TransferModule, load_module
 from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, parity_plots, prediction_frame,
                                     write_metrics_json)
 
@@ -407,7 +407,11 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
     trainer = build_trainer(config, out, loggers, run_callbacks + list(callbacks or []))
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except NonFiniteLossError as err:
+        close_loggers(loggers)
+        raise RunError(f"training stopped: {err}; {_kept_checkpoints(ckpt_dir)}") from None
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     last = ckpt_dir / "last.ckpt"
@@ -418,6 +422,14 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
         result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
     close_loggers(loggers)
     return result
+
+
+def _kept_checkpoints(ckpt_dir: Path) -> str:
+    """Which checkpoints a stopped run left (they hold the weights of the last epoch that ended well)."""
+    kept = [ckpt_dir / name for name in ("last.ckpt", "best.ckpt") if (ckpt_dir / name).is_file()]
+    if not kept:
+        return "no checkpoint was written before it"
+    return "the last good checkpoints are kept: " + ", ".join(str(p) for p in kept)
 
 
 # ---------------------------------------------------------------------------------------------------- test

@@ -117,6 +117,10 @@ class Head(nn.Module):
         head = getattr(type(self), "registry_name", type(self).__name__)
         return find_task(self.tasks, name, f"{head} head option {option}", kind)
 
+    def output_label(self, name: str) -> str:
+        """How messages name the output ``name``: ``task 'name'``; heads that compute it from a formula add it."""
+        return f"task {name!r}"
+
     def out_size(self, name: str) -> int:
         """Raw output width for a task: 1 for regression, the number of classes for classification."""
         task = self.task_by_name[name]

@@ -129,6 +129,11 @@ class ELVHead(Head):
         """The learnable scalar parameters by name (0-dim tensors)."""
         return {name: self.parameter_values[k] for k, name in enumerate(self.parameter_names)}
 
+    def output_label(self, name: str) -> str:
+        """``task 'name' (expression '...')`` for a task with an expression."""
+        expression = self.expressions.get(name)
+        return f"task {name!r}" + (f" (expression {expression.text!r})" if expression is not None else "")
+
     def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
         """``{"latent_<name>": z [B]}`` for every latent (physical units)."""
         return {f"latent_{name}": value for name, value in self.latents(enc).items()}
