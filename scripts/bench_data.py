@@ -139,7 +139,10 @@ def load_packed(path: str | Path) -> dict:
     """Read a file written by :func:`save_packed` (checks the format tag)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: graphs file not found (write one with --save-graphs)")
-    packed = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        packed = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign file, or one asking to run code
+        raise ValueError(f"{path}: not a {PACKED_FORMAT} graph file ({str(err).strip().splitlines()[0]})") from err
     if not isinstance(packed, dict) or packed.get("format") != PACKED_FORMAT:
         raise ValueError(f"{path}: not a {PACKED_FORMAT} graph file (write one with --save-graphs)")
     return packed

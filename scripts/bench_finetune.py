@@ -155,9 +155,9 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     from tlgnn.data import TransferDataModule
     from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
     from tlgnn.data.splits import Split, save_split
+    from tlgnn.training.checkpoint import load_module, read_checkpoint
     from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
                                        TrainerConfig)
-    from tlgnn.training.module import load_module
     from tlgnn.training.inference import predict_batches
     from tlgnn.training.run import build_module, build_trainer, training_callbacks
 
@@ -214,8 +214,8 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
         "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
         "r2": float(1 - (err ** 2).sum() / ((y_true - y_true.mean()) ** 2).sum()),
         "mean_baseline_mae": float(np.abs(y_true - sub.frame[TARGET].to_numpy()[:n_tr].mean()).mean()),
-        "epochs": int(trainer.current_epoch), "max_epochs": epochs, "best_epoch": int(
-            __import__("torch").load(best_cb.best_model_path, map_location="cpu", weights_only=False)["epoch"]),
+        "epochs": int(trainer.current_epoch), "max_epochs": epochs,
+        "best_epoch": int(read_checkpoint(best_cb.best_model_path)["epoch"]),
         "steps": int(trainer.global_step), "time_s": round(time.time() - t0, 1),
         "pretrained": Path(args.pretrained).name if pretrained else None,
         "pretrained_sha": sha256(Path(args.pretrained)) if pretrained else None,
@@ -236,7 +236,7 @@ def done_key(r: dict[str, Any]) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tlgnn.training.finetune import read_pretrained
+    from tlgnn.training.checkpoint import read_pretrained
 
     args.steps = args.steps or (150 if args.quick else 400)
     out = Path(args.out)

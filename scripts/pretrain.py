@@ -185,9 +185,9 @@ def run_config(args: argparse.Namespace, data_cfg: Any, work: Path):
 
 def previous_training_seconds(ckpt: Path) -> float:
     """Training time recorded by Lightning's Timer in a checkpoint (0 if none)."""
-    import torch
+    from tlgnn.training.checkpoint import read_checkpoint
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False).get("callbacks", {})
+    state = read_checkpoint(ckpt).get("callbacks", {})
     for key, value in state.items():
         if key.startswith("Timer"):
             return float(value.get("time_elapsed", {}).get("train", 0.0))
@@ -235,7 +235,7 @@ def card_name(encoder: str) -> str:
 
 def export(module: Any, args: argparse.Namespace, out: Path, info: dict[str, Any]) -> Path:
     """Write the compact checkpoint, its JSON metadata and the re-rendered MODEL_CARD.md into ``out``."""
-    from tlgnn.training.export import export_checkpoint
+    from tlgnn.training.checkpoint import export_checkpoint
 
     name = card_name(args.encoder)
     ckpt = export_checkpoint(module, out / f"{name}.ckpt", info=info)
@@ -429,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tlgnn import __version__
     from tlgnn.data import TransferDataModule
+    from tlgnn.training.checkpoint import load_module, read_checkpoint
     from tlgnn.training.config import save_run_config
-    from tlgnn.training.module import load_module
     from tlgnn.training.run import build_module, build_trainer, training_callbacks
 
     log(f"encoder {args.encoder}, data {args.data_dir}, accelerator {'gpu' if args.gpu else 'cpu'}, "
@@ -495,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         if ckpt_path is None and last.exists():
             print(f"pretrain: {work} already holds a run; pass --resume or choose another --work-dir", file=sys.stderr)
             return 1
+        spent = previous_training_seconds(Path(ckpt_path)) if ckpt_path else 0.0  # reads it safely (or refuses)
         if args.max_time_min is not None:
-            spent = previous_training_seconds(Path(ckpt_path)) if ckpt_path else 0.0
             total = spent + args.max_time_min * 60.0  # Lightning's Timer counts time across resumed sessions
             config.trainer.max_time = "{:02d}:{:02d}:{:02d}:{:02d}".format(
                 int(total // 86400), int(total % 86400 // 3600), int(total % 3600 // 60), int(total % 60))
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f" / {args.max_time_min} min" if args.max_time_min else "")
             + (f", resuming from {ckpt_path}" if ckpt_path else ""))
         fit_start = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # read safely above
         progress["train_s"] += time.time() - fit_start
         progress["sessions"] += 1
         progress["epochs"] = int(trainer.current_epoch)
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     best = load_module(best_path)
     best.to("cuda" if args.gpu else "cpu")
-    raw = torch.load(best_path, map_location="cpu", weights_only=False)
+    raw = read_checkpoint(best_path)
     metrics = {"test": evaluate(best, dm.test_dataloader()), "val": evaluate(best, dm.val_dataloader())}
     info = make_info(best, int(progress.get("epochs", raw.get("epoch", 0))), metrics, status,
                      best_epoch=int(raw.get("epoch", -1)))

@@ -89,7 +89,7 @@ def test_ddp_two_cpu_ranks_identical_weights_and_global_validation_metrics(tmp_p
     record.mkdir()
     fit(config, test=False, callbacks=[RecordRank(str(record))])
 
-    ranks = [torch.load(record / f"weights_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = [torch.load(record / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 3  # 3 batches on each rank
     s0, s1 = ranks[0]["state"], ranks[1]["state"]

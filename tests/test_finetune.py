@@ -23,9 +23,9 @@ from torch_geometric.loader import DataLoader
 from tlgnn.data import TaskSpec
 from tlgnn.graphs import CrystalGraphBuilder
 from tlgnn.training.config import FinetuneConfig, load_run_config
-from tlgnn.training.export import checkpoint_info, export_checkpoint
-from tlgnn.training.finetune import apply_finetuning, read_pretrained
-from tlgnn.training.module import TransferModule, load_module
+from tlgnn.training.checkpoint import checkpoint_info, export_checkpoint, load_module, read_pretrained
+from tlgnn.training.finetune import apply_finetuning, plan_callbacks
+from tlgnn.training.module import TransferModule
 from tlgnn.training.optim import build_optimizer
 from tlgnn.utils.config import ConfigError
 
@@ -218,7 +218,8 @@ def test_gradual_unfreezing_in_a_lightning_run(source_ckpt, tmp_path):
     graphs, _ = _rows()
     data = batch(TARGET_TASKS).to_data_list()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=plan_callbacks(plan))  # as the run builder passes them
     trainer.fit(m, train_dataloaders=DataLoader(data, batch_size=8))
     # epoch 0: whole encoder frozen; epoch 1: only the readout layer (the last group) unfrozen
     assert m.model.frozen_groups == 3
@@ -246,7 +247,7 @@ def test_layout_options_may_differ_from_the_checkpoint(source_ckpt):
     """edge_projection only orders the arithmetic: a GPU user may load a per_atom-trained encoder as per_edge."""
     m = module(TARGET_TASKS, {"name": "single", "hidden": [8]}, encoder={**ENCODER, "edge_projection": "per_edge"})
     apply_finetuning(m, source_ckpt, FinetuneConfig(), log=None)
-    state = torch.load(source_ckpt, weights_only=False)["state_dict"]
+    state = torch.load(source_ckpt, weights_only=True)["state_dict"]
     for name, value in m.model.encoder.state_dict().items():
         assert torch.equal(value, state[f"model.encoder.{name}"]), name
 

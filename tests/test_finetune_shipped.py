@@ -19,8 +19,7 @@ import torch
 
 import tlgnn
 from tlgnn.training.config import load_run_config
-from tlgnn.training.export import checkpoint_info
-from tlgnn.training.finetune import read_pretrained
+from tlgnn.training.checkpoint import checkpoint_info, read_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "data" / "pretrained" / "cgcnn_mp_pbe_eform.ckpt"
@@ -100,7 +99,7 @@ def test_predictions_beat_the_mean_on_unseen_crystals(model):
 
 def test_fit_fine_tunes_from_the_shipped_encoder(tmp_path):
     """``tlgnn fit`` with configs/finetune_hse.yaml (frozen encoder): the encoder stays the shipped one exactly."""
-    from tlgnn.training.module import load_module
+    from tlgnn.training.checkpoint import load_module
     from tlgnn.training.run import fit
 
     config = load_run_config(ROOT / "configs" / "finetune_hse.yaml", [

@@ -21,7 +21,7 @@ from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.config import check_model_options, load_run_config
 from tlgnn.training.losses import masked_loss
 from tlgnn.training.metrics import TaskMetrics
-from tlgnn.training.module import CHECKPOINT_KEY, read_checkpoint
+from tlgnn.training.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from tlgnn.training.run import build_datamodule, build_module, build_trainer, fit, training_callbacks
 from tlgnn.utils.config import ConfigError
 
@@ -317,7 +317,8 @@ def test_resumed_run_ends_at_the_weights_of_an_uninterrupted_run(tmp_path, cache
     # resumed in its new place, the copy keeps its best score and best.ckpt (no best-v1.ckpt) and ends the same
     moved = load_run_config(raw=raw_config(tmp_path / "moved", cache_dir, head, ["gap_pbe_mf", "gap_hse"], **extra))
     result = fit(moved, resume="auto", test=False)
-    assert sorted(p.name for p in (tmp_path / "moved" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "moved" / "checkpoints").iterdir()) == [
+        "best.ckpt", "best.ckpt.xxh3", "last.ckpt", "last.ckpt.xxh3"]  # each with its checksum sidecar
     assert result.best_checkpoint == tmp_path / "moved" / "checkpoints" / "best.ckpt"
     c = read_checkpoint(tmp_path / "moved" / "checkpoints" / "last.ckpt")
     for key, value in b["state_dict"].items():

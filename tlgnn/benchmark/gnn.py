@@ -369,8 +369,8 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
     from tlgnn.data.dataset import MaterialDataset
     from tlgnn.data.graphs import graph_cache
     from tlgnn.data.loader import graph_loader
+    from tlgnn.training.checkpoint import load_module
     from tlgnn.training.inference import predict_batches
-    from tlgnn.training.module import load_module
 
     module = load_module(checkpoint)
     dataset = MaterialDataset(prep.table, graph_cache(_cache_dir(opts), opts.cutoff, opts.max_neighbors),

@@ -111,6 +111,7 @@ def run_command(command: str, args: argparse.Namespace, action) -> int:
     from tlgnn.data.alignment import AlignmentError
     from tlgnn.data.sources import SourceError
     from tlgnn.data.splits import SplitError
+    from tlgnn.training.checkpoint import CheckpointError
     from tlgnn.training.run import RunError
     from tlgnn.utils.config import ConfigError
 
@@ -122,7 +123,7 @@ def run_command(command: str, args: argparse.Namespace, action) -> int:
     except (SourceError, AlignmentError, SplitError) as err:  # the data the config points to
         print(f"tlgnn {command}: data error: {err}", file=sys.stderr)
         return 1
-    except (RunError, FileNotFoundError) as err:
+    except (RunError, CheckpointError, FileNotFoundError) as err:  # CheckpointError: names the file and why
         print(f"tlgnn {command}: {err}", file=sys.stderr)
         return 1
     return 0

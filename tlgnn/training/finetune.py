@@ -14,6 +14,7 @@ Used by :func:`tlgnn.training.run.build_module` (``tlgnn fit``); usable alone::
 
     module = TransferModule(model=..., tasks=..., graph=builder.settings, target_stats=...)
     plan = apply_finetuning(module, "data/pretrained/cgcnn_mp_pbe_eform.ckpt", FinetuneConfig(freeze=2))
+    trainer = L.Trainer(..., callbacks=plan_callbacks(plan))     # gradual unfreezing, if configured
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
-import torch
 from torch import nn
 
+from tlgnn.training.checkpoint import Pretrained, read_pretrained
 from tlgnn.training.config import FinetuneConfig
 from tlgnn.utils.config import ConfigError
 
@@ -36,48 +37,6 @@ from tlgnn.utils.config import ConfigError
 GRAPH_KEYS = ("cutoff", "max_neighbors")
 #: Task fields that must agree for a head to be reused.
 TASK_KEYS = ("name", "kind", "classes", "unit")
-
-
-@dataclass
-class Pretrained:
-    """A checkpoint read for initialisation: its file, self-description and weights split by part."""
-
-    path: Path
-    meta: dict[str, Any]
-    encoder_state: dict[str, torch.Tensor]
-    head_state: dict[str, torch.Tensor]
-
-    @property
-    def encoder_spec(self) -> dict[str, Any]:
-        return dict(self.meta["model"]["encoder"])
-
-    @property
-    def head_spec(self) -> dict[str, Any]:
-        return dict(self.meta["model"]["head"])
-
-    @property
-    def graph(self) -> dict[str, Any]:
-        return dict(self.meta.get("graph") or {})
-
-
-def read_pretrained(path: str | Path) -> Pretrained:
-    """Read a tlgnn checkpoint (full Lightning or compact) for initialisation; errors name the file."""
-    from tlgnn.training.module import CHECKPOINT_KEY, read_checkpoint
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError("model.init_from", f"checkpoint not found: {path}")
-    try:
-        checkpoint = read_checkpoint(path)
-    except ValueError as err:
-        raise ConfigError("model.init_from", str(err)) from err
-    meta = checkpoint[CHECKPOINT_KEY]
-    state = checkpoint["state_dict"]
-    encoder = {k[len("model.encoder."):]: v for k, v in state.items() if k.startswith("model.encoder.")}
-    head = {k[len("model.head."):]: v for k, v in state.items() if k.startswith("model.head.")}
-    if not encoder:
-        raise ConfigError("model.init_from", f"{path}: the checkpoint holds no encoder weights")
-    return Pretrained(path=path, meta=meta, encoder_state=encoder, head_state=head)
 
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -233,8 +192,8 @@ def apply_finetuning(module: Any, init_from: str | Path | None, config: Finetune
         log: a stream for the one-line summary (``None``: silent).
 
     Returns:
-        the :class:`FinetunePlan`, also stored as ``module.finetune_plan`` (used by ``configure_optimizers``
-        and ``configure_callbacks``).
+        the :class:`FinetunePlan`, also stored as ``module.finetune_plan`` (used by ``configure_optimizers``;
+        the run builder adds :func:`plan_callbacks` to the trainer).
 
     Raises:
         ConfigError: unreadable checkpoint, different graph settings or encoder (naming the setting), head
@@ -289,7 +248,7 @@ class GradualUnfreezing(L.Callback):
 
 
 def plan_callbacks(plan: FinetunePlan | None) -> list[L.Callback]:
-    """The Lightning callbacks a plan needs (gradual unfreezing), for ``configure_callbacks``."""
+    """The Lightning callbacks a plan needs (gradual unfreezing); the run builder passes them to the trainer."""
     if plan is None or not plan.config.unfreeze_every:
         return []
     return [GradualUnfreezing(plan)]
@@ -298,12 +257,10 @@ def plan_callbacks(plan: FinetunePlan | None) -> list[L.Callback]:
 __all__ = [
     "FinetunePlan",
     "GradualUnfreezing",
-    "Pretrained",
     "apply_finetuning",
     "check_encoder",
     "check_graph",
     "full_options",
     "head_mismatch",
     "plan_callbacks",
-    "read_pretrained",
 ]

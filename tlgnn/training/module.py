@@ -5,16 +5,16 @@ One masked loss per task (:func:`tlgnn.training.losses.masked_loss`), combined b
 epoch and over DDP ranks); optimiser and learning-rate schedule from :class:`OptimConfig`.
 
 The constructor takes only plain JSON-able values (model config, task dicts, optimiser/loss settings, graph
-settings, target statistics) and saves them as hyper-parameters, and :meth:`on_save_checkpoint` writes a
-``"tlgnn"`` section with the same information plus the package version: a checkpoint is self-describing, so
-:func:`load_module` (and ``tlgnn predict``) rebuild the model from the checkpoint alone.
+settings, target statistics) and saves them as hyper-parameters; :meth:`describe` returns the same information
+plus the package version, which :mod:`tlgnn.training.checkpoint` writes into every checkpoint so that a model is
+rebuilt from the checkpoint alone. Fine-tuning callbacks (gradual unfreezing) are passed to the trainer by the run
+builder (:func:`tlgnn.training.run.fit`), not configured here.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -32,10 +32,6 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch
 
 class NonFiniteLossError(RuntimeError):
     """A training or validation loss became inf or nan (a diverging run, an expression that overflows)."""
-
-
-CHECKPOINT_KEY = "tlgnn"
-CHECKPOINT_FORMAT = 1
 
 
 def build_transfer_model(model: Mapping[str, Any], tasks: Sequence[TaskSpec]):
@@ -57,7 +53,7 @@ class TransferModule(L.LightningModule):
     """Lightning wrapper of an encoder + head model.
 
     ``finetune_plan`` (set by :func:`tlgnn.training.finetune.apply_finetuning`, else ``None``) supplies the
-    optimiser's parameter groups and the gradual-unfreezing callback.
+    optimiser's parameter groups (its gradual-unfreezing callback is added by the run builder).
 
     Args:
         model: ``{"encoder": {"name": ..., **options}, "head": {"name": ..., **options}}``.
@@ -262,20 +258,14 @@ class TransferModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def configure_callbacks(self) -> list[Any]:
-        """Callbacks of the fine-tuning plan (gradual unfreezing), if any."""
-        from tlgnn.training.finetune import plan_callbacks
-
-        return plan_callbacks(self.finetune_plan)
-
     # ------------------------------------------------------------------ checkpoints
     def describe(self) -> dict[str, Any]:
-        """Everything needed to rebuild this model for prediction (stored in every checkpoint)."""
+        """Everything needed to rebuild this model for prediction (stored in every checkpoint by
+        :mod:`tlgnn.training.checkpoint`)."""
         from tlgnn import __version__
 
         mean, std = self.model.head.target_stats()
         return {
-            "format": CHECKPOINT_FORMAT,
             "version": __version__,
             "tasks": [t.to_dict() for t in self.tasks],
             "outputs": list(self.outputs),
@@ -285,45 +275,8 @@ class TransferModule(L.LightningModule):
             "loss": dict(self.hparams["loss"]),
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.describe()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._loss_std = None  # the head's buffers are about to be replaced
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file and check that it is a tlgnn checkpoint; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path}: not a tlgnn checkpoint (no '{CHECKPOINT_KEY}' section)")
-    return checkpoint
-
-
-def load_module(path: str | Path, map_location: Any = "cpu") -> TransferModule:
-    """Rebuild a :class:`TransferModule` (in eval mode) from a checkpoint file alone."""
-    checkpoint = read_checkpoint(path, map_location)
-    meta = checkpoint[CHECKPOINT_KEY]
-    hparams = checkpoint.get("hyper_parameters", {})
-    module = TransferModule(
-        model=meta["model"],
-        tasks=meta["tasks"],
-        optim=hparams.get("optim"),
-        loss=meta.get("loss"),
-        graph=meta.get("graph"),
-        target_stats=meta.get("target_stats"),
-    )
-    module.load_state_dict(checkpoint["state_dict"])
-    module._loss_std = None
-    module.eval()
-    return module
-
-
-__all__ = ["CHECKPOINT_KEY", "NonFiniteLossError", "TransferModule", "build_transfer_model", "load_module",
-           "read_checkpoint"]
+__all__ = ["NonFiniteLossError", "TransferModule", "build_transfer_model"]

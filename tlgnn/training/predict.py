@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.checkpoint import CHECKPOINT_KEY, describe, load_module
 from tlgnn.training.inference import predict_batches
-from tlgnn.training.module import CHECKPOINT_KEY, TransferModule, load_module
+from tlgnn.training.module import TransferModule
 from tlgnn.training.outputs import prediction_frame
 
 
@@ -137,7 +138,7 @@ class Predictor:
     @property
     def metadata(self) -> dict[str, Any]:
         """The checkpoint's self-description (tasks, graph settings, model config, statistics, version)."""
-        return self.module.describe()
+        return describe(self.module)
 
     # ------------------------------------------------------------------ graphs
     def _records(self, structures: Any, n_jobs: int | None = None, progress: bool | None = None,

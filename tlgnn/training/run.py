@@ -13,7 +13,6 @@ evaluates a checkpoint on the config's test split. Both write into ``output_dir`
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.training.checkpoint import CheckpointError, RunCheckpoint, SelfDescription, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, save_run_config
+from tlgnn.training.finetune import apply_finetuning, plan_callbacks
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
-from tlgnn.training.module import NonFiniteLossError, TransferModule, load_module
+from tlgnn.training.module import NonFiniteLossError, TransferModule
 from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, parity_plots, prediction_frame,
                                     write_metrics_json)
 
@@ -123,8 +124,6 @@ def build_module(config: RunConfig, dm: Any) -> TransferModule:
         # the model registries' messages start with "model.encoder"/"model.head" and name the option
         raise ConfigError("model", str(err)) from err
     if config.model.init_from is not None or config.model.finetune.active:
-        from tlgnn.training.finetune import apply_finetuning
-
         apply_finetuning(module, config.model.init_from, config.model.finetune)  # pretrained weights, freezing
     return module
 
@@ -223,7 +222,7 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
         devices=devices,
         precision=precision,
         logger=loggers or False,
-        callbacks=callbacks,
+        callbacks=[SelfDescription(), *callbacks],  # every checkpoint describes its model
         default_root_dir=str(output_dir),
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=not evaluation,
@@ -247,44 +246,6 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
             num_sanity_val_steps=t.num_sanity_val_steps,
         )
     return L.Trainer(**kwargs)
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that follows a run directory moved or copied between attempts (an rsync'd run, a SLURM
-    requeue on another mount path). Lightning drops the best score when the checkpoint folder's path changed, so
-    a resumed copy wrote a fresh ``best-v1.ckpt`` and tested that; here the paths recorded under the old folder
-    are mapped into the current one when the best checkpoint is there, and the bookkeeping carries over."""
-
-    @property
-    def state_key(self) -> str:
-        """``ModelCheckpoint``'s key, so checkpoints written before this subclass existed resume alike."""
-        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        old, new = state_dict.get("dirpath"), self.dirpath
-        if old and new and old != new:
-            moved = _moved_paths(state_dict, str(old), str(new))
-            if moved.get("best_model_path") and Path(moved["best_model_path"]).is_file():
-                state_dict = moved
-        super().load_state_dict(state_dict)
-
-
-def _moved_paths(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
-    """``ModelCheckpoint`` state with every path under ``old`` re-rooted under ``new``."""
-    prefix = os.path.join(old, "")
-
-    def move(path: Any) -> Any:
-        if isinstance(path, str) and path.startswith(prefix):
-            return os.path.join(new, path[len(prefix):])
-        return path
-
-    moved = dict(state, dirpath=new)
-    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-        if key in moved:
-            moved[key] = move(moved[key])
-    if isinstance(moved.get("best_k_models"), dict):
-        moved["best_k_models"] = {move(k): v for k, v in moved["best_k_models"].items()}
-    return moved
 
 
 def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
@@ -345,25 +306,12 @@ def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
     path = last if resume == "last" else Path(resume).expanduser()
     if not path.is_file():
         raise RunError(f"cannot resume: checkpoint not found: {path}")
-    damage = checkpoint_damage(path)
-    if damage:
-        raise RunError(f"cannot resume: {path} is damaged ({damage}); resume from another checkpoint with "
-                       f"--resume PATH (e.g. {path.parent / 'best.ckpt'}) or start over with --overwrite")
-    return str(path)
-
-
-def checkpoint_damage(path: Path) -> str | None:
-    """Why a checkpoint file is unusable (truncated, or a stored CRC-32 no longer matches its bytes), or ``None``.
-    torch checkpoints are zip archives; ``torch.load`` itself does not check the CRCs, so a flipped bit would
-    otherwise resume silently on wrong weights."""
-    import zipfile
-
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        return f"not a complete checkpoint: {err}"
-    return f"CRC mismatch in {bad}" if bad else None
+        read_checkpoint(path)  # safely, before Lightning touches it: damaged or foreign files stop here
+    except CheckpointError as err:
+        raise RunError(f"cannot resume: {err}; resume from another checkpoint with --resume PATH "
+                       f"(e.g. {path.parent / 'best.ckpt'}) or start over with --overwrite") from err
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------------- fit
@@ -406,9 +354,10 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     compile_model(config, module)
     loggers = build_loggers(config.logger, out, config.to_dict())
     run_callbacks, checkpoint = training_callbacks(config, out)
-    trainer = build_trainer(config, out, loggers, run_callbacks + list(callbacks or []))
+    trainer = build_trainer(config, out, loggers, run_callbacks + plan_callbacks(module.finetune_plan)
+                            + list(callbacks or []))
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # checked by resume_checkpoint
     except NonFiniteLossError as err:
         close_loggers(loggers)
         raise RunError(f"training stopped: {err}; {_kept_checkpoints(ckpt_dir)}") from None
@@ -491,7 +440,7 @@ def _alignment_report(dm: Any) -> str | None:
 def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ckpt_path: str | None,
               loggers: list[Any], checkpoint_label: str | None = None) -> TestResult:
     """Test, then (on the main process) write metrics.json, predictions_test.csv, parity plots; log to W&B."""
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False)
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     scores: dict[str, dict[str, float]] = getattr(module, "last_test_scores", {})
     tasks: list[TaskSpec] = [t for t in module.tasks if t.name in module.outputs]
     metrics_path = out / "metrics.json"
