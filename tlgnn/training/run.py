@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.checkpoint import CheckpointError, RunCheckpoint, SelfDescription, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, save_run_config
+from tlgnn.training.console import StderrProgressBar, quiet_lightning
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
@@ -212,11 +213,19 @@ def _devices(config: RunConfig) -> tuple[str, Any, str]:
     return accelerator, t.devices, precision
 
 
+def _limit(value: int | float) -> int | float | None:
+    """A ``limit_*_batches`` setting for Lightning: ``None`` (its default, all batches, no notice) for 1.0."""
+    return None if isinstance(value, float) and value == 1.0 else value
+
+
 def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callbacks: list[Callback],
                   evaluation: bool = False) -> L.Trainer:
     """A Lightning ``Trainer`` from the ``trainer`` section (``evaluation``: one device, no training extras)."""
     t = config.trainer
+    quiet_lightning()
     accelerator, devices, precision = _devices(config)
+    if t.enable_progress_bar:
+        callbacks = [*callbacks, StderrProgressBar()]
     kwargs: dict[str, Any] = dict(
         accelerator=accelerator,
         devices=devices,
@@ -227,7 +236,7 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=not evaluation,
         deterministic=t.deterministic,
-        limit_test_batches=t.limit_test_batches,
+        limit_test_batches=_limit(t.limit_test_batches),
     )
     if evaluation:
         kwargs.update(devices=1 if devices == "auto" else devices, num_nodes=1)
@@ -240,8 +249,8 @@ def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callb
             gradient_clip_val=t.gradient_clip_val,
             accumulate_grad_batches=t.accumulate_grad_batches,
             log_every_n_steps=t.log_every_n_steps,
-            limit_train_batches=t.limit_train_batches,
-            limit_val_batches=t.limit_val_batches,
+            limit_train_batches=_limit(t.limit_train_batches),
+            limit_val_batches=_limit(t.limit_val_batches),
             check_val_every_n_epoch=t.check_val_every_n_epoch,
             num_sanity_val_steps=t.num_sanity_val_steps,
         )
@@ -427,6 +436,8 @@ def _report_data(dm: Any, out: Path) -> None:
     if report:
         line += f"; alignment report (every dropped row and why): {out / 'alignment_report.md'}"
     rank_zero_only(print)(line, file=sys.stderr)
+    rank_zero_only(print)(f"caches (aligned tables, graphs): {Path(dm.config.cache_dir).expanduser()} "
+                          "(data.cache_dir, else $TLGNN_CACHE_DIR, else ~/.cache/tlgnn)", file=sys.stderr)
 
 
 def _alignment_report(dm: Any) -> str | None:
