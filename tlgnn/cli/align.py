@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: Exit status of a source or alignment error (``tlgnn.cli.main`` reports it; a config error is 2 as well).
+INPUT_ERROR_STATUS = 2
+
 
 def register(subparsers) -> None:
     """Add the ``align`` subcommand."""
@@ -32,28 +35,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the alignment; returns 0 on success, 2 on a configuration or source error."""
+    """Run the alignment; returns 0 on success (a configuration or source error: 2, reported by ``tlgnn.cli.main``)."""
     import os
     from pathlib import Path
 
-    from tlgnn.data.alignment import AlignmentError, align_config, write_alignment
+    from tlgnn.data.alignment import align_config, write_alignment
     from tlgnn.data.config import default_cache_dir
-    from tlgnn.data.sources import SourceError
-    from tlgnn.utils.config import ConfigError
 
     if args.workers is not None and args.workers < 1:
         print("tlgnn align: --workers must be >= 1", file=sys.stderr)
         return 2
     cache_dir = Path(os.path.expanduser(args.cache_dir or default_cache_dir()))
-    try:
-        table, report = align_config(
-            args.config, overrides=args.overrides, n_jobs=args.workers,
-            cache_dir=None if args.no_cache else cache_dir,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        )
-    except (ConfigError, SourceError, AlignmentError) as err:
-        print(f"tlgnn align: {err}", file=sys.stderr)
-        return 2
+    table, report = align_config(
+        args.config, overrides=args.overrides, n_jobs=args.workers,
+        cache_dir=None if args.no_cache else cache_dir,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     path = write_alignment(table, report, args.out)
     if args.graphs:
         from tlgnn.data.graphs import build_graphs

@@ -1,8 +1,12 @@
 """The ``tlgnn`` command line: ``tlgnn align|fit|test|predict``.
 
 Each subcommand lives in its own module ``tlgnn/cli/<name>.py`` exposing ``register(subparsers)`` and
-``run(args) -> int``. Those modules import nothing heavy at module level, so ``tlgnn --help`` stays fast;
-torch, PyG and Lightning are imported inside ``run``.
+``run(args) -> int``; what they share is in ``tlgnn/cli/common.py``. Those modules import nothing heavy at module
+level, so ``tlgnn --help`` stays fast; torch, PyG and Lightning are imported inside ``run``.
+
+Errors: every :class:`~tlgnn.errors.TlgnnError` (and a missing file) a command raises is caught here, in one
+place, and printed as one line ``tlgnn COMMAND: MESSAGE`` (exit status 2 for a config error, else the command's
+``INPUT_ERROR_STATUS``, 1 by default).
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from tlgnn.cli.common import report_error
+from tlgnn.errors import TlgnnError
 
 COMMANDS = ("align", "fit", "test", "predict")
 
@@ -43,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(f"tlgnn.cli.{args.command}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (TlgnnError, FileNotFoundError) as err:
+        return report_error(args.command, err, getattr(module, "INPUT_ERROR_STATUS", 1))
 
 
 if __name__ == "__main__":

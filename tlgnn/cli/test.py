@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from tlgnn.cli.fit import add_config_arguments, make_subparser, run_command
+from tlgnn.cli.common import add_config_arguments, load_config, make_subparser
 
 
 def register(subparsers) -> None:
@@ -25,13 +25,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; 0 on success, 2 on a config error, 1 on a data/checkpoint error."""
+    """Evaluate; 0 on success. Errors are reported by ``tlgnn.cli.main``: 2 for a config error, 1 for a
+    data/checkpoint error."""
+    from tlgnn.training.run import test
 
-    def action(config) -> None:
-        from tlgnn.training.run import test
-
-        result = test(config, args.checkpoint, output_dir=args.output_dir)
-        print(result.table)
-        print(f"results in: {result.output_dir}")
-
-    return run_command("test", args, action)
+    config = load_config(args)
+    result = test(config, args.checkpoint, output_dir=args.output_dir)
+    print(result.table)
+    print(f"results in: {result.output_dir}")
+    return 0

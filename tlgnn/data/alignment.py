@@ -35,10 +35,11 @@ from tlgnn.data.sources import AlignmentConfig, SourceError, SourceTable, load_s
 from tlgnn.data.structures import parse_structures
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.errors import DataError
 from tlgnn.utils.files import write_text_atomic
 
 
-class AlignmentError(ValueError):
+class AlignmentError(DataError, ValueError):
     """Alignment cannot proceed (e.g. duplicates with policy ``error``); names the source and rows."""
 
 

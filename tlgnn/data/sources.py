@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.errors import DataError
 from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, load_yaml
 
 TableFormat = Literal["csv", "json", "jsonl", "parquet"]
@@ -56,7 +57,7 @@ MatcherName = Literal["id", "structure", "composition"]
 MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "None", "none"}
 
 
-class SourceError(ValueError):
+class SourceError(DataError, ValueError):
     """A problem with a source's declaration or contents: names the source, the field and the row (if any)."""
 
     def __init__(self, source: str, field: str | None, reason: str, row: int | str | None = None):

@@ -18,13 +18,14 @@ import numpy as np
 
 from tlgnn.data.config import SplitConfig
 from tlgnn.data.table import MaterialTable
+from tlgnn.errors import DataError
 from tlgnn.utils.config import to_dict
 from tlgnn.utils.files import write_text_atomic
 
 PARTS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(DataError, ValueError):
     """A split is invalid (overlap, leak across groups, unknown materials) or cannot be drawn."""
 
 

@@ -29,6 +29,8 @@ import torch
 import vesin
 from torch_geometric.data import Data
 
+from tlgnn.errors import TlgnnError
+
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
 
@@ -42,7 +44,7 @@ _EXPAND_MAX = 4.0  # ... up to this multiple of the configured cutoff
 ISOLATED_POLICIES = ("error", "expand")
 
 
-class IsolatedAtomError(ValueError):
+class IsolatedAtomError(TlgnnError, ValueError):
     """An atom has no neighbour within the cutoff (it would be a disconnected graph node)."""
 
     def __init__(self, name: str | None, index: int, element: str, cutoff: float):

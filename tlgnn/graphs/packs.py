@@ -31,6 +31,7 @@ import torch
 import xxhash
 from torch_geometric.data import Batch, Data
 
+from tlgnn.errors import TlgnnError
 from tlgnn.graphs.batching import RowSelection, collate_graphs
 from tlgnn.graphs.builder import GraphArrays, fast_data
 
@@ -39,7 +40,7 @@ PACK_PREFIX = "pack-"
 _ARRAYS = ("z", "pos", "cell", "edge_index", "edge_vec", "edge_dist", "cell_offset", "node_ptr", "edge_ptr")
 
 
-class CorruptPackError(Exception):
+class CorruptPackError(TlgnnError):
     """A pack failed verification; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: Path, reason: str):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tlgnn.errors import TlgnnError
 
-class StructureReadError(Exception):
+
+class StructureReadError(TlgnnError):
     """A structure could not be read or failed validation.
 
     Attributes:

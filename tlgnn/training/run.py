@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.errors import TlgnnError
 from tlgnn.training.checkpoint import CheckpointError, RunCheckpoint, SelfDescription, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, save_run_config
 from tlgnn.training.console import StderrProgressBar, quiet_lightning
@@ -36,7 +37,7 @@ from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, par
                                     write_metrics_json)
 
 
-class RunError(RuntimeError):
+class RunError(TlgnnError, RuntimeError):
     """A run cannot start or finish (existing run directory, missing checkpoint, incompatible data)."""
 
 

@@ -19,10 +19,12 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from tlgnn.errors import TlgnnError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(TlgnnError, ValueError):
     """A configuration problem; the message names the key (dotted path) and the reason."""
 
     def __init__(self, key: str, reason: str, source: str | None = None):

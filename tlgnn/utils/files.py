@@ -14,10 +14,12 @@ from pathlib import Path
 
 import xxhash
 
+from tlgnn.errors import TlgnnError
+
 CHECKSUM_SUFFIX = ".xxh3"
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(TlgnnError, ValueError):
     """A file on disk is damaged or unreadable: names the file and what is wrong."""
 
     def __init__(self, path: str | Path, reason: str):

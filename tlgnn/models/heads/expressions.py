@@ -16,6 +16,7 @@ from typing import Callable, Collection, Mapping, Union
 import torch
 import torch.nn.functional as F
 
+from tlgnn.errors import TlgnnError
 from tlgnn.models.registry import close_matches
 
 Value = Union[torch.Tensor, float]
@@ -57,7 +58,7 @@ _DESCRIPTIONS = {
 }
 
 
-class ExpressionError(ValueError):
+class ExpressionError(TlgnnError, ValueError):
     """An ELV expression that cannot be compiled; the message names the task and the offending token."""
 
     def __init__(self, task: str, text: str, reason: str) -> None:
