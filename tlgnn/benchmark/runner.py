@@ -28,6 +28,7 @@ from tlgnn.benchmark.folds import grouped_folds, learning_curve_order
 from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
 from tlgnn.benchmark.metrics import classification_metrics, correction_metrics
 from tlgnn.benchmark.models import CellInput, resolve_model
+from tlgnn.errors import TlgnnError
 from tlgnn.training.scores import regression_metrics
 from tlgnn.utils.config import to_dict
 
@@ -255,7 +256,7 @@ def run_experiment(
     return summary
 
 
-class _TooLarge(Exception):
+class _TooLarge(TlgnnError):
     """The cell's training size exceeds the fold's scarce training labels (the message is their count)."""
 
 
