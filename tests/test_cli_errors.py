@@ -58,3 +58,18 @@ def test_a_config_error_exits_2_with_one_line(tmp_path, capsys, command):
     assert main([command, "--config", str(config), *extra]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"tlgnn {command}: config error: ") and "invalid YAML" in err
+
+
+def test_a_key_overridden_twice_is_an_error_naming_both_values(tmp_path, capsys):
+    """``--trainer.max_epochs 1 --set trainer.max_epochs=ten`` used to train 1 epoch without a word."""
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out),
+                 "--trainer.max_epochs", "1", "--set", "trainer.max_epochs=ten"]) == 2
+    err = capsys.readouterr().err
+    assert "tlgnn fit: config error: trainer.max_epochs: overridden twice ('ten' and '1'); give it once" in err
+    assert not out.exists()  # nothing started
+    # the same for the source overrides of `tlgnn align`
+    assert main(["align", "--config", str(ROOT / "configs" / "data" / "mp_sample.yaml"), "--out", str(out),
+                 "--set", "sources.mp.path=a.csv", "--set", "sources.mp.path=b.csv"]) == 2
+    assert "sources.mp.path: overridden twice ('a.csv' and 'b.csv')" in capsys.readouterr().err
+    assert not out.exists()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
-from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, to_dict
+from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, resolve_path, to_dict
 
 
 @dataclass
@@ -49,3 +50,21 @@ def test_overrides_parse_yaml_values():
     raw = apply_overrides({"name": "a"}, ["trainer.max_epochs=5", "lr=2e-4", "tasks=[x, y]"])
     run = from_dict(Run, raw)
     assert run.trainer.max_epochs == 5 and run.lr == pytest.approx(2e-4) and run.tasks == ["x", "y"]
+
+
+def test_a_key_overridden_twice_is_an_error_and_a_mapping_cannot_repeat_one():
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs: overridden twice \('1' and 'ten'\)"):
+        apply_overrides({}, ["trainer.max_epochs=1", "name=a", "trainer.max_epochs=ten"])
+    assert apply_overrides({}, ["trainer.max_epochs=1", "trainer.precision=32"]) == {
+        "trainer": {"max_epochs": 1, "precision": 32}}
+
+
+def test_resolve_path_is_the_one_rule_for_config_paths(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    yaml_dir = tmp_path / "link" / "configs"
+    assert resolve_path("/abs/../x.csv", yaml_dir) == pathlib.Path("/abs/../x.csv")  # absolute: as written
+    assert resolve_path("../runs/a", yaml_dir) == tmp_path / "real" / "runs" / "a"  # joined, canonical
+    assert resolve_path("../runs/a", yaml_dir, normalize=False) == yaml_dir / ".." / "runs" / "a"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_path("~/data", yaml_dir) == tmp_path / "data"

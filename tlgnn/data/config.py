@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tlgnn.utils.config import ConfigError
+from tlgnn.utils.config import ConfigError, resolve_path
 
 SplitKind = Literal["random", "grouped", "formula", "kfold", "target_task"]
 GroupBy = Literal["row", "material", "formula"]
@@ -175,10 +175,7 @@ class DataConfig:
         base = Path(base_dir).expanduser()
 
         def fix(value: str | None) -> str | None:
-            if value is None:
-                return None
-            path = Path(os.path.expanduser(str(value)))
-            return str(path if path.is_absolute() else (base / path).resolve())
+            return None if value is None else str(resolve_path(value, base))
 
         self.sources = fix(self.sources)
         self.aligned = fix(self.aligned)

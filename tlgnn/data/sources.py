@@ -49,7 +49,8 @@ import pandas as pd
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import DataError
-from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, load_yaml
+from tlgnn.utils.config import (ConfigError, apply_overrides, from_dict, load_yaml, parse_overrides,
+                                resolve_path)
 
 TableFormat = Literal["csv", "json", "jsonl", "parquet"]
 StructureKind = Literal["inline", "table", "files", "frames"]
@@ -324,6 +325,7 @@ def load_source_config(path: str | Path, overrides: list[str] | None = None,
 
 def _apply_source_overrides(raw: dict, overrides: list[str], where: str) -> dict:
     """``apply_overrides`` with ``sources.<name>.…`` mapped to the list index of that source."""
+    parse_overrides(overrides)  # a key given twice is an error
     sources = raw.get("sources")
     names = [s.get("name") for s in sources] if isinstance(sources, list) else []
     fixed = []
@@ -645,8 +647,7 @@ def _id_text(value: Any) -> str | None:
 
 
 def _resolve(base: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
+    return resolve_path(path, base, normalize=False)
 
 
 def load_sources(config: AlignmentConfig, base_dir: str | Path) -> list[SourceTable]:

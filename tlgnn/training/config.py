@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tlgnn.data.config import DataConfig
-from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from tlgnn.utils.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path, to_dict
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
@@ -329,8 +329,7 @@ class RunConfig:
     def resolve_paths(self, base_dir: str | Path) -> "RunConfig":
         """Make relative paths absolute against ``base_dir``; ``~`` is expanded. Returns ``self``."""
         base = Path(base_dir).expanduser()
-        out = Path(os.path.expanduser(self.output_dir))
-        self.output_dir = str(out if out.is_absolute() else (base / out).resolve())
+        self.output_dir = str(resolve_path(self.output_dir, base))
         self.model.init_from = _absolute(self.model.init_from, base)
         self.data.resolve_paths(base)
         return self
@@ -341,10 +340,10 @@ class RunConfig:
 
 
 def _absolute(value: Any, base: Path) -> Any:
+    """A non-empty string as an absolute path (:func:`resolve_path`); anything else unchanged (checked later)."""
     if not isinstance(value, str) or not value:
         return value
-    path = Path(os.path.expanduser(value))
-    return str(path if path.is_absolute() else (base / path).resolve())
+    return str(resolve_path(value, base))
 
 
 def _get(data: dict[str, Any], dotted: str) -> tuple[bool, Any]:

@@ -4,7 +4,9 @@ One home for config loading used by data sources and run configs alike:
 
 - :func:`from_dict` builds a (nested) dataclass from a mapping, rejecting unknown keys (with close matches),
   missing required fields and values of the wrong type, naming the dotted key (``trainer.max_epochs``).
-- :func:`apply_overrides` applies command-line overrides ``["trainer.max_epochs=5", ...]`` to a raw mapping.
+- :func:`apply_overrides` applies command-line overrides ``["trainer.max_epochs=5", ...]`` to a raw mapping
+  (:func:`parse_overrides`: a key given twice is an error).
+- :func:`resolve_path` is the one rule for paths in configs (relative to the YAML they were written in).
 - A dataclass may define ``validate(self) -> None`` raising :class:`ConfigError` for cross-field checks.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -33,6 +36,22 @@ class ConfigError(TlgnnError, ValueError):
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+
+
+def resolve_path(value: str | Path, base: str | Path, *, normalize: bool = True) -> Path:
+    """The one rule for a path in a config: ``~`` is expanded, an absolute path is kept as written, a relative
+    one is joined to ``base``.
+
+    ``base`` is the folder of the YAML the path was written in (a command-line override: the current folder).
+    With ``normalize`` (run and data configs) a joined path is made canonical (``..`` and symlinks resolved); the
+    source YAML passes ``normalize=False`` and keeps the joined path as written (it is part of the alignment
+    cache key).
+    """
+    path = Path(os.path.expanduser(str(value)))
+    if path.is_absolute():
+        return path
+    joined = Path(base).expanduser() / path
+    return joined.resolve() if normalize else joined
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -194,21 +213,34 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["trainer.max_epochs=5", ...] -> [("trainer.max_epochs", 5), ...]`` (values parsed as YAML).
+
+    A key given twice is a :class:`ConfigError` naming the key and both values: the command line has no order
+    a user can rely on (``tlgnn fit`` collects ``--set`` and ``--section.key`` options separately), so neither
+    value wins silently.
+    """
+    items: list[tuple[str, Any]] = []
+    seen: dict[str, str] = {}
+    for text in overrides:
+        if "=" not in text:
+            raise ConfigError(text, "override must look like key.path=value")
+        key, raw = text.split("=", 1)
+        key = key.strip()
+        if key in seen:
+            raise ConfigError(key, f"overridden twice ({seen[key]!r} and {raw.strip()!r}); give it once")
+        seen[key] = raw.strip()
+        items.append((key, _parse_scalar(raw)))
+    return items
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Apply dotted-key overrides to a raw config mapping (in place; returns it).
 
-    ``overrides`` is ``["trainer.max_epochs=5", "model.head.name=difference"]`` (values parsed as YAML) or a
-    mapping ``{"trainer.max_epochs": 5}``.
+    ``overrides`` is ``["trainer.max_epochs=5", "model.head.name=difference"]`` (values parsed as YAML; a key
+    given twice is an error, see :func:`parse_overrides`) or a mapping ``{"trainer.max_epochs": 5}``.
     """
-    items: list[tuple[str, Any]] = []
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        for text in overrides:
-            if "=" not in text:
-                raise ConfigError(text, "override must look like key.path=value")
-            key, raw = text.split("=", 1)
-            items.append((key.strip(), _parse_scalar(raw)))
+    items = list(overrides.items()) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
     for key, value in items:
         parts = key.split(".")
         node = data
