@@ -369,3 +369,48 @@ def test_ase_fallback_and_unknown_format(tmp_path):
     assert err.path == str(tmp_path / "notes.txt") and err.reason.startswith("unknown format")
     assert read_structures(tmp_path).skipped == [(str(tmp_path / "notes.txt"),
                                                   "not a structure file: unrecognised name/extension '.txt'")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-8-sig", "utf-32"])
+def test_utf16_and_bom_cifs_read_like_the_utf8_original(tmp_path, encoding):
+    """A CIF saved as UTF-16 (Windows 'Unicode') or with a UTF-8 byte-order mark used to be 'binary content'."""
+    original = COD / "1507756.cif"
+    copy = tmp_path / "1507756.cif"
+    copy.write_bytes(original.read_text().encode(encoding))
+    assert b"\x00" in copy.read_bytes() or encoding == "utf-8-sig"
+    (record,) = read_structures(copy).records
+    expected = read_structures(original).records[0].structure
+    assert record.structure == expected and record.structure.composition.reduced_formula == "BaTiO3"
+
+
+def test_binary_and_bad_utf16_files_name_the_problem(tmp_path):
+    (tmp_path / "noise.cif").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "cut16.cif").write_bytes((COD / "1507756.cif").read_text().encode("utf-16")[:-1] + b"\x00\xd8")
+    result = read_structures(tmp_path, on_error="skip")
+    reasons = {Path(err.path).name: err.reason for err in result.failures}
+    assert reasons["noise.cif"].startswith("not a structure file: binary content in a cif file")
+    assert reasons["cut16.cif"].startswith("unreadable: the file starts like UTF-16 text but is not valid UTF-16")
+
+
+CSCL = COD / "9009743.cif"  # Pm-3m CsCl: Cs at 0 0 0, Cl at 1/2 1/2 1/2, a = 4.115 Å
+
+
+@pytest.mark.parametrize("old, new, reason", [
+    ("Cl 0.50000 0.50000 0.50000", "Cl 0.00000 0.00000 0.00000",
+     "overlapping atoms: atom sites lie exactly on top of each other once the symmetry operations are applied "
+     "(their occupancies add up to 2)"),
+    ("_cell_length_c                   4.1150", "_cell_length_c                   0.0",
+     "zero/degenerate cell volume: the CIF's _cell_length_* and _cell_angle_* give no 3D cell"),
+    ("_cell_angle_alpha                90\n_cell_angle_beta                 90",
+     "_cell_angle_alpha                0\n_cell_angle_beta                 0",
+     "zero/degenerate cell volume: the CIF's _cell_length_* and _cell_angle_* give no 3D cell"),
+])
+def test_cif_overlap_and_flat_cell_reasons_are_tlgnns_not_pymatgens(tmp_path, old, new, reason):
+    """Used to read 'Occupancy 2.0 exceeded tolerance' and 'Singular matrix'."""
+    text = CSCL.read_text()
+    assert old in text
+    bad = tmp_path / "cscl.cif"
+    bad.write_text(text.replace(old, new))
+    (err,) = read_structures(bad, on_error="skip").failures
+    assert err.reason.startswith(reason) and "pymatgen" not in err.reason and "Singular" not in err.reason
+    assert str(err).startswith(str(bad))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import lzma
 from pathlib import Path
@@ -21,6 +22,10 @@ ASE_SUFFIXES = {".traj", ".xsf", ".res", ".cell", ".gen", ".cfg", ".pdb", ".cube
 """Other suffixes picked up when listing a directory; they are read through ASE."""
 
 APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+BYTE_ORDER_MARKS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def split_name(path: str | Path) -> tuple[str, str | None]:
@@ -67,13 +72,48 @@ def read_file(path: str | Path) -> list[Entry]:
         fmt = _ase_filetype(path, fmt is None)
         if fmt == "ase":
             return _read_with_ase(path)
-    if b"\x00" in raw:
-        raise StructureReadError(None, f"not a structure file: binary content in a {fmt} file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = decode_text(raw, fmt)
+    if not text.strip():
+        raise StructureReadError(None, "empty file: no structure")
     return parse_entries(text, fmt)
+
+
+def decode_text(raw: bytes, fmt: str) -> str:
+    """The text of a structure file: UTF-8 (a byte-order mark is dropped), UTF-16/UTF-32 with a byte-order mark,
+    UTF-16 without one (a NUL byte beside every character), else Latin-1.
+
+    Raises ``StructureReadError`` (``path=None``) for binary content and for a file that declares an encoding
+    (byte-order mark) it does not hold, naming the encoding.
+    """
+    encoding = _unicode_encoding(raw)
+    if encoding is not None:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            name = encoding.removesuffix("-sig").upper()
+            raise StructureReadError(None, f"unreadable: the file starts like {name} text but is not valid "
+                                           f"{name} ({exc.reason} at byte {exc.start})") from None
+    if b"\x00" in raw:
+        raise StructureReadError(None, f"not a structure file: binary content in a {fmt} file (not UTF-8, "
+                                       "UTF-16 or Latin-1 text)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _unicode_encoding(raw: bytes) -> str | None:
+    """The encoding a byte-order mark declares, UTF-16 recognised by its NUL bytes, or ``None`` (8-bit text)."""
+    for bom, encoding in BYTE_ORDER_MARKS:
+        if raw.startswith(bom):
+            return encoding
+    if len(raw) >= 4 and len(raw) % 2 == 0:  # BOM-less UTF-16 of (mostly) Latin-1 text: every other byte NUL
+        even, odd = raw[0::2], raw[1::2]
+        if b"\x00" not in even and odd.count(0) >= 0.9 * len(odd):
+            return "utf-16-le"
+        if b"\x00" not in odd and even.count(0) >= 0.9 * len(even):
+            return "utf-16-be"
+    return None
 
 
 def _read_bytes(path: Path) -> bytes:

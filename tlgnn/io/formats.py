@@ -123,13 +123,25 @@ def _unreadable_cif(exc: Exception) -> str:
     return f"unreadable CIF: {exc}"
 
 
+_OCCUPANCY_EXCEEDED = re.compile(r"Occupancy ([0-9.]+) exceeded tolerance")
+
+
 def _cif_reason(exc: Exception) -> str:
+    """pymatgen's reason for not building a structure from a parsed CIF, in tlgnn's words."""
     cause = exc.__cause__ or exc
     detail = str(cause).strip().replace("\n", " ")
     if "Invalid CIF file with no structures" in detail:
         return "no structure in CIF: the data block holds no usable atom sites and cell"
     if "thickness" in detail or "below threshold" in detail:
         return "zero/degenerate cell volume: the CIF cell is flat (a cell thickness below 0.01 Å)"
+    if "Singular matrix" in detail:  # numpy could not invert the lattice pymatgen built from the cell parameters
+        return ("zero/degenerate cell volume: the CIF's _cell_length_* and _cell_angle_* give no 3D cell (a zero "
+                "length, or angles that make the lattice vectors coplanar)")
+    occupancy = _OCCUPANCY_EXCEEDED.search(detail)
+    if occupancy:  # pymatgen merges sites at the same position and sums their occupancies
+        return (f"overlapping atoms: atom sites lie exactly on top of each other once the symmetry operations are "
+                f"applied (their occupancies add up to {float(occupancy.group(1)):g}); duplicated atom-site rows "
+                "or wrong coordinates")
     if isinstance(cause, KeyError):
         return f"no structure in CIF: required item {detail} is missing"
     return f"no structure could be built from the CIF (pymatgen: {detail[:300]})"
