@@ -63,6 +63,9 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
         if not folder.is_dir():
             raise SourceError(spec.name, "structure.dir", f"folder not found: {folder}")
         files = _structure_files(folder)
+        from tlgnn.io.files import case_hint, names_by_case
+
+        by_case = names_by_case(folder)  # to say when a file differs from its id only in letter case
         out: list[Any] = []
         used: set[str] = set()
         for value in frame[st.column].tolist():
@@ -72,7 +75,8 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
             path = _find_structure_file(folder, str(value).strip(), files)
             if path is None:
                 out.append(("missing", f"{folder / str(value).strip()}: structure file not found (nor a structure "
-                                       f"file named {str(value).strip()!r} plus an extension such as .cif)"))
+                                       f"file named {str(value).strip()!r} plus an extension such as .cif)"
+                                       f"{case_hint(folder / str(value).strip(), by_case)}"))
                 continue
             used.add(path.name)
             out.append(("file", str(path)))

@@ -6,6 +6,7 @@ import bz2
 import codecs
 import gzip
 import lzma
+import os
 from pathlib import Path
 
 from tlgnn.io.errors import StructureReadError
@@ -56,6 +57,30 @@ def skip_reason(path: Path) -> str | None:
     if split_name(path)[1] is None:
         return f"not a structure file: unrecognised name/extension {path.suffix or path.name!r}"
     return None
+
+
+def names_by_case(folder: str | Path) -> dict[str, list[str]]:
+    """The files in ``folder`` indexed by lower-cased name and lower-cased stem (structure extension removed),
+    for :func:`case_hint`; empty when the folder cannot be listed."""
+    index: dict[str, list[str]] = {}
+    try:
+        entries = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+    except OSError:
+        return index
+    for name in sorted(entries):
+        for key in {name.lower(), split_name(name)[0].lower()}:
+            index.setdefault(key, []).append(name)
+    return index
+
+
+def case_hint(path: str | Path, index: dict[str, list[str]] | None = None) -> str:
+    """For a missing ``path``: ``"; a file differing only in case exists: MP-1.cif"`` when its folder holds a file
+    whose name, or whose stem, equals the name of ``path`` ignoring letter case (ids are matched to file names
+    exactly); else ``""``. ``index``: :func:`names_by_case` of the folder, when many paths are looked up."""
+    path = Path(path)
+    index = names_by_case(path.parent) if index is None else index
+    similar = [name for name in index.get(path.name.lower(), []) if name != path.name]
+    return f"; a file differing only in case exists: {', '.join(similar[:3])}" if similar else ""
 
 
 def read_file(path: str | Path) -> list[Entry]:
@@ -122,7 +147,7 @@ def _read_bytes(path: Path) -> bytes:
         with opener(path, "rb") as fh:
             return fh.read()
     except FileNotFoundError:
-        raise StructureReadError(None, "unreadable: file not found") from None
+        raise StructureReadError(None, f"unreadable: file not found{case_hint(path)}") from None
     except IsADirectoryError:
         raise StructureReadError(None, "unreadable: is a directory") from None
     except PermissionError:
