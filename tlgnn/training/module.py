@@ -21,6 +21,7 @@ import lightning as L
 import torch
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.errors import TlgnnError
 from tlgnn.training.losses import masked_loss
 from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskMetrics
 
@@ -30,7 +31,7 @@ warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch
 
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TlgnnError, RuntimeError):
     """A training or validation loss became inf or nan (a diverging run, an expression that overflows)."""
 
 
