@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.torch_version import TorchVersion
 
+from tlgnn.errors import TlgnnError
 from tlgnn.training.module import TransferModule
 from tlgnn.utils.config import ConfigError
 from tlgnn.utils.files import checksum_path, temp_path, verify_checksum, write_checksum
@@ -46,7 +47,7 @@ SAFE_GLOBALS: list[Any] = [TorchVersion]
 _unverified_noted: set[str] = set()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TlgnnError, ValueError):
     """A checkpoint file cannot be used: names the file and why (one line)."""
 
     def __init__(self, path: str | Path, reason: str, damaged: bool = False) -> None:
