@@ -137,13 +137,23 @@ def collate_graphs(store: PackedGraphs, indices: Sequence[int] | np.ndarray,
     ``extra``: per-graph fields appended after the graph fields, in order, as ``Batch.from_data_list`` would
     batch them from items holding row ``k`` (a tensor ``[B, ...]``: item ``value[k:k+1]``, e.g. ``y`` [B, T]) or
     element ``k`` (a list of B values, e.g. ``material_id`` strings). Indices may repeat and be negative.
+    A hot path (one call per training step): four steps, each vectorised over the whole batch.
     """
+    idx = _checked_indices(indices, len(store))
+    extra = dict(extra or {})
+    _check_extra(extra, len(idx))
+    spans = _locate(store, idx)
+    out = _gather_fields(spans)
+    return _assemble(out, spans, extra)
+
+
+def _checked_indices(indices: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
+    """``indices`` as int64 positions in ``[0, size)`` (negative ones counted from the end)."""
     if isinstance(indices, range):
         idx = np.arange(indices.start, indices.stop, indices.step, dtype=np.int64)
     else:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    n_graphs, size = len(idx), len(store)
-    if n_graphs == 0:
+    if len(idx) == 0:
         raise ValueError("collate_graphs: no indices (a batch needs at least one graph)")
     low, high = int(idx.min()), int(idx.max())
     if low < 0:
@@ -152,9 +162,35 @@ def collate_graphs(store: PackedGraphs, indices: Sequence[int] | np.ndarray,
     if low < 0 or high >= size:
         wrong = np.asarray(indices).reshape(-1)[(idx < 0) | (idx >= size)][0]
         raise IndexError(f"GraphStore index {int(wrong)} out of range for {size} graphs")
-    extra = dict(extra or {})
-    _check_extra(extra, n_graphs)
+    return idx
 
+
+class _Spans:
+    """Where a batch's graphs lie in the packs: per span kind (``node``, ``edge``, ``graph``) the first row and
+    row count of each graph in its pack; ``groups``: (pack, positions in the batch) per pack involved;
+    ``order``: with several packs, per span kind the gather that puts rows joined pack after pack in batch order."""
+
+    __slots__ = ("n_graphs", "single", "groups", "spans", "order", "node_ptr", "edge_ptr", "selections")
+
+    def __init__(self, n_graphs: int, single: bool, groups: list, spans: dict) -> None:
+        self.n_graphs, self.single, self.groups, self.spans = n_graphs, single, groups, spans
+        node_count, edge_count = spans["node"][1], spans["edge"][1]
+        self.node_ptr = np.zeros(n_graphs + 1, np.int64)
+        np.cumsum(node_count, out=self.node_ptr[1:])
+        self.edge_ptr = np.zeros(n_graphs + 1, np.int64)
+        np.cumsum(edge_count, out=self.edge_ptr[1:])
+        # several packs: each pack's rows are gathered (in batch order), concatenated pack after pack, and put in
+        # batch order by one more gather with ``order[per]`` (a gather is ~3x faster than a scatter)
+        self.order = {} if single else _pack_order(groups, spans)
+        self.selections = {  # per pack, the rows of each span kind, prepared once for all arrays of that kind
+            id(pack): {per: RowSelection(starts[where], lengths[where]) for per, (starts, lengths) in spans.items()}
+            for pack, where in groups
+        }
+
+
+def _locate(store: PackedGraphs, idx: np.ndarray) -> _Spans:
+    """The node, edge and graph rows of graphs ``idx`` in the store's packs."""
+    n_graphs = len(idx)
     pack_of, local = store.locate(idx)
     single = len(store.packs) == 1 or int(pack_of.min()) == int(pack_of.max())
     if single:  # the common case (packs hold 50,000 graphs by default)
@@ -174,47 +210,46 @@ def collate_graphs(store: PackedGraphs, indices: Sequence[int] | np.ndarray,
             node_start[where], node_count[where] = pack.node_offsets[rows], pack.node_counts[rows]
             edge_start[where], edge_count[where] = pack.edge_offsets[rows], pack.edge_counts[rows]
             groups.append((pack, where))
-    node_ptr = np.zeros(n_graphs + 1, np.int64)
-    np.cumsum(node_count, out=node_ptr[1:])
-    edge_ptr = np.zeros(n_graphs + 1, np.int64)
-    np.cumsum(edge_count, out=edge_ptr[1:])
-    n_nodes, n_edges = int(node_ptr[-1]), int(edge_ptr[-1])
     spans = {"node": (node_start, node_count), "edge": (edge_start, edge_count),
              "graph": (local, np.ones(n_graphs, np.int64))}
-    # several packs: each pack's rows are gathered (in batch order), concatenated pack after pack, and put in
-    # batch order by one more gather with ``order[per]`` (a gather is ~3x faster than a scatter)
-    order = {} if single else _pack_order(groups, spans)
+    return _Spans(n_graphs, single, groups, spans)
 
-    selections = {  # per pack, the rows of each span kind, prepared once for all arrays of that kind
-        id(pack): {per: RowSelection(starts[where], lengths[where]) for per, (starts, lengths) in spans.items()}
-        for pack, where in groups
-    }
+
+def _gather_fields(s: _Spans) -> dict[str, torch.Tensor]:
+    """Every graph field of the batch (``edge_index`` still in each graph's local node numbers)."""
     out: dict[str, torch.Tensor] = {}
-    counts = {"node": n_nodes, "edge": n_edges, "graph": n_graphs}
+    counts = {"node": int(s.node_ptr[-1]), "edge": int(s.edge_ptr[-1]), "graph": s.n_graphs}
     shared = torch.utils.data.get_worker_info() is not None
     for name, (dtype, trailing, per) in GRAPH_FIELDS.items():
-        target = _empty((2, n_edges) if name == "edge_index" else (counts[per], *trailing), dtype, shared)
+        target = _empty((2, counts["edge"]) if name == "edge_index" else (counts[per], *trailing), dtype, shared)
         out[name] = target
         target_np = target.numpy()
         axis = 1 if name == "edge_index" else 0
-        if single:
-            pack = groups[0][0]
-            rows = selections[id(pack)][per]
+        if s.single:
+            pack = s.groups[0][0]
+            rows = s.selections[id(pack)][per]
             if pack.dtype(name) == target_np.dtype:
                 pack.take_rows(name, rows, out=target_np)
             else:  # compact on disk (uint8, int32, int8): gather small, then widen
                 target_np[...] = pack.take_rows(name, rows)
             continue
-        joined = np.concatenate([pack.take_rows(name, selections[id(pack)][per]) for pack, _ in groups], axis=axis)
+        joined = np.concatenate([pack.take_rows(name, s.selections[id(pack)][per]) for pack, _ in s.groups],
+                                axis=axis)
         if joined.dtype == target_np.dtype:
-            np.take(joined, order[per], axis=axis, out=target_np)
+            np.take(joined, s.order[per], axis=axis, out=target_np)
         else:
-            target_np[...] = np.take(joined, order[per], axis=axis)
-    node_ptr_t = torch.from_numpy(node_ptr)
-    edge_ptr_t = torch.from_numpy(edge_ptr)
-    if n_edges:  # local node numbers -> numbers in the batch
-        out["edge_index"].numpy()[...] += np.repeat(node_ptr[:-1], edge_count)
+            target_np[...] = np.take(joined, s.order[per], axis=axis)
+    return out
 
+
+def _assemble(out: dict[str, torch.Tensor], s: _Spans, extra: dict[str, Any]) -> Batch:
+    """The ``Batch`` of the gathered fields and ``extra``, with the ``batch``/``ptr`` vectors and the slice and
+    increment dicts that ``to_data_list()`` needs."""
+    n_graphs, node_ptr, node_count = s.n_graphs, s.node_ptr, s.spans["node"][1]
+    node_ptr_t = torch.from_numpy(node_ptr)
+    edge_ptr_t = torch.from_numpy(s.edge_ptr)
+    if int(s.edge_ptr[-1]):  # local node numbers -> numbers in the batch
+        out["edge_index"].numpy()[...] += np.repeat(node_ptr[:-1], s.spans["edge"][1])
     graph_slices = torch.arange(n_graphs + 1)
     zeros = torch.zeros(n_graphs, dtype=torch.long)
     slices: dict[str, Any] = {}
@@ -223,7 +258,7 @@ def collate_graphs(store: PackedGraphs, indices: Sequence[int] | np.ndarray,
         slices[name] = {"node": node_ptr_t, "edge": edge_ptr_t, "graph": graph_slices}[per]
         incs[name] = node_ptr_t[:-1] if name == "edge_index" else zeros
     mapping: dict[str, Any] = dict(out)
-    mapping["num_nodes"] = n_nodes
+    mapping["num_nodes"] = int(node_ptr[-1])
     for key, value in extra.items():
         mapping[key] = value if isinstance(value, torch.Tensor) else list(value)
         slices[key] = graph_slices
