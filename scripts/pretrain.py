@@ -249,6 +249,18 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+#: what the shipped checkpoint does outside the physical range (measured with tlgnn.load_model, 2026-12-06)
+OUTPUT_RANGE_NOTE = (
+    '**Outputs are not clamped to the physical range.** The heads of these checkpoints were written before the',
+    'head option `nonnegative` existed and predict as they always did: on the 150 Materials Project crystals of',
+    '`data/mp_structures_sample.jsonl.gz`, `cgcnn_mp_pbe_eform.ckpt` predicts a negative `gap_pbe_mp` for 44 (all',
+    'metals in MP, PBE gap 0 eV; the lowest −0.18 eV; some of the 150 may be pretraining crystals). Clip such',
+    "values at 0 when you use them (`max(0, gap)`: on these 150 the MAE against MP's PBE gaps falls from 0.219 to",
+    '0.206 eV), or fine-tune with `model.head.nonnegative: [<gap task>]`, as the shipped configs do (docs/models.md).',
+    '',
+)
+
+
 def render_card(out: Path) -> str:
     """MODEL_CARD.md from every ``*.json`` written by :func:`export` in ``out``."""
     cards = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
@@ -330,6 +342,7 @@ def render_card(out: Path) -> str:
         "(`configs/finetune_hse.yaml`). Predictions are only as good as the table says, for crystals like MP's;",
         "PBE gaps underestimate true gaps.",
         "",
+        *OUTPUT_RANGE_NOTE,
     ]
     return "\n".join(lines)
 

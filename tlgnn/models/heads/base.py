@@ -5,7 +5,8 @@ list (the column order of ``batch.y``; items are :class:`tlgnn.data.TaskSpec` or
 ``kind``, ``classes``, ``fidelity`` and ``unit``). Options name the subset the head predicts
 (``head.outputs``). Regression outputs are ``mean + std * raw`` in physical units, with per-task statistics
 set from the training split by :meth:`Head.set_target_stats` and stored as buffers (so checkpoints carry
-them); classification outputs are logits [B, C].
+them); classification outputs are logits [B, C]. Option ``nonnegative`` (every head) clamps the named
+regression outputs at 0 in physical units, after the head's own arithmetic and before the loss.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class Head(nn.Module):
 
     Common options (every head): ``hidden`` (hidden widths of each readout MLP, default ``[64]``),
     ``activation`` ("silu"), ``dropout`` (0.0), ``weighting`` ("fixed" or "uncertainty", see
-    :meth:`combine_losses`) and ``task_weights`` ({task: weight}, default 1; "fixed" only).
+    :meth:`combine_losses`), ``task_weights`` ({task: weight}, default 1; "fixed" only) and ``nonnegative``
+    (regression outputs that cannot be negative, e.g. band gaps: ``max(0, y)`` in physical units, in training
+    and prediction alike; default none, so heads saved before the option behave as they did).
     Subclasses call ``super().__init__(in_dim, tasks, outputs, **common)`` with the names they predict,
     build their networks with :meth:`make_mlp` and return :meth:`physical` values from ``forward``.
     """
@@ -73,6 +76,7 @@ class Head(nn.Module):
         dropout: float = 0.0,
         weighting: str = "fixed",
         task_weights: Mapping[str, float] | None = None,
+        nonnegative: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if int(in_dim) < 1:
@@ -96,6 +100,7 @@ class Head(nn.Module):
         self.register_buffer("target_std", torch.ones(n))
         self._pair_stats: dict[tuple[str, str], tuple[float, float]] = {}  # (low, high) -> mean, std of high - low
         self._init_weighting(weighting, task_weights)
+        self._init_nonnegative(nonnegative)
 
     # ----------------------------------------------------------------- tasks
     def _check_tasks(self) -> None:
@@ -206,6 +211,19 @@ class Head(nn.Module):
             )
         return y[:, i], mask[:, i].bool()
 
+    # ----------------------------------------------------------------- physical range
+    def _init_nonnegative(self, names: Sequence[str]) -> None:
+        if isinstance(names, str):
+            raise ValueError(f"head option nonnegative must be a list of task names, got {names!r}")
+        for name in names:
+            self.require_task(name, "nonnegative", kind="regression")
+            if name not in self.outputs:
+                raise ValueError(f"head option nonnegative: {name!r} is not predicted by this head; outputs: "
+                                 f"{', '.join(self.outputs)}")
+        self.nonnegative = list(dict.fromkeys(str(n) for n in names))
+        if self.nonnegative:  # one place for every head: applied to whatever its forward returns
+            self.register_forward_hook(_clamp_nonnegative)
+
     # ----------------------------------------------------------------- losses
     def _init_weighting(self, weighting: str, task_weights: Mapping[str, float] | None) -> None:
         if weighting not in WEIGHTINGS:
@@ -268,3 +286,12 @@ class Head(nn.Module):
         """The head's learned scalar constants by name (0-dim tensors; the ELV head's ``parameters``), else
         ``{}``."""
         return {}
+
+
+def _clamp_nonnegative(head: Head, args: Any, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward hook of a head with ``nonnegative`` tasks: those outputs become ``max(0, y)`` (physical units).
+
+    A prediction below 0 becomes exactly 0 (a metal's band gap) and passes no gradient; predictions above 0
+    are unchanged, so against labels that are >= 0 the clamp never increases an error.
+    """
+    return {name: value.clamp(min=0.0) if name in head.nonnegative else value for name, value in outputs.items()}
