@@ -16,7 +16,7 @@ encoder architecture, single-task head, optimiser and step budget:
   head at ``--lr``;
 * ``frozen``: encoder from ``--pretrained`` frozen, only the head trains (a linear-probe-like reference).
 
-Each cell runs the same code path as ``tlgnn fit`` (``build_module`` -> Lightning trainer, best-validation
+Each cell runs the same code path as ``tlgnn fit`` (``tlgnn.training.run.fit`` with only the best-validation
 checkpoint) and is appended to ``OUT/results.jsonl``; finished cells are skipped when rerun (resumable). ``report``
 writes the table and the plot into ``docs/finetuning.md`` (between the generated markers) and
 ``docs/figures/finetune_learning_curve.png``, or into ``--doc PATH`` and ``figures/`` beside it.
@@ -146,20 +146,46 @@ def cell_rows(table: Any, pool: Any, size: str, seed: int) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- one cell
+def cell_config(cell: dict[str, Any], args: argparse.Namespace, data: Any, work: Path, n_tr: int,
+                encoder: dict[str, Any]):
+    """The run config of one cell: the arm's initialisation and learning rates, the step budget in epochs."""
+    from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
+                                       TrainerConfig)
+
+    batches = math.ceil(n_tr / args.batch_size)
+    epochs = max(args.min_epochs, math.ceil(args.steps / batches))
+    pretrained = cell["arm"] in ("finetune", "frozen")
+    finetune = FinetuneConfig()
+    if cell["arm"] == "finetune":
+        finetune = FinetuneConfig(encoder_lr=args.lr * args.encoder_lr_factor, head_lr=args.lr)
+    elif cell["arm"] == "frozen":
+        finetune = FinetuneConfig(freeze="encoder")
+    return RunConfig(
+        data=data,
+        model=ModelConfig(encoder=dict(encoder), head={"name": "single", "task": TARGET, "hidden": [64]},
+                          init_from=str(args.pretrained) if pretrained else None, finetune=finetune),
+        optim=OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=1e-5, scheduler="cosine", warmup_epochs=0.0),
+        trainer=TrainerConfig(max_epochs=epochs, accelerator=args.accelerator, devices=1, precision=args.precision,
+                              gradient_clip_val=5.0, seed=cell["seed"], num_sanity_val_steps=0,
+                              enable_progress_bar=False, log_every_n_steps=max(1, batches),
+                              early_stopping=EarlyStoppingConfig(monitor="val/loss", patience=max(10, epochs // 3))),
+        output_dir=str(work),
+    )
+
+
 def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: Any, args: argparse.Namespace,
              encoder: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
-    import lightning as L
+    """Train one cell through :func:`tlgnn.training.run.fit` (only ``best.ckpt``: a cell is never resumed) and
+    score its best epoch on the fixed test rows."""
     import numpy as np
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from tlgnn.data import TransferDataModule
     from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
     from tlgnn.data.splits import Split, save_split
-    from tlgnn.training.checkpoint import load_module, read_checkpoint
-    from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
-                                       TrainerConfig)
+    from tlgnn.training.checkpoint import read_checkpoint
     from tlgnn.training.inference import predict_batches
-    from tlgnn.training.run import build_module, build_trainer, training_callbacks
+    from tlgnn.training.run import fit
+    from tlgnn.training.scores import regression_metrics
 
     t0 = time.time()
     train, val = cell_rows(table, pool, cell["size"], cell["seed"])
@@ -174,57 +200,30 @@ def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: A
     data = DataConfig(aligned=str(work), tasks=[TARGET], batch_size=args.batch_size, cache_dir=data_cfg.cache_dir,
                       graph=GraphConfig(cutoff=float(graph["cutoff"]), max_neighbors=graph["max_neighbors"]),
                       split=SplitConfig(kind="random", seed=cell["seed"], file=str(split_file)))
-    batches = math.ceil(n_tr / args.batch_size)
-    epochs = max(args.min_epochs, math.ceil(args.steps / batches))
-    pretrained = cell["arm"] in ("finetune", "frozen")
-    finetune = FinetuneConfig()
-    if cell["arm"] == "finetune":
-        finetune = FinetuneConfig(encoder_lr=args.lr * args.encoder_lr_factor, head_lr=args.lr)
-    elif cell["arm"] == "frozen":
-        finetune = FinetuneConfig(freeze="encoder")
-    config = RunConfig(
-        data=data,
-        model=ModelConfig(encoder=dict(encoder), head={"name": "single", "task": TARGET, "hidden": [64]},
-                          init_from=str(args.pretrained) if pretrained else None, finetune=finetune),
-        optim=OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=1e-5, scheduler="cosine", warmup_epochs=0.0),
-        trainer=TrainerConfig(max_epochs=epochs, accelerator=args.accelerator, devices=1, precision=args.precision,
-                              gradient_clip_val=5.0, seed=cell["seed"], num_sanity_val_steps=0,
-                              enable_progress_bar=False, log_every_n_steps=max(1, batches),
-                              early_stopping=EarlyStoppingConfig(monitor="val/loss", patience=max(10, epochs // 3))),
-        output_dir=str(work),
-    )
-    L.seed_everything(cell["seed"], workers=True, verbose=False)
+    config = cell_config(cell, args, data, work, n_tr, encoder)
     dm = TransferDataModule(data, table=sub)
-    dm.setup("fit")
-    module = build_module(config, dm)
-    callbacks, best_cb = training_callbacks(config, work)
-    # no logger (so no LR monitor), and no per-epoch last.ckpt: a cell is never resumed, only its best epoch counts
-    callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)
-                 and not (isinstance(c, ModelCheckpoint) and c is not best_cb)]
-    trainer = build_trainer(config, work, [], callbacks)
-    trainer.fit(module, datamodule=dm)
-    best = load_module(best_cb.best_model_path).to(module.device)
+    result = fit(config, datamodule=dm, checkpoints="best", test=False)
+    best = result.best_module()
     got = predict_batches(best, dm.test_dataloader())
-    preds, y = got.preds, got.y
-    err = preds[TARGET] - y[:, 0]
-    y_true = y[:, 0]
-    result = {
+    y_true = got.y[:, 0]
+    scores = regression_metrics(y_true=y_true, y_pred=got.preds[TARGET])
+    pretrained = config.model.init_from is not None
+    out = {
         **cell,
         "n_train": n_tr, "n_val": n_va, "n_test": int(len(test)),
-        "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-        "r2": float(1 - (err ** 2).sum() / ((y_true - y_true.mean()) ** 2).sum()),
+        "mae": scores["mae"], "rmse": scores["rmse"], "r2": scores["r2"],
         "mean_baseline_mae": float(np.abs(y_true - sub.frame[TARGET].to_numpy()[:n_tr].mean()).mean()),
-        "epochs": int(trainer.current_epoch), "max_epochs": epochs,
-        "best_epoch": int(read_checkpoint(best_cb.best_model_path)["epoch"]),
-        "steps": int(trainer.global_step), "time_s": round(time.time() - t0, 1),
+        "epochs": result.epochs, "max_epochs": config.trainer.max_epochs,
+        "best_epoch": int(read_checkpoint(result.best_checkpoint)["epoch"]),
+        "steps": result.steps, "time_s": round(time.time() - t0, 1),
         "pretrained": Path(args.pretrained).name if pretrained else None,
         "pretrained_sha": sha256(Path(args.pretrained)) if pretrained else None,
         "settings": settings_key(args),
-        "device": "gpu" if str(module.device).startswith("cuda") else "cpu",
+        "device": "gpu" if str(best.device).startswith("cuda") else "cpu",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     shutil.rmtree(work, ignore_errors=True)
-    return result
+    return out
 
 
 def settings_key(args: argparse.Namespace) -> str:

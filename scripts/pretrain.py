@@ -194,23 +194,6 @@ def previous_training_seconds(ckpt: Path) -> float:
     return 0.0
 
 
-# ---------------------------------------------------------------------------------------------------- evaluation
-def evaluate(module: Any, loader: Any) -> dict[str, dict[str, float]]:
-    """MAE / RMSE / R² per task (physical units) of ``module`` on ``loader``; restores train mode."""
-    from tlgnn.training.inference import predict_batches
-    from tlgnn.training.scores import regression_metrics
-
-    got = predict_batches(module, loader)
-    preds, y, mask = got.preds, got.y, got.mask
-    scores = {}
-    for k, task in enumerate(module.tasks):
-        if task.name in preds:
-            m = mask[:, k]
-            scores[task.name] = {**regression_metrics(y_true=y[m, k], y_pred=preds[task.name][m]),
-                                 "n": int(m.sum())}
-    return scores
-
-
 def hardware() -> str:
     import torch
 
@@ -233,125 +216,13 @@ def card_name(encoder: str) -> str:
     return f"{encoder}_mp_pbe_eform"
 
 
-def export(module: Any, args: argparse.Namespace, out: Path, info: dict[str, Any]) -> Path:
-    """Write the compact checkpoint, its JSON metadata and the re-rendered MODEL_CARD.md into ``out``."""
-    from tlgnn.training.checkpoint import export_checkpoint
-
-    name = card_name(args.encoder)
-    ckpt = export_checkpoint(module, out / f"{name}.ckpt", info=info)
-    info = {**info, "file": ckpt.name, "size_bytes": ckpt.stat().st_size}
-    (out / f"{name}.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-    (out / "MODEL_CARD.md").write_text(render_card(out))
-    return ckpt
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-#: what the shipped checkpoint does outside the physical range (measured with tlgnn.load_model, 2026-12-06)
-OUTPUT_RANGE_NOTE = (
-    '**Outputs are not clamped to the physical range.** The heads of these checkpoints were written before the',
-    'head option `nonnegative` existed and predict as they always did: on the 150 Materials Project crystals of',
-    '`data/mp_structures_sample.jsonl.gz`, `cgcnn_mp_pbe_eform.ckpt` predicts a negative `gap_pbe_mp` for 44 (all',
-    'metals in MP, PBE gap 0 eV; the lowest −0.18 eV; some of the 150 may be pretraining crystals). Clip such',
-    "values at 0 when you use them (`max(0, gap)`: on these 150 the MAE against MP's PBE gaps falls from 0.219 to",
-    '0.206 eV), or fine-tune with `model.head.nonnegative: [<gap task>]`, as the shipped configs do (docs/models.md).',
-    '',
-)
-
-
-def render_card(out: Path) -> str:
-    """MODEL_CARD.md from every ``*.json`` written by :func:`export` in ``out``."""
-    cards = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    cards = [c for c in cards if c.get("kind") == "tlgnn-pretrained"]
-    used = sorted({c["data"]["used"] for c in cards if "used" in c.get("data", {})})
-    count = " / ".join(f"{n:,}" for n in used) or "the"
-    lines = [
-        "# Pretrained tlgnn encoders",
-        "",
-        f"Encoders pretrained on the dense, cheap PBE-level labels of {count} Materials Project crystals, for",
-        "fine-tuning on scarce labels (`model.init_from`, see docs/finetuning.md) and for prediction",
-        "(`tlgnn.load_model`). Written by `scripts/pretrain.py`; this card is generated from the `*.json` files next",
-        "to the checkpoints.",
-        "",
-        "## Data (all checkpoints)",
-        "",
-        "* Structures and labels: source A of `mp_multifidelity_bandgap` — Materials Project crystals (CC BY 4.0) as",
-        "  distributed by `kdmsit/mt-cgcnn` (MIT), commit bdfaf106; MP ~2019-20 labels `band_gap_pbe` (PBE/GGA(+U)",
-        "  gap, eV) -> task `gap_pbe_mp`, `formation_energy_per_atom` (eV/atom) -> task `e_form_mp`. Cite Sanyal et",
-        "  al., arXiv:1811.05660; Jain et al., APL Mater. 1, 011002 (2013). The dataset's 6,613-row held-back slice",
-        "  was never available here.",
-        "* **Leakage control:** every crystal with an HSE06, GLLB-SC or SCAN gap (MEGNet multi-fidelity set, Chen et",
-        "  al., Nat. Comput. Sci. 1, 46 (2021)) or a formula-matched experimental gap / metal class (matbench",
-        "  expt_gap / expt_is_metal) is excluded from pretraining altogether, so none of the crystals the transfer",
-        "  benchmarks score had its PBE gap or formation energy seen by the encoder. Polymorphs (same reduced",
-        "  formula) of those crystals are excluded as well, since the benchmarks hold out whole formula groups.",
-        "* Split of the remaining crystals: grouped by reduced formula (polymorphs stay together), seed 0:",
-        "  90 % train / 5 % validation (best epoch) / 5 % test (held out; metrics below).",
-        "",
-    ]
-    for c in cards:
-        d, t = c["data"], c["training"]
-        lines += [
-            f"## `{c['file']}` ({c['encoder']['name']})",
-            "",
-            f"* Status: **{c['status']}** ({t['epochs_completed']} epochs, best epoch {t.get('best_epoch')}); "
-            f"file {c['size_bytes'] / 1e6:.2f} MB (fp32 weights, no optimiser state), "
-            f"{c['n_parameters']:,} parameters.",
-            f"* Crystals: {d['rows_in_source']:,} in the source, {d['excluded']:,} excluded "
-            f"({', '.join(f'{k}: {v:,}' for k, v in d['excluded_by'].items())}), {d['used']:,} used"
-            + (f" (limited to {d['limit']:,})" if d.get("limit") else "") + f"; split train/val/test "
-            f"{d['split']['train']:,} / {d['split']['val']:,} / {d['split']['test']:,}.",
-            "",
-            "| task | unit | test MAE | test RMSE | test R² | n | val MAE |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for task, s in c["metrics"]["test"].items():
-            unit = c["units"].get(task, "")
-            v = c["metrics"].get("val", {}).get(task, {})
-            lines.append(f"| {task} | {unit} | {_fmt(s['mae'])} | {_fmt(s['rmse'])} | {_fmt(s['r2'])} | {s['n']:,} "
-                         f"| {_fmt(v.get('mae'))} |")
-        lines += [
-            "",
-            f"* Baseline (predict the training mean): test MAE "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in c["metrics"]["mean_baseline_mae"].items()) + ".",
-            f"* Encoder: `{json.dumps(c['encoder'])}`; head: `{json.dumps(c['head'])}`; graphs: "
-            f"`{json.dumps(c['graph'])}`.",
-            f"* Training: AdamW lr {c['optim']['lr']} (cosine to 1 %, 1 warm-up epoch), weight decay "
-            f"{c['optim']['weight_decay']}, batch {t['batch_size']}, precision {t['precision']}, gradient clip 5, "
-            f"seed {t['seed']}, max {t['max_epochs']} epochs.",
-            f"* Wall time: {t['train_wall_min']:.1f} min training (all sessions); data preparation "
-            f"{t['setup_s'] / 60:.1f} min in the last session (alignment {d['align_s'] / 60:.1f} min, then graphs); "
-            f"hardware: {t['hardware']}; "
-            f"torch {t['torch']}, tlgnn {c['tlgnn_version']}; finished {c['written']}.",
-            f"* Command: `{c['command']}`",
-            "",
-        ]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "import tlgnn",
-        "model = tlgnn.load_model('data/pretrained/cgcnn_mp_pbe_eform.ckpt')",
-        "model.predict(['data/structures/cif/cgcnn_cod_sample/1000041.cif'])   # gap_pbe_mp (eV), e_form_mp (eV/atom)",
-        "model.embed(structures)                                                 # [n, 128] encoder embeddings",
-        "```",
-        "",
-        "Fine-tuning: `model.init_from: data/pretrained/<file>.ckpt` with the encoder section copied from above",
-        "(`configs/finetune_hse.yaml`). Predictions are only as good as the table says, for crystals like MP's;",
-        "PBE gaps underestimate true gaps.",
-        "",
-        *OUTPUT_RANGE_NOTE,
-    ]
-    return "\n".join(lines)
-
-
 class ExportBest:
     """Lightning callback factory: export the compact checkpoint whenever ``val/loss`` improves."""
 
     def __new__(cls, args: argparse.Namespace, out: Path, dm: Any, make_info: Any):
         import lightning as L
+
+        from tlgnn.training.model_card import task_scores, write_pretrained
 
         class _ExportBest(L.Callback):
             def __init__(self) -> None:
@@ -367,10 +238,10 @@ class ExportBest:
                 self.best = float(value)
                 if self.loaders is None:
                     self.loaders = (dm.test_dataloader(), dm.val_dataloader())
-                test, val = (evaluate(pl_module, loader) for loader in self.loaders)
+                test, val = (task_scores(pl_module, loader) for loader in self.loaders)
                 epoch = int(trainer.current_epoch)
                 info = make_info(pl_module, epoch + 1, {"test": test, "val": val}, "in progress", best_epoch=epoch)
-                export(pl_module, args, out, info)
+                write_pretrained(pl_module, out, card_name(args.encoder), info)
 
             def state_dict(self) -> dict[str, Any]:
                 return {"best": self.best}
@@ -414,139 +285,145 @@ class ProgressLog:
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def settle_devices(args: argparse.Namespace) -> str | None:
+    """Fill in the device-dependent defaults of ``args``; a message if the device asked for is missing."""
     import torch
 
     args.gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
     if args.gpu and not torch.cuda.is_available():
-        print("pretrain: --accelerator gpu but no CUDA device is available", file=sys.stderr)
-        return 2
+        return "--accelerator gpu but no CUDA device is available"
+    if not Path(args.data_dir).expanduser().is_dir():
+        return f"--data-dir {args.data_dir} is not a folder"
     args.precision = args.precision or ("bf16-mixed" if args.gpu else "32")
     args.batch_size = args.batch_size or (256 if args.gpu else 64)
     if args.workers is None:
         args.workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if args.gpu else 0
     if args.gpu:
         torch.set_float32_matmul_precision("high")
+    return None
+
+
+class Session:
+    """One invocation: the selected data (set up), the run config and what the model card records."""
+
+    def __init__(self, args: argparse.Namespace, command: str, work: Path) -> None:
+        from tlgnn.data import TransferDataModule
+
+        self.args, self.command, self.work = args, command, work
+        data_cfg = data_config(args, work)
+        t0 = time.time()
+        table, self.facts = load_pretraining_table(data_cfg, args)
+        self.config = run_config(args, data_cfg, work)
+        self.dm = TransferDataModule(data_cfg, table=table)
+        self.dm.setup("fit")
+        self.setup_s = time.time() - t0
+        self.facts["split"] = self.dm.split.sizes()
+        log(f"graphs ready, split {self.facts['split']} ({self.setup_s:.0f} s incl. alignment)")
+        mean, _ = self.dm.target_stats()
+        rows = self.dm.split.test
+        self.baseline = {t: float(abs(self.dm.table.frame[t].to_numpy()[rows] - mean[t]).mean()) for t in TASKS}
+        self.units = {t.name: t.unit for t in self.dm.tasks}
+        self.progress_path = work / "progress.json"
+        self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.is_file() and (
+            args.resume or args.export_only) else {"train_s": 0.0, "sessions": 0}
+        self.fit_start: float | None = None
+
+    def make_info(self, module: Any, epochs: int, metrics: dict, status: str, best_epoch: int | None = None) -> dict:
+        """The JSON metadata of a published checkpoint (what the model card shows)."""
+        import torch
+
+        from tlgnn import __version__
+        from tlgnn.training.model_card import CARD_KIND
+
+        args = self.args
+        elapsed = self.progress["train_s"] + (time.time() - self.fit_start if self.fit_start else 0.0)
+        training = {"epochs_completed": int(epochs), "best_epoch": best_epoch, "max_epochs": args.max_epochs,
+                    "batch_size": args.batch_size, "precision": args.precision, "seed": args.seed,
+                    "train_wall_min": elapsed / 60.0, "setup_s": self.setup_s, "hardware": hardware(),
+                    "torch": torch.__version__}
+        return {
+            "kind": CARD_KIND, "status": status, "encoder": ENCODERS[args.encoder], "head": HEAD, "tasks": TASKS,
+            "units": self.units, "graph": dict(module.hparams["graph"]),
+            "optim": {"lr": args.lr, "weight_decay": self.config.optim.weight_decay},
+            "n_parameters": int(sum(p.numel() for p in module.parameters())), "data": self.facts,
+            "metrics": {**metrics, "mean_baseline_mae": self.baseline}, "training": training,
+            "command": self.command, "tlgnn_version": __version__,
+            "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+
+
+def train(session: Session, out: Path) -> str:
+    """Train through :func:`tlgnn.training.run.fit` (resuming with ``--resume``); returns the card's status."""
+    from tlgnn.training.run import fit
+
+    args, work, config = session.args, session.work, session.config
+    last = work / "checkpoints" / "last.ckpt"
+    resuming = args.resume and last.is_file()
+    if args.resume and not resuming:
+        log(f"no {last} yet: starting a fresh run")
+    if not resuming and last.exists():
+        raise RuntimeError(f"{work} already holds a run; pass --resume or choose another --work-dir")
+    spent = previous_training_seconds(last) if resuming else 0.0  # reads it safely (or refuses)
+    if args.max_time_min is not None:
+        total = spent + args.max_time_min * 60.0  # Lightning's Timer counts time across resumed sessions
+        config.trainer.max_time = "{:02d}:{:02d}:{:02d}:{:02d}".format(
+            int(total // 86400), int(total % 86400 // 3600), int(total % 3600 // 60), int(total % 60))
+    log(f"training for up to {args.max_epochs} epochs" + (f" / {args.max_time_min} min" if args.max_time_min else "")
+        + (f", resuming from {last}" if resuming else ""))
+    session.fit_start = time.time()
+    callbacks = [ProgressLog(len(session.dm.split.train)), ExportBest(args, out, session.dm, session.make_info)]
+    result = fit(config, datamodule=session.dm, callbacks=callbacks, resume="last" if resuming else None, test=False)
+    progress = session.progress
+    progress["train_s"] += time.time() - session.fit_start
+    progress["sessions"] += 1
+    progress["epochs"] = result.epochs
+    session.progress_path.write_text(json.dumps(progress))
+    session.fit_start = None
+    return "finished" if result.epochs >= args.max_epochs else "stopped early (time budget or early stopping)"
+
+
+def publish(session: Session, out: Path, status: str) -> Path:
+    """Score ``best.ckpt`` on the held-out test and validation splits and publish it with its model card."""
+    from tlgnn.training.checkpoint import load_module, read_checkpoint
+    from tlgnn.training.model_card import task_scores, write_pretrained
+
+    best_path = session.work / "checkpoints" / "best.ckpt"
+    if not best_path.is_file():
+        raise RuntimeError(f"no best checkpoint at {best_path}")
+    best = load_module(best_path).to("cuda" if session.args.gpu else "cpu")
+    raw = read_checkpoint(best_path)
+    metrics = {"test": task_scores(best, session.dm.test_dataloader()),
+               "val": task_scores(best, session.dm.val_dataloader())}
+    info = session.make_info(best, int(session.progress.get("epochs", raw.get("epoch", 0))), metrics, status,
+                             best_epoch=int(raw.get("epoch", -1)))
+    path = write_pretrained(best.cpu(), out, card_name(session.args.encoder), info)
+    for task, s in metrics["test"].items():
+        log(f"held-out test {task}: MAE {s['mae']:.4f} RMSE {s['rmse']:.4f} R2 {s['r2']:.3f} (n={s['n']}); "
+            f"mean-baseline MAE {session.baseline[task]:.4f}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = settle_devices(args)
+    if problem:
+        print(f"pretrain: {problem}", file=sys.stderr)
+        return 2
     command = "python scripts/pretrain.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     work = Path(args.work_dir or ROOT / "runs" / "pretrain" / args.encoder).expanduser().resolve()
     out = Path(args.out).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    if not Path(args.data_dir).expanduser().is_dir():
-        print(f"pretrain: --data-dir {args.data_dir} is not a folder", file=sys.stderr)
-        return 2
-
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
-
-    from tlgnn import __version__
-    from tlgnn.data import TransferDataModule
-    from tlgnn.training.checkpoint import load_module, read_checkpoint
-    from tlgnn.training.config import save_run_config
-    from tlgnn.training.run import build_module, build_trainer, training_callbacks
-
     log(f"encoder {args.encoder}, data {args.data_dir}, accelerator {'gpu' if args.gpu else 'cpu'}, "
         f"precision {args.precision}, batch {args.batch_size}, workers {args.workers}, work dir {work}")
-    data_cfg = data_config(args, work)
-    t0 = time.time()
-    table, facts = load_pretraining_table(data_cfg, args)
-    config = run_config(args, data_cfg, work)
-    save_run_config(config, work / "config.yaml")
-    L.seed_everything(args.seed, workers=True, verbose=False)
-    dm = TransferDataModule(data_cfg, table=table)
-    dm.setup("fit")
-    setup_s = time.time() - t0
-    facts["split"] = dm.split.sizes()
-    log(f"graphs ready, split {facts['split']} ({setup_s:.0f} s incl. alignment)")
-    mean, std = dm.target_stats()
-    test_rows = dm.split.test
-    baseline = {t: float(abs(dm.table.frame[t].to_numpy()[test_rows] - mean[t]).mean()) for t in TASKS}
-    units = {t.name: t.unit for t in dm.tasks}
-    progress_path = work / "progress.json"
-    progress = json.loads(progress_path.read_text()) if progress_path.is_file() and (args.resume or args.export_only) \
-        else {"train_s": 0.0, "sessions": 0}
-
-    def make_info(module: Any, epochs: int, metrics: dict, status: str, best_epoch: int | None = None) -> dict:
-        elapsed = progress["train_s"] + (time.time() - fit_start if fit_start else 0.0)
-        return {
-            "kind": "tlgnn-pretrained",
-            "status": status,
-            "encoder": ENCODERS[args.encoder],
-            "head": HEAD,
-            "tasks": TASKS,
-            "units": units,
-            "graph": dict(module.hparams["graph"]),
-            "optim": {"lr": args.lr, "weight_decay": config.optim.weight_decay},
-            "n_parameters": int(sum(p.numel() for p in module.parameters())),
-            "data": facts,
-            "metrics": {**metrics, "mean_baseline_mae": baseline},
-            "training": {
-                "epochs_completed": int(epochs),
-                "best_epoch": best_epoch,
-                "max_epochs": args.max_epochs,
-                "batch_size": args.batch_size,
-                "precision": args.precision,
-                "seed": args.seed,
-                "train_wall_min": elapsed / 60.0,
-                "setup_s": setup_s,
-                "hardware": hardware(),
-                "torch": torch.__version__,
-            },
-            "command": command,
-            "tlgnn_version": __version__,
-            "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        }
-
-    best_path = work / "checkpoints" / "best.ckpt"
-    fit_start: float | None = None
-    if not args.export_only:
-        last = work / "checkpoints" / "last.ckpt"
-        ckpt_path = str(last) if args.resume and last.is_file() else None
-        if args.resume and ckpt_path is None:
-            log(f"no {last} yet: starting a fresh run")
-        if ckpt_path is None and last.exists():
-            print(f"pretrain: {work} already holds a run; pass --resume or choose another --work-dir", file=sys.stderr)
-            return 1
-        spent = previous_training_seconds(Path(ckpt_path)) if ckpt_path else 0.0  # reads it safely (or refuses)
-        if args.max_time_min is not None:
-            total = spent + args.max_time_min * 60.0  # Lightning's Timer counts time across resumed sessions
-            config.trainer.max_time = "{:02d}:{:02d}:{:02d}:{:02d}".format(
-                int(total // 86400), int(total % 86400 // 3600), int(total % 3600 // 60), int(total % 60))
-        module = build_module(config, dm)
-        callbacks, best_cb = training_callbacks(config, work)
-        callbacks += [ProgressLog(len(dm.split.train)), ExportBest(args, out, dm, make_info)]
-        trainer = build_trainer(config, work, [CSVLogger(str(work), name="logs")], callbacks)
-        log(f"training {sum(p.numel() for p in module.parameters()):,} parameters for up to {args.max_epochs} epochs"
-            + (f" / {args.max_time_min} min" if args.max_time_min else "")
-            + (f", resuming from {ckpt_path}" if ckpt_path else ""))
-        fit_start = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # read safely above
-        progress["train_s"] += time.time() - fit_start
-        progress["sessions"] += 1
-        progress["epochs"] = int(trainer.current_epoch)
-        progress_path.write_text(json.dumps(progress))
-        fit_start = None
-        if best_cb.best_model_path:
-            best_path = Path(best_cb.best_model_path)
-        status = "finished" if trainer.current_epoch >= args.max_epochs else "stopped early (time budget or early stopping)"
-    else:
-        status = "exported"
-        trainer = None
-    if not best_path.is_file():
-        print(f"pretrain: no best checkpoint at {best_path}", file=sys.stderr)
+    session = Session(args, command, work)
+    try:
+        status = "exported" if args.export_only else train(session, out)
+        path = publish(session, out, status)
+    except RuntimeError as err:  # a run already in the work dir, no best checkpoint, a run that stopped
+        print(f"pretrain: {err}", file=sys.stderr)
         return 1
-    best = load_module(best_path)
-    best.to("cuda" if args.gpu else "cpu")
-    raw = read_checkpoint(best_path)
-    metrics = {"test": evaluate(best, dm.test_dataloader()), "val": evaluate(best, dm.val_dataloader())}
-    info = make_info(best, int(progress.get("epochs", raw.get("epoch", 0))), metrics, status,
-                     best_epoch=int(raw.get("epoch", -1)))
-    best.cpu()
-    path = export(best, args, out, info)
-    for task, s in metrics["test"].items():
-        log(f"held-out test {task}: MAE {s['mae']:.4f} RMSE {s['rmse']:.4f} R2 {s['r2']:.3f} (n={s['n']}); "
-            f"mean-baseline MAE {baseline[task]:.4f}")
+    progress = session.progress
     log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {out / 'MODEL_CARD.md'}; "
         f"training {progress['train_s'] / 60:.1f} min over {progress['sessions']} session(s)")
     return 0

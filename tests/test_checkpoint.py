@@ -132,7 +132,8 @@ def test_a_hostile_checkpoint_runs_nothing_on_any_loading_path(run, hostile, cap
 
 def test_lightning_itself_is_asked_to_load_weights_only(run, hostile):
     """Behind the check of ``resume_checkpoint``, Lightning's own load of the file refuses code too."""
-    from tlgnn.training.run import build_datamodule, build_module, build_trainer
+    from tlgnn.training.run import build_datamodule, build_module
+    from tlgnn.training.trainer import build_trainer
     from tlgnn.training.config import load_run_config
 
     path, marker = hostile

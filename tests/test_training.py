@@ -22,7 +22,8 @@ from tlgnn.training.config import check_model_options, load_run_config
 from tlgnn.training.losses import masked_loss
 from tlgnn.training.metrics import TaskMetrics
 from tlgnn.training.checkpoint import CHECKPOINT_KEY, read_checkpoint
-from tlgnn.training.run import build_datamodule, build_module, build_trainer, fit, training_callbacks
+from tlgnn.training.run import build_datamodule, build_module, fit
+from tlgnn.training.trainer import build_trainer, training_callbacks
 from tlgnn.utils.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,7 +450,7 @@ def test_host_side_checks_run_before_the_batch_moves_to_the_device():
 def test_compiled_model_keeps_its_parameter_names(tmp_path):
     """``trainer.compile`` compiles the model in place: checkpoints of compiled and eager runs are interchangeable."""
     from tlgnn.training.module import TransferModule
-    from tlgnn.training.run import compile_model
+    from tlgnn.training.trainer import compile_model
 
     raw = raw_config(tmp_path / "out", tmp_path / "cache", {"name": "single", "task": "gap_hse"}, ["gap_hse"])
     for flag, compiled in ((False, False), (True, True)):

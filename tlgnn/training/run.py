@@ -1,4 +1,5 @@
-"""The ``fit`` and ``test`` workflows behind ``tlgnn fit`` / ``tlgnn test``.
+"""The ``fit`` and ``test`` workflows behind ``tlgnn fit`` / ``tlgnn test``: the one road a run is assembled on
+(the Trainer and its callbacks are built by :mod:`tlgnn.training.trainer`).
 
 ``fit(config)`` trains with Lightning (seeded, checkpoints ``best.ckpt`` and ``last.ckpt``, early stopping,
 gradient clipping, mixed precision on GPU), then tests the best checkpoint. ``test(config, checkpoint)``
@@ -12,29 +13,27 @@ evaluates a checkpoint on the config's test split. Both write into ``output_dir`
 
 from __future__ import annotations
 
-import functools
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Sequence
 
 import lightning as L
-import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
-from tlgnn.training.checkpoint import CheckpointError, RunCheckpoint, SelfDescription, load_module, read_checkpoint
+from tlgnn.training.checkpoint import CheckpointError, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, save_run_config
-from tlgnn.training.console import StderrProgressBar, quiet_lightning
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import NonFiniteLossError, TransferModule
 from tlgnn.training.outputs import (add_mean_baseline, format_metrics_table, parity_plots, prediction_frame,
                                     write_metrics_json)
+from tlgnn.training.trainer import (CHECKPOINT_POLICIES, build_trainer, compile_model, set_threads,
+                                    training_callbacks)
 
 
 class RunError(TlgnnError, RuntimeError):
@@ -55,16 +54,27 @@ class TestResult:
 
 @dataclass
 class FitResult:
-    """Where a finished training run left its checkpoints, and its test result."""
+    """Where a finished training run left its checkpoints, the trained module, and its test result."""
 
     output_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     epochs: int
+    steps: int = 0
+    module: TransferModule | None = None  # the trained module: the weights of the last epoch run
     test: TestResult | None = None
 
+    def best_module(self) -> TransferModule:
+        """The module of the best checkpoint, in eval mode on the trained module's device (the trained module
+        itself where no checkpoint was written)."""
+        if self.best_checkpoint is None:
+            if self.module is None:
+                raise RunError(f"{self.output_dir}: the run left neither a checkpoint nor a module")
+            return self.module.eval()
+        best = load_module(self.best_checkpoint)
+        return best.to(self.module.device) if self.module is not None else best
 
-# ---------------------------------------------------------------------------------------------------- pieces
+
 def build_datamodule(config: RunConfig, stage: str = "fit"):
     """The :class:`tlgnn.data.TransferDataModule` of the config, prepared and set up for ``stage``."""
     from tlgnn.data import TransferDataModule
@@ -98,15 +108,6 @@ def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:
     return dict(builder.settings)
 
 
-def compile_model(config: RunConfig, module: TransferModule) -> None:
-    """``trainer.compile``: compile the module's model in place (dynamic shapes; compiled on the first batch).
-
-    In place (``nn.Module.compile``), so parameter names and checkpoints stay those of the eager model.
-    """
-    if config.trainer.compile:
-        module.model.compile(dynamic=True)
-
-
 def build_module(config: RunConfig, dm: Any) -> TransferModule:
     """A fresh :class:`TransferModule` for the data module's tasks, normalised by its training split."""
     from tlgnn.utils.config import ConfigError
@@ -134,156 +135,6 @@ def _asdict(obj: Any) -> dict[str, Any]:
     from tlgnn.utils.config import to_dict
 
     return to_dict(obj)
-
-
-class EpochSeeder(Callback):
-    """Seeds every epoch from ``(seed, epoch)`` so an interrupted and resumed run repeats an uninterrupted one.
-
-    The training loader's shuffling generator is seeded with ``(seed, epoch)`` before each epoch's iterator
-    is created: when the loader is made (first epoch of a fresh or a resumed run, via a wrapper around the data
-    module's ``train_dataloader``; the resumed epoch is read from the checkpoint) and at the start of every later
-    epoch. The global RNGs (dropout) are reset at
-    each epoch start as well. So epoch k sees the same batches and random draws however the run got there.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._resume_epoch: int | None = None
-        self._loader_epoch: int | None = None  # epoch whose seed the freshly made loader got
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # Called before the optimisers are configured; ``estimated_stepping_batches`` may then create the train
-        # loader (and draw its first permutation) before Lightning restores the loop counters: take the epoch to
-        # resume at from the checkpoint itself.
-        try:
-            self._resume_epoch = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-        except (KeyError, TypeError):
-            self._resume_epoch = None
-
-    def loader_seed(self, epoch: int) -> int:
-        return (self.seed * 1_000_003 + 7919 * (epoch + 1)) % 2**63
-
-    def _seed_loader(self, loader: Any, epoch: int) -> None:
-        generator = getattr(loader, "generator", None)
-        if isinstance(generator, torch.Generator):
-            generator.manual_seed(self.loader_seed(epoch))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
-        if stage != "fit" or dm is None or getattr(dm, "_tlgnn_epoch_seeded", False):
-            return
-        original = dm.train_dataloader
-
-        @functools.wraps(original)
-        def train_dataloader() -> Any:
-            loader = original()
-            epoch = self._resume_epoch if self._resume_epoch is not None else self._epoch(trainer)
-            self._seed_loader(loader, epoch)
-            self._loader_epoch = epoch
-            return loader
-
-        dm.train_dataloader = train_dataloader
-        dm._tlgnn_epoch_seeded = True
-
-    @staticmethod
-    def _epoch(trainer: L.Trainer) -> int:
-        """The epoch about to run: epochs *processed* so far (a checkpoint written at the end of epoch k has
-        processed k + 1 but completed only k, so ``current_epoch`` would lag by one on resume)."""
-        return int(trainer.fit_loop.epoch_progress.current.processed)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = self._epoch(trainer)
-        if epoch != self._loader_epoch:
-            # the iterator of this epoch is created after this hook (for the first epoch of a run it already
-            # exists, seeded when the loader was made, and has drawn its worker seed from the generator)
-            self._seed_loader(trainer.train_dataloader, epoch)
-        self._loader_epoch = None
-        torch.manual_seed(self.seed * 1_000_003 + epoch)
-        np.random.seed((self.seed * 1_000_003 + epoch) % 2**32)
-
-
-def _devices(config: RunConfig) -> tuple[str, Any, str]:
-    """``(accelerator, devices, precision)``; mixed 16-bit precision falls back to 32 without a GPU."""
-    t = config.trainer
-    accelerator = "gpu" if t.accelerator == "cuda" else t.accelerator
-    precision = t.precision
-    has_gpu = torch.cuda.is_available()
-    if accelerator == "auto" and not has_gpu and precision in ("16-mixed", "16-true"):
-        print(f"tlgnn: precision {precision!r} needs a GPU; none found, training in 32-bit", file=sys.stderr)
-        precision = "32"
-    return accelerator, t.devices, precision
-
-
-def _limit(value: int | float) -> int | float | None:
-    """A ``limit_*_batches`` setting for Lightning: ``None`` (its default, all batches, no notice) for 1.0."""
-    return None if isinstance(value, float) and value == 1.0 else value
-
-
-def build_trainer(config: RunConfig, output_dir: Path, loggers: list[Any], callbacks: list[Callback],
-                  evaluation: bool = False) -> L.Trainer:
-    """A Lightning ``Trainer`` from the ``trainer`` section (``evaluation``: one device, no training extras)."""
-    t = config.trainer
-    quiet_lightning()
-    accelerator, devices, precision = _devices(config)
-    if t.enable_progress_bar:
-        callbacks = [*callbacks, StderrProgressBar()]
-    kwargs: dict[str, Any] = dict(
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        logger=loggers or False,
-        callbacks=[SelfDescription(), *callbacks],  # every checkpoint describes its model
-        default_root_dir=str(output_dir),
-        enable_progress_bar=t.enable_progress_bar,
-        enable_model_summary=not evaluation,
-        deterministic=t.deterministic,
-        limit_test_batches=_limit(t.limit_test_batches),
-    )
-    if evaluation:
-        kwargs.update(devices=1 if devices == "auto" else devices, num_nodes=1)
-    else:
-        kwargs.update(
-            strategy=t.strategy,
-            num_nodes=t.num_nodes,
-            max_epochs=t.max_epochs,
-            max_time=t.max_time,
-            gradient_clip_val=t.gradient_clip_val,
-            accumulate_grad_batches=t.accumulate_grad_batches,
-            log_every_n_steps=t.log_every_n_steps,
-            limit_train_batches=_limit(t.limit_train_batches),
-            limit_val_batches=_limit(t.limit_val_batches),
-            check_val_every_n_epoch=t.check_val_every_n_epoch,
-            num_sanity_val_steps=t.num_sanity_val_steps,
-        )
-    return L.Trainer(**kwargs)
-
-
-def training_callbacks(config: RunConfig, output_dir: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    """Checkpoints ``best.ckpt`` (by the early-stopping monitor) and ``last.ckpt`` (every epoch), early stopping,
-    LR monitor and the epoch seeder. Returns the callbacks and the best-checkpoint callback.
-
-    ``last.ckpt`` has its own callback: since Lightning 2.5, ``save_last=True`` rewrites ``last`` only in epochs
-    that also wrote a top-k checkpoint, so a run killed after a few non-improving epochs would lose them.
-    """
-    es = config.trainer.early_stopping
-    ckpt_dir = str(output_dir / "checkpoints")
-    best = RunCheckpoint(dirpath=ckpt_dir, filename="best", monitor=es.monitor, mode=es.resolved_mode,
-                           save_top_k=1, auto_insert_metric_name=False)
-    last = RunCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                           enable_version_counter=False)
-    callbacks: list[Callback] = [best, last, EpochSeeder(config.trainer.seed)]
-    if es.patience is not None:
-        callbacks.append(
-            EarlyStopping(monitor=es.monitor, mode=es.resolved_mode, patience=es.patience, min_delta=es.min_delta)
-        )
-    if config.optim.scheduler != "none" or config.optim.warmup_epochs > 0:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    return callbacks, best
-
-
-def _set_threads(config: RunConfig) -> None:
-    if config.trainer.cpu_threads is not None:
-        torch.set_num_threads(config.trainer.cpu_threads)
 
 
 def check_monitors(config: RunConfig, module: TransferModule) -> None:
@@ -325,37 +176,58 @@ def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------- fit
-def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwrite: bool = False,
-        callbacks: list[Callback] | None = None) -> FitResult:
-    """Train the model of ``config``, then test its best checkpoint.
+def prepare_output(output_dir: Path, resume: str | None, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (see :func:`resume_checkpoint`), after the rules for a folder that already
+    holds a run: without ``resume`` it is an error unless ``overwrite``, which deletes the old run's checkpoints,
+    CSV logs and W&B run id (its offline W&B files stay in ``output_dir/wandb``; the new run gets a new id)."""
+    ckpt_dir = output_dir / "checkpoints"
+    ckpt_path = resume_checkpoint(resume, output_dir)
+    if ckpt_path is None and (ckpt_dir / "last.ckpt").exists():
+        if not overwrite:
+            raise RunError(
+                f"{output_dir} already holds a run ({ckpt_dir / 'last.ckpt'}); pass --resume to continue it, "
+                "--overwrite to start over, or choose another output_dir"
+            )
+        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(output_dir / "logs", ignore_errors=True)
+        (output_dir / RUN_ID_FILE).unlink(missing_ok=True)
+    return ckpt_path
+
+
+def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callback] = (),
+        checkpoints: str = "best_and_last", resume: str | None = None, test: bool = True,
+        overwrite: bool = False) -> FitResult:
+    """Train the model of ``config``, then test its best checkpoint: the one road every training run takes
+    (``tlgnn fit``, the benchmark's GNN cells, ``scripts/pretrain.py``, ``scripts/bench_finetune.py``).
 
     Args:
         config: the run config.
+        datamodule: the data to train on instead of the one ``config.data`` describes (e.g. a table a script
+            selected); set up here if it is not yet.
+        callbacks: extra Lightning callbacks (progress lines, exports).
+        checkpoints: ``"best_and_last"`` (``best.ckpt`` and, every epoch, ``last.ckpt``, the resume point) or
+            ``"best"`` (only ``best.ckpt``; runs that are never resumed).
         resume: ``"last"`` (``output_dir/checkpoints/last.ckpt``), ``"auto"`` (that one if it exists, else start
             afresh) or a checkpoint path to continue from.
         test: test the best checkpoint and write metrics/predictions/plots afterwards.
         overwrite: start over in an ``output_dir`` that already holds checkpoints (they, the CSV logs and the
             W&B run id are deleted).
-        callbacks: extra Lightning callbacks.
-    """
-    out = Path(config.output_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_path = resume_checkpoint(resume, out)
-    if ckpt_path is None and (ckpt_dir / "last.ckpt").exists():
-        if not overwrite:
-            raise RunError(
-                f"{out} already holds a run ({ckpt_dir / 'last.ckpt'}); pass --resume to continue it, "
-                "--overwrite to start over, or choose another output_dir"
-            )
-        # start over: the old run's checkpoints, CSV logs and W&B run id go (its offline W&B files stay in
-        # output_dir/wandb, unsynced data is not deleted; the new run gets a new id)
-        shutil.rmtree(ckpt_dir)
-        shutil.rmtree(out / "logs", ignore_errors=True)
-        (out / RUN_ID_FILE).unlink(missing_ok=True)
-    _set_threads(config)
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
-    dm = build_datamodule(config, "fit")
+    Returns:
+        :class:`FitResult`: checkpoints, epochs and steps run, the trained module (``best_module()`` loads the
+        best one) and the test result.
+    """
+    if checkpoints not in CHECKPOINT_POLICIES:
+        raise ValueError(f"checkpoints must be one of {CHECKPOINT_POLICIES}, got {checkpoints!r}")
+    out = Path(config.output_dir)
+    ckpt_path = prepare_output(out, resume, overwrite)
+    set_threads(config)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    if datamodule is None:
+        dm = build_datamodule(config, "fit")
+    else:
+        dm = datamodule
+        dm.setup("fit")
     module = build_module(config, dm)
     check_monitors(config, module)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,19 +235,19 @@ def fit(config: RunConfig, resume: str | None = None, test: bool = True, overwri
     _report_data(dm, out)
     compile_model(config, module)
     loggers = build_loggers(config.logger, out, config.to_dict())
-    run_callbacks, checkpoint = training_callbacks(config, out)
+    run_callbacks, checkpoint = training_callbacks(config, out, checkpoints)
     trainer = build_trainer(config, out, loggers, run_callbacks + plan_callbacks(module.finetune_plan)
-                            + list(callbacks or []))
+                            + list(callbacks))
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)  # checked by resume_checkpoint
     except NonFiniteLossError as err:
         close_loggers(loggers)
-        raise RunError(f"training stopped: {err}; {_kept_checkpoints(ckpt_dir)}") from None
+        raise RunError(f"training stopped: {err}; {_kept_checkpoints(out / 'checkpoints')}") from None
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-    last = ckpt_dir / "last.ckpt"
+    last = out / "checkpoints" / "last.ckpt"
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last if last.exists() else None,
-                       epochs=int(trainer.current_epoch))
+                       epochs=int(trainer.current_epoch), steps=int(trainer.global_step), module=module)
     if test:
         ckpt = best or result.last_checkpoint
         result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
@@ -407,7 +279,7 @@ def test(config: RunConfig, checkpoint: str | Path, output_dir: str | Path | Non
     ``output_dir`` (default ``<config.output_dir>/test``, so the training run's own ``metrics.json`` stays)."""
     out = Path(output_dir).expanduser().resolve() if output_dir else Path(config.output_dir) / "test"
     out.mkdir(parents=True, exist_ok=True)
-    _set_threads(config)
+    set_threads(config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     module = load_module(checkpoint)
     dm = build_datamodule(config, "test")
@@ -491,14 +363,14 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
 
 
 __all__ = [
-    "EpochSeeder",
     "FitResult",
     "RunError",
     "TestResult",
     "build_datamodule",
     "build_module",
-    "build_trainer",
+    "check_monitors",
     "fit",
+    "prepare_output",
     "resume_checkpoint",
     "test",
 ]

@@ -1,0 +1,83 @@
+"""The one road a run is assembled on (``tlgnn.training.run.fit``): a caller's own data module, callbacks and
+checkpoint policy, the result carrying the best module; and the model card of pretrained encoders
+(``tlgnn.training.model_card``), rendered exactly as the shipped one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from test_training import HEADS, raw_config
+from tlgnn.training.checkpoint import load_module, read_checkpoint
+from tlgnn.training.config import load_run_config
+from tlgnn.training.inference import predict_batches
+from tlgnn.training.run import build_datamodule, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAINED = ROOT / "data" / "pretrained"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class CountEpochs(L.Callback):
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epochs += 1
+
+
+def test_fit_takes_a_callers_data_module_callbacks_and_checkpoint_policy(tmp_path, cache_dir):
+    head, tasks = HEADS["single"]
+    config = load_run_config(raw=raw_config(tmp_path / "run", cache_dir, head, tasks))
+    dm = build_datamodule(config, "fit")
+    dm.setup("fit")
+    counter = CountEpochs()
+    result = fit(config, datamodule=dm, callbacks=[counter], checkpoints="best", test=False)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert result.best_checkpoint == ckpt_dir / "best.ckpt" and not (ckpt_dir / "last.ckpt").exists()
+    assert result.last_checkpoint is None
+    assert counter.epochs == result.epochs == 2 and result.steps == 8  # limit_train_batches 4, 2 epochs
+    best = result.best_module()
+    assert not best.training
+    loader = dm.test_dataloader()
+    again = predict_batches(load_module(result.best_checkpoint), loader).preds[tasks[0]]
+    np.testing.assert_array_equal(predict_batches(best, loader).preds[tasks[0]], again)
+    assert read_checkpoint(result.best_checkpoint)["epoch"] in (0, 1)
+    with pytest.raises(ValueError, match="checkpoints must be one of"):
+        fit(config, datamodule=dm, checkpoints="all", overwrite=True)
+
+
+def test_the_shipped_model_card_is_what_the_package_renders():
+    """``scripts/pretrain.py`` writes MODEL_CARD.md through ``tlgnn.training.model_card``: rendering the shipped
+    checkpoint's JSON gives the shipped card (which adds a hand-written provenance section at the end)."""
+    from tlgnn.training.model_card import render_card
+
+    rendered = render_card(PRETRAINED)
+    shipped = (PRETRAINED / "MODEL_CARD.md").read_text()
+    assert shipped.startswith(rendered) and "## `cgcnn_mp_pbe_eform.ckpt` (cgcnn)" in rendered
+    assert "| gap_pbe_mp | eV |" in rendered
+
+
+def test_write_pretrained_publishes_checkpoint_metadata_and_card(tmp_path):
+    from tlgnn.data.tasks import TaskSpec
+    from tlgnn.training.model_card import render_card, write_pretrained
+    from tlgnn.training.module import TransferModule
+
+    info = json.loads((PRETRAINED / "cgcnn_mp_pbe_eform.json").read_text())
+    tasks = [TaskSpec("gap_pbe_mp", unit="eV"), TaskSpec("e_form_mp", unit="eV/atom")]
+    torch.manual_seed(0)
+    module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
+                             "head": {"name": "multitask"}}, tasks)
+    path = write_pretrained(module, tmp_path, "tiny", {**info, "status": "in progress"})
+    meta = json.loads((tmp_path / "tiny.json").read_text())
+    assert path == tmp_path / "tiny.ckpt" and meta["file"] == "tiny.ckpt"
+    assert meta["size_bytes"] == path.stat().st_size and meta["status"] == "in progress"
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert card == render_card(tmp_path) and "## `tiny.ckpt` (cgcnn)" in card and "**in progress**" in card
+    torch.testing.assert_close(load_module(path).state_dict(), module.state_dict())
