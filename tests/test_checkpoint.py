@@ -203,6 +203,23 @@ def test_a_file_that_is_not_a_tlgnn_checkpoint_is_one_line(run, tmp_path, capsys
     assert line.startswith(f"tlgnn fit: cannot resume: {path}: {reason}"), line
 
 
+def test_an_old_format_hostile_file_is_refused_too(tmp_path):
+    """``torch.save(..., _use_new_zipfile_serialization=False)`` writes no zip archive: the safe unpickler still
+    guards it."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {}, CHECKPOINT_KEY: {}, "extra": Plant(marker)}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"legacy.ckpt: refused: it asks to import posix.system") as err:
+        read_checkpoint(path)
+    assert "\n" not in str(err.value) and not marker.exists()
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"notes.ckpt: not a readable checkpoint \(") as err:
+        read_checkpoint(text)
+    assert "weights_only` set to `False`" not in str(err.value)  # no advice to load it unsafely
+
+
 def test_a_checkpoint_describes_its_model(run):
     meta = read_checkpoint(run / "run" / "checkpoints" / "last.ckpt")[CHECKPOINT_KEY]
     assert meta["format"] == 1 and [t["name"] for t in meta["tasks"]] == ["gap_pbe_mf", "is_metal_exp"]

@@ -221,13 +221,20 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file; weights_only refuses code
-        found = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            raise _refusal(path, found) from err
-        raise CheckpointError(path, f"not a readable checkpoint ({_first_line(err)})") from err
+        raise _load_failure(path, err) from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(path, f"not a tlgnn checkpoint (no '{CHECKPOINT_KEY}' section)")
     return checkpoint
+
+
+def _load_failure(path: Path, err: Exception) -> CheckpointError:
+    """The one-line error for a failed safe load: the globals it asked for, else the unpickler's own reason
+    (torch wraps it in advice to load unsafely, which is not repeated)."""
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+    if found:
+        return _refusal(path, found)
+    inner = err.__context__ if isinstance(err.__context__, Exception) else err
+    return CheckpointError(path, f"not a readable checkpoint ({_first_line(inner)})")
 
 
 def _first_line(err: BaseException) -> str:
