@@ -30,16 +30,14 @@ writes the table and the plot into ``docs/finetuning.md`` (between the generated
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+from tlgnn.benchmark.finetune_curve import ARMS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mp_multifidelity_bandgap"
@@ -48,7 +46,6 @@ DEFAULT_CKPT = ROOT / "data" / "pretrained" / "cgcnn_mp_pbe_eform.ckpt"
 DOC = ROOT / "docs" / "finetuning.md"
 FIGURE = ROOT / "docs" / "figures" / "finetune_learning_curve.png"
 TARGET = "gap_hse"
-ARMS = ("scratch", "finetune", "frozen")
 BEGIN, END = "<!-- BEGIN GENERATED: scripts/bench_finetune.py report -->", "<!-- END GENERATED -->"
 
 
@@ -86,10 +83,6 @@ def log(msg: str) -> None:
     print(f"[bench_finetune {datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------------- data
 def load_hse_table(args: argparse.Namespace):
     """The aligned table restricted to crystals with an HSE gap (graphs cached)."""
@@ -105,136 +98,19 @@ def load_hse_table(args: argparse.Namespace):
     return table.subset(np.flatnonzero(table.frame[TARGET].notna().to_numpy())), cfg
 
 
-def plan(table: Any, args: argparse.Namespace) -> tuple[Any, Any, list[dict[str, Any]]]:
-    """Fixed test rows, the training pool, and the cells to run."""
-    import numpy as np
+def settings_of(args: argparse.Namespace):
+    """The package's :class:`~tlgnn.benchmark.finetune_curve.CurveSettings` from the ``run`` options."""
+    from tlgnn.benchmark.finetune_curve import CurveSettings
 
-    from tlgnn.benchmark.folds import grouped_folds
-
-    formulas = table.frame["formula"].to_numpy()
-    folds = grouped_folds(formulas, np.ones(len(table)), n_folds=5, seed=0)
-    test = np.flatnonzero(folds == 0)
-    pool = np.flatnonzero(folds != 0)
-    sizes = args.sizes or (["50", "100", "200"] if args.quick else ["50", "100", "200", "400", "all"])
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    cells = [{"arm": arm, "size": str(size), "seed": seed} for size in sizes for seed in seeds for arm in args.arms]
-    return test, pool, cells
-
-
-def cell_rows(table: Any, pool: Any, size: str, seed: int) -> tuple[Any, Any]:
-    """Train and validation rows of a cell: the first N of the seeded pool order, 20 % (by formula) validate."""
-    import numpy as np
-
-    from tlgnn.benchmark.folds import learning_curve_order
-
-    order = learning_curve_order(pool, fold=0, seed=seed)
-    chosen = order if size == "all" else order[: int(size)]
-    formulas = table.frame["formula"].to_numpy()[chosen]
-    rng = np.random.default_rng([seed, 31])
-    uniq = np.unique(formulas)
-    uniq = uniq[rng.permutation(len(uniq))]
-    n_val = max(5, int(round(0.2 * len(chosen))))
-    val_formulas: set[str] = set()
-    count = 0
-    for f in uniq:
-        if count >= n_val:
-            break
-        val_formulas.add(f)
-        count += int((formulas == f).sum())
-    is_val = np.isin(formulas, list(val_formulas))
-    return chosen[~is_val], chosen[is_val]
-
-
-# ---------------------------------------------------------------------------------------------------- one cell
-def cell_config(cell: dict[str, Any], args: argparse.Namespace, data: Any, work: Path, n_tr: int,
-                encoder: dict[str, Any]):
-    """The run config of one cell: the arm's initialisation and learning rates, the step budget in epochs."""
-    from tlgnn.training.config import (EarlyStoppingConfig, FinetuneConfig, ModelConfig, OptimConfig, RunConfig,
-                                       TrainerConfig)
-
-    batches = math.ceil(n_tr / args.batch_size)
-    epochs = max(args.min_epochs, math.ceil(args.steps / batches))
-    pretrained = cell["arm"] in ("finetune", "frozen")
-    finetune = FinetuneConfig()
-    if cell["arm"] == "finetune":
-        finetune = FinetuneConfig(encoder_lr=args.lr * args.encoder_lr_factor, head_lr=args.lr)
-    elif cell["arm"] == "frozen":
-        finetune = FinetuneConfig(freeze="encoder")
-    return RunConfig(
-        data=data,
-        model=ModelConfig(encoder=dict(encoder), head={"name": "single", "task": TARGET, "hidden": [64]},
-                          init_from=str(args.pretrained) if pretrained else None, finetune=finetune),
-        optim=OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=1e-5, scheduler="cosine", warmup_epochs=0.0),
-        trainer=TrainerConfig(max_epochs=epochs, accelerator=args.accelerator, devices=1, precision=args.precision,
-                              gradient_clip_val=5.0, seed=cell["seed"], num_sanity_val_steps=0,
-                              enable_progress_bar=False, log_every_n_steps=max(1, batches),
-                              early_stopping=EarlyStoppingConfig(monitor="val/loss", patience=max(10, epochs // 3))),
-        output_dir=str(work),
-    )
-
-
-def run_cell(cell: dict[str, Any], table: Any, data_cfg: Any, test: Any, pool: Any, args: argparse.Namespace,
-             encoder: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
-    """Train one cell through :func:`tlgnn.training.run.fit` (only ``best.ckpt``: a cell is never resumed) and
-    score its best epoch on the fixed test rows."""
-    import numpy as np
-
-    from tlgnn.data import TransferDataModule
-    from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
-    from tlgnn.data.splits import Split, save_split
-    from tlgnn.training.checkpoint import read_checkpoint
-    from tlgnn.training.inference import predict_batches
-    from tlgnn.training.run import fit
-    from tlgnn.training.scores import regression_metrics
-
-    t0 = time.time()
-    train, val = cell_rows(table, pool, cell["size"], cell["seed"])
-    rows = np.concatenate([train, val, test])
-    sub = table.subset(rows)
-    n_tr, n_va = len(train), len(val)
-    split = Split(np.arange(n_tr), np.arange(n_tr, n_tr + n_va), np.arange(n_tr + n_va, len(rows)), "fixed",
-                  cell["seed"], {"group_by": "formula"})
-    work = Path(args.out) / "cells" / f"{cell['arm']}_n{cell['size']}_s{cell['seed']}"
-    shutil.rmtree(work, ignore_errors=True)
-    split_file = save_split(split, sub, work / "split.json")
-    data = DataConfig(aligned=str(work), tasks=[TARGET], batch_size=args.batch_size, cache_dir=data_cfg.cache_dir,
-                      graph=GraphConfig(cutoff=float(graph["cutoff"]), max_neighbors=graph["max_neighbors"]),
-                      split=SplitConfig(kind="random", seed=cell["seed"], file=str(split_file)))
-    config = cell_config(cell, args, data, work, n_tr, encoder)
-    dm = TransferDataModule(data, table=sub)
-    result = fit(config, datamodule=dm, checkpoints="best", test=False)
-    best = result.best_module()
-    got = predict_batches(best, dm.test_dataloader())
-    y_true = got.y[:, 0]
-    scores = regression_metrics(y_true=y_true, y_pred=got.preds[TARGET])
-    pretrained = config.model.init_from is not None
-    out = {
-        **cell,
-        "n_train": n_tr, "n_val": n_va, "n_test": int(len(test)),
-        "mae": scores["mae"], "rmse": scores["rmse"], "r2": scores["r2"],
-        "mean_baseline_mae": float(np.abs(y_true - sub.frame[TARGET].to_numpy()[:n_tr].mean()).mean()),
-        "epochs": result.epochs, "max_epochs": config.trainer.max_epochs,
-        "best_epoch": int(read_checkpoint(result.best_checkpoint)["epoch"]),
-        "steps": result.steps, "time_s": round(time.time() - t0, 1),
-        "pretrained": Path(args.pretrained).name if pretrained else None,
-        "pretrained_sha": sha256(Path(args.pretrained)) if pretrained else None,
-        "settings": settings_key(args),
-        "device": "gpu" if str(best.device).startswith("cuda") else "cpu",
-        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-def settings_key(args: argparse.Namespace) -> str:
-    return f"steps{args.steps}_bs{args.batch_size}_lr{args.lr}_encf{args.encoder_lr_factor}_min{args.min_epochs}"
-
-
-def done_key(r: dict[str, Any]) -> tuple:
-    return (r["arm"], str(r["size"]), int(r["seed"]), r["settings"], r.get("pretrained_sha"))
+    return CurveSettings(pretrained=args.pretrained, out=args.out, target=TARGET, steps=args.steps,
+                         min_epochs=args.min_epochs, batch_size=args.batch_size, lr=args.lr,
+                         encoder_lr_factor=args.encoder_lr_factor, accelerator=args.accelerator,
+                         precision=args.precision)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the cells not yet in ``OUT/results.jsonl`` (one JSON line each), until ``--max-time-min``."""
+    from tlgnn.benchmark.finetune_curve import done_key, plan, run_cell, sha256
     from tlgnn.training.checkpoint import read_pretrained
 
     args.steps = args.steps or (150 if args.quick else 400)
@@ -248,9 +124,11 @@ def run(args: argparse.Namespace) -> int:
     args.pretrained = str(ckpt)
     pre = read_pretrained(ckpt)
     encoder, graph = pre.encoder_spec, pre.graph
+    settings = settings_of(args)
     start = time.time()
     table, data_cfg = load_hse_table(args)
-    test, pool, cells = plan(table, args)
+    sizes = args.sizes or (["50", "100", "200"] if args.quick else ["50", "100", "200", "400", "all"])
+    test, pool, cells = plan(table, sizes, args.seeds or ([0, 1] if args.quick else [0, 1, 2]), args.arms)
     log(f"{len(table)} HSE crystals: test {len(test)} (fixed), pool {len(pool)}; {len(cells)} cells; "
         f"encoder {encoder} from {ckpt.name} ({sha256(ckpt)})")
     done = set()
@@ -258,14 +136,12 @@ def run(args: argparse.Namespace) -> int:
         done = {done_key(json.loads(line)) for line in results_path.read_text().splitlines() if line.strip()}
     sha = sha256(ckpt)
     for cell in cells:
-        key = (cell["arm"], cell["size"], cell["seed"], settings_key(args),
-               sha if cell["arm"] != "scratch" else None)
-        if key in done:
+        if (cell["arm"], cell["size"], cell["seed"], settings.key(), sha if cell["arm"] != "scratch" else None) in done:
             continue
         if args.max_time_min is not None and time.time() - start > args.max_time_min * 60:
             log("time budget spent; rerun to continue")
             break
-        result = run_cell(cell, table, data_cfg, test, pool, args, encoder, graph)
+        result = run_cell(cell, table, data_cfg.cache_dir, test, pool, settings, encoder, graph)
         with results_path.open("a") as handle:
             handle.write(json.dumps(result) + "\n")
         log(f"{cell['arm']:>8} N={cell['size']:>4} seed {cell['seed']}: test MAE {result['mae']:.3f} eV "
@@ -274,29 +150,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def summarise(results: list[dict[str, Any]]):
-    import pandas as pd
-
-    frame = pd.DataFrame(results)
-    frame["n"] = frame["size"].astype(str)
-    # keep the latest settings / checkpoint per arm
-    latest = frame.sort_values("written").groupby("arm")[["settings", "pretrained_sha"]].last()
-    keep = frame.apply(lambda r: r["settings"] == latest.loc[r["arm"], "settings"]
-                       and (r["arm"] == "scratch" or r["pretrained_sha"] == latest.loc[r["arm"], "pretrained_sha"]),
-                       axis=1)
-    frame = frame[keep]
-    agg = frame.groupby(["n", "arm"]).agg(mae=("mae", "mean"), mae_sd=("mae", "std"), r2=("r2", "mean"),
-                                          seeds=("seed", "nunique"), n_train=("n_train", "mean"),
-                                          time_s=("time_s", "mean"), base=("mean_baseline_mae", "mean"))
-    return frame, agg.reset_index()
-
-
 def _order(n: str) -> float:
     return math.inf if n == "all" else float(n)
 
 
 def report(args: argparse.Namespace) -> int:
     import matplotlib
+
+    from tlgnn.benchmark.finetune_curve import summarise
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
