@@ -20,7 +20,7 @@ from tlgnn.benchmark.runner import cell_rows, prepare, run_experiment
 REPO = Path(__file__).resolve().parents[1]
 MP_SAMPLE = REPO / "data" / "mp_sample"
 FAST = {"low_rows": 60, "epochs": 2, "min_steps": 1, "max_epochs": 2, "patience": 2, "batch_size": 32,
-        "encoder": {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16}, "hidden": [16]}
+        "encoder": {"name": "cgcnn", "hidden_channels": 16, "num_layers": 1, "out_channels": 16}, "hidden": [16]}
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def run(tmp_path_factory, cache_dir) -> Path:
         "data": {"sources": str(SAMPLE), "tasks": ["gap_pbe_mf", "is_metal_exp"], "cache_dir": str(cache_dir),
                  "batch_size": 16,
                  "split": {"kind": "random", "val_fraction": 0.15, "test_fraction": 0.15, "seed": 1}},
-        "model": {"encoder": {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16},
+        "model": {"encoder": {"name": "cgcnn", "hidden_channels": 16, "num_layers": 1, "out_channels": 16},
                   "head": {"name": "multitask", "hidden": [16]}},
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "limit_train_batches": 4, "limit_val_batches": 2,
                     "num_sanity_val_steps": 0, "enable_progress_bar": False},

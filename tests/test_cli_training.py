@@ -35,7 +35,7 @@ def write_config(folder: Path, cache_dir: Path, **changes) -> Path:
             "split": {"kind": "random", "val_fraction": 0.15, "test_fraction": 0.15, "seed": 1},
         },
         "model": {
-            "encoder": {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16},
+            "encoder": {"name": "cgcnn", "hidden_channels": 16, "num_layers": 1, "out_channels": 16},
             "head": {"name": "multitask", "hidden": [16]},
         },
         "optim": {"lr": 5e-3, "scheduler": "cosine"},

@@ -71,7 +71,7 @@ def _config(tmp_path: Path):
             "cache_dir": str(tmp_path / "cache"),
             "n_jobs": 1,
         },
-        "model": {"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
+        "model": {"encoder": {"name": "cgcnn", "hidden_channels": 8, "num_layers": 1, "out_channels": 8},
                   "head": {"name": "single", "hidden": [8]}},
         "optim": {"lr": 0.01, "scheduler": "none"},
         "trainer": {"max_epochs": 1, "limit_train_batches": 3, "accelerator": "cpu", "devices": 2,

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "mp_sample"
 SOURCE_TASKS = [TaskSpec("gap_pbe_mp", unit="eV", fidelity="pbe"), TaskSpec("e_form_mp", unit="eV/atom")]
 TARGET_TASKS = [TaskSpec("gap_hse", unit="eV", fidelity="hse")]
-ENCODER = {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 2, "h_fea_len": 16}  # groups: embed, conv, conv, fc
+ENCODER = {"name": "cgcnn", "hidden_channels": 16, "num_layers": 2, "out_channels": 16}  # groups: embed, conv, conv, fc
 SOURCE_HEAD = {"name": "multitask", "hidden": [8]}
 BUILDER = CrystalGraphBuilder(cutoff=8.0, max_neighbors=12)
 
@@ -231,9 +231,9 @@ def test_gradual_unfreezing_in_a_lightning_run(source_ckpt, tmp_path):
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize(
     "encoder, key",
-    [({**ENCODER, "atom_fea_len": 32}, "model.encoder.atom_fea_len"),
+    [({**ENCODER, "hidden_channels": 32}, "model.encoder.hidden_channels"),
      ({**ENCODER, "gaussian_step": 0.25}, "model.encoder.gaussian_step"),
-     ({"name": "m3gnet_lite", "hidden": 16, "n_blocks": 2, "out_dim": 16}, "model.encoder.name")],
+     ({"name": "m3gnet_lite", "hidden_channels": 16, "num_layers": 2, "out_channels": 16}, "model.encoder.name")],
 )
 def test_encoder_mismatch_names_the_setting(source_ckpt, encoder, key):
     m = module(TARGET_TASKS, {"name": "single", "hidden": [8]}, encoder=encoder)

@@ -39,7 +39,7 @@ EXPECTED_KEYS = {
 
 def model_for(head: str, seed: int = 0, **options) -> TransferModel:
     torch.manual_seed(seed)
-    enc = build_encoder("cgcnn", atom_fea_len=16, n_conv=2, h_fea_len=24)
+    enc = build_encoder("cgcnn", hidden_channels=16, num_layers=2, out_channels=24)
     return TransferModel(enc, build_head(head, enc.out_dim, TASKS, hidden=[16], **{**HEAD_CONFIGS[head], **options}))
 
 

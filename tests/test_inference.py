@@ -17,7 +17,7 @@ from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import TransferModule
 
 COD = Path(__file__).resolve().parents[1] / "data" / "structures" / "cif" / "cgcnn_cod_sample"
-ENCODER = {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8}
+ENCODER = {"name": "cgcnn", "hidden_channels": 8, "num_layers": 1, "out_channels": 8}
 PBE, HSE = TaskSpec("gap_pbe", unit="eV"), TaskSpec("gap_hse", unit="eV")
 
 
@@ -81,7 +81,7 @@ def test_predict_batches_collects_ids_labels_predictions_extras_and_embeddings(g
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.embeddings, embeddings.numpy(), rtol=1e-5, atol=1e-6)
     only = predict_batches(module, loader, embed=True, predict=False)
-    assert only.preds == {} and only.embeddings.shape == (len(graphs), ENCODER["h_fea_len"])
+    assert only.preds == {} and only.embeddings.shape == (len(graphs), ENCODER["out_channels"])
     empty = predict_batches(module, [])
     assert empty.preds["gap_hse"].shape == (0,) and empty.y.shape == (0, 2)
 

@@ -17,8 +17,8 @@ from tlgnn.graphs import ATOM_FEATURES, CrystalGraphBuilder
 from tlgnn.models import ENCODERS, build_encoder
 from tlgnn.models.encoders.triplets import angle_triplets
 
-SMALL = {"cgcnn": {"atom_fea_len": 16, "n_conv": 2, "h_fea_len": 24},
-         "m3gnet_lite": {"hidden": 16, "n_blocks": 2, "out_dim": 24}}
+SMALL = {"cgcnn": {"hidden_channels": 16, "num_layers": 2, "out_channels": 24},
+         "m3gnet_lite": {"hidden_channels": 16, "num_layers": 2, "out_channels": 24}}
 
 
 def small(name: str, **extra) -> torch.nn.Module:

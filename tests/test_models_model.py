@@ -10,8 +10,8 @@ from tlgnn.data import TaskSpec
 from tlgnn.models import ExpressionError, TransferModel, build_model
 
 TASKS = [TaskSpec("gap_pbe", unit="eV", fidelity="pbe"), TaskSpec("gap_hse", unit="eV", fidelity="hse")]
-ENCODERS = {"cgcnn": {"atom_fea_len": 16, "n_conv": 3, "h_fea_len": 24},
-            "m3gnet_lite": {"hidden": 16, "n_blocks": 2, "out_dim": 24}}
+ENCODERS = {"cgcnn": {"hidden_channels": 16, "num_layers": 3, "out_channels": 24},
+            "m3gnet_lite": {"hidden_channels": 16, "num_layers": 2, "out_channels": 24}}
 
 
 def model(name: str = "cgcnn") -> TransferModel:

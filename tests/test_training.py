@@ -28,7 +28,7 @@ from tlgnn.utils.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "configs" / "data" / "mp_sample.yaml"
-TINY_ENCODER = {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16}
+TINY_ENCODER = {"name": "cgcnn", "hidden_channels": 16, "num_layers": 1, "out_channels": 16}
 GAP = TaskSpec("gap", unit="eV")
 METAL = TaskSpec("metal", kind="classification", classes=[0, 1, 2])
 
@@ -285,7 +285,7 @@ def test_fit_outputs_and_checkpoint_round_trip_through_load_model(tmp_path, cach
                                atol=1e-5)
     assert (predicted.is_metal_exp.to_numpy() == frame.is_metal_exp.to_numpy()).all()
     emb = model.embed(structures[:5])
-    assert emb.shape == (5, TINY_ENCODER["h_fea_len"]) and np.isfinite(emb).all()
+    assert emb.shape == (5, TINY_ENCODER["out_channels"]) and np.isfinite(emb).all()
 
 
 class Crash(L.Callback):
@@ -435,7 +435,7 @@ def test_host_side_checks_run_before_the_batch_moves_to_the_device():
     from tlgnn.graphs import ATOM_FEATURES, CrystalGraphBuilder
     from tlgnn.training.module import TransferModule
 
-    module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8,
+    module = TransferModule({"encoder": {"name": "cgcnn", "hidden_channels": 8, "num_layers": 1, "out_channels": 8,
                                          "cutoff": 6.0},
                              "head": {"name": "single"}}, [TaskSpec(name="gap")])
     batch = Batch.from_data_list([CrystalGraphBuilder(cutoff=8.0, max_neighbors=None)(s) for s in structures(2)])
@@ -454,7 +454,7 @@ def test_compiled_model_keeps_its_parameter_names(tmp_path):
 
     raw = raw_config(tmp_path / "out", tmp_path / "cache", {"name": "single", "task": "gap_hse"}, ["gap_hse"])
     for flag, compiled in ((False, False), (True, True)):
-        module = TransferModule({"encoder": {"name": "cgcnn", "atom_fea_len": 8, "n_conv": 1, "h_fea_len": 8},
+        module = TransferModule({"encoder": {"name": "cgcnn", "hidden_channels": 8, "num_layers": 1, "out_channels": 8},
                                  "head": {"name": "single"}}, [TaskSpec(name="gap")])
         names = list(module.state_dict())
         compile_model(load_run_config(raw=deep_update(raw, {"trainer": {"compile": flag}})), module)

@@ -91,8 +91,8 @@ class GNNOptions:
         quick: overrides applied with ``--quick``.
     """
 
-    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "cgcnn", "atom_fea_len": 64, "n_conv": 3,
-                                                              "h_fea_len": 128})
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "cgcnn", "hidden_channels": 64,
+                                                              "num_layers": 3, "out_channels": 128})
     hidden: list[int] = field(default_factory=lambda: [64])
     head: dict[str, Any] = field(default_factory=dict)
     tasks: list[str] | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -61,8 +61,35 @@ class Registry(dict):
 
         return add
 
-    def check(self, name: str, options: dict[str, Any]) -> type:
-        """The class for ``name`` after checking that every option is accepted; clear errors otherwise."""
+    def renamed(self, name: str) -> dict[str, str]:
+        """``{old option name: current name}`` of ``name``'s class (its ``renamed_options``; ``{}`` if none)."""
+        return dict(getattr(self.get(name), "renamed_options", None) or {})
+
+    def canonical(self, name: str, options: Mapping[str, Any],
+                  note: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+        """``options`` with every old option name of ``name`` replaced by its current name (same order).
+
+        Old names stay readable (checkpoints and configs written before a rename); ``note(old, new)`` is called
+        for each one found. Giving both names of one option is a ``ValueError``.
+        """
+        renamed = self.renamed(name) if isinstance(name, str) else {}
+        out: dict[str, Any] = {}
+        for key, value in options.items():
+            new = renamed.get(key)
+            if new is None:
+                out[key] = value
+                continue
+            if new in options:
+                raise ValueError(f"{self.kind} {name!r}: options {key!r} and {new!r} are one option (its old "
+                                 f"and its current name); give only {new!r}")
+            if note is not None:
+                note(key, new)
+            out[new] = value
+        return out
+
+    def check(self, name: str, options: Mapping[str, Any]) -> type:
+        """The class for ``name`` after checking that every option (old names included) is accepted; clear
+        errors otherwise."""
         if not isinstance(name, str) or name not in self:
             raise ValueError(
                 f"unknown {self.kind} {name!r}{close_matches(str(name), list(self))}; "
@@ -70,14 +97,15 @@ class Registry(dict):
             )
         cls = self[name]
         accepted = {k: p for k, p in accepted_options(cls).items() if k not in self.positional}
-        for key in options:
+        for key in self.canonical(name, options):
             if key not in accepted:
+                known = [*accepted, *self.renamed(name)]
                 raise ValueError(
-                    f"{self.kind} {name!r} has no option {key!r}{close_matches(key, list(accepted))}; "
+                    f"{self.kind} {name!r} has no option {key!r}{close_matches(key, known)}; "
                     f"options: {', '.join(sorted(accepted)) or '(none)'}"
                 )
         return cls
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
-        """Construct ``self[name](*args, **options)`` after ``check``."""
-        return self.check(name, options)(*args, **options)
+        """Construct ``self[name](*args, **options)`` after ``check`` (old option names read as the new ones)."""
+        return self.check(name, options)(*args, **self.canonical(name, options))

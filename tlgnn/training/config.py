@@ -21,6 +21,7 @@ relative to the current directory. Example (``configs/quickstart.yaml``)::
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -413,25 +414,38 @@ def load_run_config(
     return config
 
 
-def check_model_options(model: ModelConfig) -> None:
+def check_model_options(model: ModelConfig, log: Any = sys.stderr) -> None:
     """Check encoder and head names and options against the registries (imports :mod:`tlgnn.models`).
 
-    Raises :class:`ConfigError` naming ``model.encoder.<option>`` / ``model.head.<option>``.
+    An option given under its old name (e.g. ``model.encoder.atom_fea_len``) is renamed in ``model`` to the
+    current one, with a one-line note to ``log`` (``None``: silent). Raises :class:`ConfigError` naming
+    ``model.encoder.<option>`` / ``model.head.<option>``.
     """
     from tlgnn.models import ENCODERS, HEADS
     from tlgnn.models.registry import accepted_options
+
+    def note(section: str) -> Any:
+        def say(old: str, new: str) -> None:
+            if log is not None:
+                print(f"tlgnn: note: model.{section}.{old} is now called model.{section}.{new} "
+                      "(read as such; rename it in the config)", file=log)
+        return say
 
     for section, registry in (("encoder", ENCODERS), ("head", HEADS)):
         spec = dict(getattr(model, section))
         name = spec.pop("name")
         try:
+            spec = registry.canonical(name, spec, note(section))
+            setattr(model, section, {"name": name, **spec})
             registry.check(name, spec)
         except ValueError as err:
             key = "name"
             if name in registry:
                 positional = getattr(registry, "positional", ())
                 accepted = {k for k in accepted_options(registry[name]) if k not in positional}
-                key = next((k for k in spec if k not in accepted), "name")
+                renamed = registry.renamed(name)
+                both = [k for k in spec if renamed.get(k) in spec]  # an old name beside its new one
+                key = next(iter(both), next((k for k in spec if k not in accepted and k not in renamed), "name"))
             raise ConfigError(f"model.{section}.{key}", str(err)) from err
 
 

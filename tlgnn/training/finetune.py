@@ -44,9 +44,10 @@ def full_options(registry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` (``{name, **options}``) with every constructor default filled in (for comparisons)."""
     from tlgnn.models.registry import accepted_options
 
-    options = {k: v for k, v in spec.items() if k != "name"}
     name = spec.get("name")
+    options = {k: v for k, v in spec.items() if k != "name"}
     if name in registry:
+        options = registry.canonical(name, options)  # old option names (older checkpoints) as the current ones
         positional = getattr(registry, "positional", ())
         for key, param in accepted_options(registry[name]).items():
             if key not in positional and key not in options and param.default is not inspect.Parameter.empty:

@@ -119,10 +119,16 @@ class Encoder(nn.Module):
     interaction block, then the post-pooling layer if any) covering every parameter exactly once.
     Fine-tuning freezes the first k groups. ``layout_options``: options that choose how the same function is
     computed (e.g. CGCNN's ``edge_projection``); a checkpoint's encoder may be loaded with other values of them.
+
+    Option names are one vocabulary across encoders: ``hidden_channels`` (width of the per-atom features in the
+    interaction blocks), ``num_layers`` (number of interaction blocks), ``out_channels`` (width of ``graph_emb``,
+    = ``out_dim``), ``cutoff`` (Å). ``renamed_options`` maps an encoder's older option names to these: they stay
+    readable (old checkpoints, old configs; :meth:`tlgnn.models.registry.Registry.canonical`).
     """
 
     out_dim: int
     layout_options: tuple[str, ...] = ()
+    renamed_options: dict[str, str] = {}
 
     def forward(self, batch: Any) -> EncoderOutput:  # pragma: no cover - abstract
         raise NotImplementedError

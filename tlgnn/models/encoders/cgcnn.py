@@ -3,12 +3,12 @@
 Per interaction layer, for every edge i <- j with Gaussian-expanded distance u_ij:
 
     z_ij = [v_i, v_j, u_ij]
-    [f_ij, c_ij] = BN(W z_ij + b)                  (split into two halves of width atom_fea_len)
+    [f_ij, c_ij] = BN(W z_ij + b)                  (split into two halves of width hidden_channels)
     v_i' = softplus(v_i + BN(sum_j sigmoid(f_ij) * softplus(c_ij)))
 
-Atoms start from ``Linear(ATOM_FEATURES[z])`` (92-dim CGCNN elemental features). After ``n_conv`` layers the
+Atoms start from ``Linear(ATOM_FEATURES[z])`` (92-dim CGCNN elemental features). After ``num_layers`` layers the
 atom vectors are mean-pooled and passed through ``softplus -> conv_to_fc -> softplus``; that vector
-(width ``h_fea_len``) is ``graph_emb``: the transfer seam sits after ``conv_to_fc``, where the reference
+(width ``out_channels``) is ``graph_emb``: the transfer seam sits after ``conv_to_fc``, where the reference
 model's ``fc_out`` would start.
 """
 
@@ -85,21 +85,23 @@ class CGCNNConv(nn.Module):
 class CGCNNEncoder(Encoder):
     """CGCNN encoder (defaults of the reference implementation).
 
-    Options: ``atom_fea_len`` (64), ``n_conv`` (3), ``h_fea_len`` (128, = ``out_dim``), ``cutoff`` (8.0 Å:
-    end of the Gaussian expansion; edges longer than this are ignored), ``gaussian_step`` (0.2 Å: centre
-    spacing and width), ``atom_input`` ("cgcnn" features or a learned "embedding" by Z), ``edge_projection``
+    Options: ``hidden_channels`` (64, the reference's ``atom_fea_len``), ``num_layers`` (3 convolutions,
+    ``n_conv``), ``out_channels`` (128 = ``out_dim``, ``h_fea_len``; the reference names are still read),
+    ``cutoff`` (8.0 Å: end of the Gaussian expansion; edges longer than this are ignored), ``gaussian_step``
+    (0.2 Å: centre spacing and width), ``atom_input`` ("cgcnn" features or a learned "embedding" by Z), ``edge_projection``
     ("auto", "per_atom" or "per_edge": how ``W [v_i, v_j, u_ij]`` is evaluated, see :class:`CGCNNConv`),
     ``edge_batch_norm`` (True: the paper's batch norm of every edge's gate pre-activations; False: without it,
     which is PyG's ``CGConv(batch_norm=True)`` layer exactly — less work per edge, see docs/performance.md).
     """
 
     layout_options = ("edge_projection",)  # same function, other arithmetic order: free when fine-tuning
+    renamed_options = {"atom_fea_len": "hidden_channels", "n_conv": "num_layers", "h_fea_len": "out_channels"}
 
     def __init__(
         self,
-        atom_fea_len: int = 64,
-        n_conv: int = 3,
-        h_fea_len: int = 128,
+        hidden_channels: int = 64,
+        num_layers: int = 3,
+        out_channels: int = 128,
         cutoff: float = 8.0,
         gaussian_step: float = 0.2,
         atom_input: str = "cgcnn",
@@ -107,19 +109,20 @@ class CGCNNEncoder(Encoder):
         edge_batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        for field, value in (("atom_fea_len", atom_fea_len), ("n_conv", n_conv), ("h_fea_len", h_fea_len)):
+        for field, value in (("hidden_channels", hidden_channels), ("num_layers", num_layers),
+                             ("out_channels", out_channels)):
             if int(value) < 1:
                 raise ValueError(f"cgcnn option {field} must be >= 1, got {value}")
         if cutoff <= 0 or gaussian_step <= 0 or gaussian_step >= cutoff:
             raise ValueError(f"cgcnn needs 0 < gaussian_step < cutoff, got cutoff={cutoff}, gaussian_step={gaussian_step}")
         self.cutoff = float(cutoff)
-        self.out_dim = int(h_fea_len)
+        self.out_dim = int(out_channels)
         num = int(round(cutoff / gaussian_step)) + 1
         self.expansion = GaussianExpansion(start=0.0, stop=float(cutoff), num=num, width=float(gaussian_step))
-        self.embedding = AtomInput(atom_fea_len, atom_input)
-        self.convs = nn.ModuleList(CGCNNConv(atom_fea_len, num, edge_projection, bool(edge_batch_norm))
-                                   for _ in range(n_conv))
-        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+        self.embedding = AtomInput(hidden_channels, atom_input)
+        self.convs = nn.ModuleList(CGCNNConv(hidden_channels, num, edge_projection, bool(edge_batch_norm))
+                                   for _ in range(num_layers))
+        self.conv_to_fc = nn.Linear(hidden_channels, out_channels)
 
     def forward(self, batch: Any) -> EncoderOutput:
         edge_index, dist = within_cutoff(self.cutoff, batch.edge_index, batch.edge_dist)

@@ -9,7 +9,7 @@ gated by the atom k. Atom and bond features are then updated by an edge-gated gr
     h_i  = AtomInput(z_i)                                         CGCNN features or learned embedding
     e_ij = SiLU(LN(W RBF(r_ij)))                                  Gaussians 0..cutoff
     B_ijk[n, l] = R_n(r_ik) P_l(cos θ_jik) f(r_ij) f(r_ik)         R_n = sin(nπ r/r3)/r, f: smooth envelope
-  each of n_blocks blocks:
+  each of num_layers blocks:
     m_ij  = Σ_k B_ijk ⊙ σ(W_a h_k)                                 three-body message, width max_n*max_l
     e_ij += SiLU(W_1 m_ij) ⊙ σ(W_2 m_ij)
     gated convolution, neighbours j -> centre i, w_ij = f_cut(r_ij):
@@ -120,16 +120,19 @@ class InputEmbedding(nn.Module):
 class M3GNetLiteEncoder(Encoder):
     """Gated graph network with M3GNet three-body updates.
 
-    Options: ``hidden`` (64), ``n_blocks`` (3), ``out_dim`` (128), ``cutoff`` (8.0 Å: edge RBF range and
+    Options: ``hidden_channels`` (64), ``num_layers`` (3 blocks), ``out_channels`` (128; the former names
+    ``hidden``, ``n_blocks``, ``out_dim`` are still read), ``cutoff`` (8.0 Å: edge RBF range and
     envelope), ``three_body_cutoff`` (4.0 Å), ``max_n`` (3 radial) and ``max_l`` (4 angular) basis
     functions, ``num_rbf`` (41 Gaussians), ``atom_input`` ("cgcnn" | "embedding").
     """
 
+    renamed_options = {"hidden": "hidden_channels", "n_blocks": "num_layers", "out_dim": "out_channels"}
+
     def __init__(
         self,
-        hidden: int = 64,
-        n_blocks: int = 3,
-        out_dim: int = 128,
+        hidden_channels: int = 64,
+        num_layers: int = 3,
+        out_channels: int = 128,
         cutoff: float = 8.0,
         three_body_cutoff: float = 4.0,
         max_n: int = 3,
@@ -139,7 +142,7 @@ class M3GNetLiteEncoder(Encoder):
     ) -> None:
         super().__init__()
         for field, value, low in (
-            ("hidden", hidden, 1), ("n_blocks", n_blocks, 1), ("out_dim", out_dim, 1),
+            ("hidden_channels", hidden_channels, 1), ("num_layers", num_layers, 1), ("out_channels", out_channels, 1),
             ("max_n", max_n, 1), ("max_l", max_l, 1), ("num_rbf", num_rbf, 2),
         ):
             if int(value) < low:
@@ -151,10 +154,10 @@ class M3GNetLiteEncoder(Encoder):
         self.cutoff = float(cutoff)
         self.three_body_cutoff = float(three_body_cutoff)
         self.max_n, self.max_l = int(max_n), int(max_l)
-        self.out_dim = int(out_dim)
-        self.embed = InputEmbedding(hidden, atom_input, self.cutoff, int(num_rbf))
-        self.blocks = nn.ModuleList(Block(hidden, self.max_n * self.max_l) for _ in range(n_blocks))
-        self.readout = nn.Linear(hidden, out_dim)
+        self.out_dim = int(out_channels)
+        self.embed = InputEmbedding(hidden_channels, atom_input, self.cutoff, int(num_rbf))
+        self.blocks = nn.ModuleList(Block(hidden_channels, self.max_n * self.max_l) for _ in range(num_layers))
+        self.readout = nn.Linear(hidden_channels, out_channels)
 
     def angular_basis(self, tri: Triplets, dist: torch.Tensor) -> torch.Tensor:
         """``B_ijk`` [T, max_n * max_l] with both edge envelopes applied."""
