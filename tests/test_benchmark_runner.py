@@ -183,6 +183,20 @@ def test_report_tables_plots_and_kept_prose(tmp_path, experiment):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_holds_no_absolute_path_of_this_machine(tmp_path, experiment):
+    results = tmp_path / "results"
+    run_experiment(experiment, results, quick=True, only=["hse_sample/affine_lowknown"], log=lambda m: None)
+    output = tmp_path / "docs" / "results.md"
+    write_report(results.resolve(), output, (tmp_path / "docs" / "results").resolve(), root=tmp_path)
+    text = output.read_text()
+    assert str(tmp_path) not in text
+    assert "Finished cells: 1 from `results`" in text and "`results/summary.csv` (relative to this page)" in text
+    elsewhere = tmp_path / "elsewhere" / "figures"  # outside the page's folder: a relative path all the same
+    write_report(results, output, elsewhere, root=tmp_path / "docs")
+    text = output.read_text()
+    assert str(tmp_path) not in text and "from `../results`" in text and "`../elsewhere/figures/summary.csv`" in text
+
+
 def test_coverage_counts_finished_missing_and_not_applicable_cells(tmp_path):
     path = _config(tmp_path, train_sizes=[50, 100000, "all"])
     config = load_experiment(path)
