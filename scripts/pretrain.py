@@ -51,8 +51,8 @@ TASKS = ["gap_pbe_mp", "e_form_mp"]
 EXCLUDE_TASKS = ["gap_hse", "gap_gllbsc", "gap_scan"]
 EXCLUDE_FILES = ["expt_gap_formula_matched.csv.gz", "expt_is_metal_formula_matched.csv.gz"]
 ENCODERS = {
-    "cgcnn": {"name": "cgcnn", "atom_fea_len": 64, "n_conv": 3, "h_fea_len": 128},
-    "m3gnet_lite": {"name": "m3gnet_lite", "hidden": 64, "n_blocks": 3, "out_dim": 128},
+    "cgcnn": {"name": "cgcnn", "hidden_channels": 64, "num_layers": 3, "out_channels": 128},
+    "m3gnet_lite": {"name": "m3gnet_lite", "hidden_channels": 64, "num_layers": 3, "out_channels": 128},
 }
 HEAD = {"name": "multitask", "hidden": [128]}
 
