@@ -178,7 +178,7 @@ def test_a_damaged_checkpoint_is_refused_and_an_unverified_one_says_so_once(run,
     first = load_module(unverified)
     load_module(unverified)
     err = capsys.readouterr().err
-    assert err.count("loading it unverified") == 1 and "received.ckpt" in err
+    assert err.count("loaded it unverified") == 1 and "received.ckpt" in err
     reference = load_module(best).state_dict()
     assert all(torch.equal(value, reference[name]) for name, value in first.state_dict().items())
 
@@ -196,11 +196,13 @@ def test_a_file_that_is_not_a_tlgnn_checkpoint_is_one_line(run, tmp_path, capsys
     reason = {"text": "not a readable checkpoint", "weights": "not a tlgnn checkpoint",
               "module": "refused: it asks to import torch.nn.modules.linear.Linear"}[kind]
     assert main(["test", "--config", str(run / "run.yaml"), "--checkpoint", str(path)]) == 1
-    line = _error_line(capsys.readouterr().err, "test")
-    assert line.startswith(f"tlgnn test: {path}: {reason}"), line
+    err = capsys.readouterr().err
+    assert _error_line(err, "test").startswith(f"tlgnn test: {path}: {reason}"), err
+    assert len(err.strip().splitlines()) == 1, err  # nothing but the error
     assert main(["fit", "--config", str(run / "run.yaml"), "--resume", str(path)]) == 1
-    line = _error_line(capsys.readouterr().err, "fit")
-    assert line.startswith(f"tlgnn fit: cannot resume: {path}: {reason}"), line
+    err = capsys.readouterr().err
+    assert _error_line(err, "fit").startswith(f"tlgnn fit: cannot resume: {path}: {reason}"), err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_an_old_format_hostile_file_is_refused_too(tmp_path):

@@ -164,23 +164,30 @@ def checkpoint_damage(path: str | Path) -> str | None:
     return f"CRC mismatch in {bad}" if bad else None
 
 
-def check_file(path: str | Path) -> None:
+def check_file(path: str | Path) -> bool:
     """Raise :class:`CheckpointError` if the file at ``path`` differs from its ``.xxh3`` sidecar or its archive is
-    damaged. Without a sidecar (a checkpoint written before tlgnn wrote them, or received without one) the file
-    is accepted, and a note that it is unverified goes to stderr once per file."""
+    damaged. Returns whether a sidecar verified it (``False``: none beside it, a checkpoint written before tlgnn
+    wrote them or received without one; it is accepted, and :func:`read_checkpoint` says so once per file)."""
     path = Path(path)
-    if checksum_path(path).is_file():
+    verified = checksum_path(path).is_file()
+    if verified:
         try:
             verify_checksum(path)
         except ValueError as err:
             raise CheckpointError(path, str(getattr(err, "reason", err)), damaged=True) from err
-    elif str(path.resolve()) not in _unverified_noted:
-        _unverified_noted.add(str(path.resolve()))
-        print(f"tlgnn: {path}: no checksum file ({checksum_path(path).name}) beside it; loading it unverified",
-              file=sys.stderr)
     damage = checkpoint_damage(path)
     if damage:
         raise CheckpointError(path, damage, damaged=True)
+    return verified
+
+
+def _note_unverified(path: Path) -> None:
+    """One line on stderr, once per file and process, that ``path`` was loaded without a checksum."""
+    key = str(path.resolve())
+    if key not in _unverified_noted:
+        _unverified_noted.add(key)
+        print(f"tlgnn: {path}: no checksum file ({checksum_path(path).name}) beside it; loaded it unverified",
+              file=sys.stderr)
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -210,7 +217,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    check_file(path)
+    verified = check_file(path)
     try:
         wanted = _unsafe_globals(path)
     except Exception as err:  # noqa: BLE001 - an archive torch cannot read
@@ -224,6 +231,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise _load_failure(path, err) from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(path, f"not a tlgnn checkpoint (no '{CHECKPOINT_KEY}' section)")
+    if not verified:
+        _note_unverified(path)  # only for a file that is a tlgnn checkpoint: an error stays one line
     return checkpoint
 
 

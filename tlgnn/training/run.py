@@ -170,8 +170,9 @@ def resume_checkpoint(resume: str | None, output_dir: Path) -> str | None:
     try:
         read_checkpoint(path)  # safely, before Lightning touches it: damaged or foreign files stop here
     except CheckpointError as err:
-        raise RunError(f"cannot resume: {err}; resume from another checkpoint with --resume PATH "
-                       f"(e.g. {path.parent / 'best.ckpt'}) or start over with --overwrite") from err
+        hint = (f"; resume from another checkpoint with --resume PATH (e.g. {path.parent / 'best.ckpt'}) or start "
+                "over with --overwrite") if err.damaged else ""
+        raise RunError(f"cannot resume: {err}{hint}") from err
     return str(path)
 
 
