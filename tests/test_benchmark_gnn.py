@@ -121,6 +121,16 @@ def test_structure_only_models_report_their_own_pbe_prediction(results):
     assert elv["info"]["head"] == "elv" and elv["info"]["tasks"] == ["band_gap_pbe", "gap_hse"]
 
 
+def test_head_extras_become_the_cells_columns(results):
+    """The ELV head's latent that is no task comes through ``Head.extras`` as its own column (HSE = PBE +
+    softplus(shift)); the difference head's Δ as ``delta_pred``; no other made-up columns."""
+    _, elv_pred, _ = _cell(results, "gnn_elv")
+    assert "latent_shift" in elv_pred and "latent_band_gap_pbe" not in elv_pred  # a latent named like a task
+    np.testing.assert_allclose(np.logaddexp(0.0, elv_pred["latent_shift"]), elv_pred["delta_pred"], atol=1e-4)
+    _, diff_pred, _ = _cell(results, "gnn_difference_lowknown")
+    assert not [c for c in diff_pred.columns if "__" in c or ":" in c]
+
+
 def test_elv_paired_shift_stats_come_from_the_training_rows_with_both_labels(experiment, results):
     from tlgnn.benchmark.gnn import paired_shift_stats
     from tlgnn.benchmark.models import CellInput
