@@ -12,12 +12,13 @@ from tlgnn.data.config import DataConfig, GraphConfig, SplitConfig
 from tlgnn.data.tasks import TaskSpec, select_tasks, task_names
 
 _LAZY = {
-    "SourceSpec": "tlgnn.data.sources",
-    "SourceTable": "tlgnn.data.sources",
-    "SourceError": "tlgnn.data.sources",
-    "load_source_config": "tlgnn.data.sources",
+    "SourceSpec": "tlgnn.data.source_config",
+    "SourceTable": "tlgnn.data.source_table",
+    "SourceError": "tlgnn.data.errors",
+    "AlignmentError": "tlgnn.data.errors",
+    "load_source_config": "tlgnn.data.source_config",
     "load_source": "tlgnn.data.sources",
-    "AlignmentConfig": "tlgnn.data.sources",
+    "AlignmentConfig": "tlgnn.data.source_config",
     "align": "tlgnn.data.alignment",
     "align_config": "tlgnn.data.alignment",
     "AlignmentReport": "tlgnn.data.report",

@@ -5,9 +5,10 @@ Algorithm (sources in declared order; matching is against materials created by *
 1. Every source is loaded and validated (cheap checks) before any structure is parsed.
 2. Rows of one source are grouped by their id (sources with ids) or reduced formula (formula-only sources):
    such groups are the same material given twice, merged by the source's ``duplicates`` policy.
-3. Each group is matched by the matchers in the declared order: ``id`` (own id in its namespace, or a link
-   column), ``structure`` (StructureMatcher within the same reduced formula and space group; rows with a
-   structure only), ``composition`` (reduced formula with the polymorph policy; rows without a structure only).
+3. Each group is matched by the matchers (objects of :mod:`tlgnn.data.match`) in the declared order: ``id`` (own
+   id in its namespace, or a link column), ``structure`` (StructureMatcher within the same reduced formula and
+   space group; rows with a structure only), ``composition`` (reduced formula with the polymorph policy; rows
+   without a structure only). The first matcher with an answer decides: a match, or a drop with its reason.
 4. An unmatched group with a readable structure becomes a new material; otherwise its rows are dropped with a
    reason. Every input row ends up ``new``, ``matched`` (by a named matcher), ``merged`` (a duplicate) or
    ``dropped`` -- nothing vanishes silently.
@@ -29,69 +30,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tlgnn.data.match import FormulaIndex, IdIndex, StructureIndex, energy_margin, pick_polymorph
-from tlgnn.data.report import AlignmentReport
-from tlgnn.data.sources import AlignmentConfig, SourceError, SourceTable, load_source_config, load_sources
-from tlgnn.data.structures import parse_structures
+from tlgnn.data.errors import AlignmentError, SourceError
+from tlgnn.data.match import Drop, Match, Materials, Matcher, Query, build_matchers, first_match
+from tlgnn.data.report import AlignmentReport, SourceStats
+from tlgnn.data.source_config import AlignmentConfig, load_source_config
+from tlgnn.data.source_table import SourceTable
+from tlgnn.data.sources import load_sources
+from tlgnn.data.structures import ParsedStructure, parse_structures
 from tlgnn.data.table import MaterialTable
 from tlgnn.data.tasks import TaskSpec
-from tlgnn.errors import DataError
 from tlgnn.utils.files import write_text_atomic
 
-
-class AlignmentError(DataError, ValueError):
-    """Alignment cannot proceed (e.g. duplicates with policy ``error``); names the source and rows."""
-
-
-@dataclass
-class _Materials:
-    material_id: list[str] = field(default_factory=list)
-    structure: list[str] = field(default_factory=list)
-    formula: list[str] = field(default_factory=list)
-    n_sites: list[int] = field(default_factory=list)
-    source: list[str] = field(default_factory=list)
-    key: list[str] = field(default_factory=list)
-    energy: list[float] = field(default_factory=list)
-    ids: list[dict[str, list[str]]] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-
-    def add(self, material_id: str, structure: str, formula: str, n_sites: int, source: str, energy: float,
-            key: str) -> int:
-        self.key.append(key)
-        self.material_id.append(material_id)
-        self.structure.append(structure)
-        self.formula.append(formula)
-        self.n_sites.append(n_sites)
-        self.source.append(source)
-        self.energy.append(energy)
-        self.ids.append({})
-        self.seen.add(material_id)
-        return len(self.material_id) - 1
-
-    def add_id(self, material: int, namespace: str, ident: str) -> None:
-        bucket = self.ids[material].setdefault(namespace, [])
-        if ident not in bucket:
-            bucket.append(ident)
-
-
-def _groups(src: SourceTable) -> list[list[int]]:
-    """Rows of ``src`` describing the same material: same id, or same formula for formula-only sources."""
-    spec = src.spec
-    if spec.id_column or spec.layout == "nested":
-        keys: list[Any] = src.ids
-    elif spec.formula_column and not src.has_structures:
-        keys = src.formulas
-    else:
-        return [[i] for i in range(len(src))]
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+Values = dict[str, dict[int, list[tuple[int, float]]]]  # task -> material -> [(source row, value)]
 
 
 def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = None,
           cache_dir: str | Path | None = None, log=None) -> tuple[MaterialTable, AlignmentReport]:
-    """Align the sources of ``config`` (relative paths against ``base_dir``).
+    """Align the sources of ``config`` (relative paths against ``base_dir``), in the steps of the module doc.
 
     Args:
         config: the validated source config.
@@ -109,127 +64,148 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
     """
     say = log or (lambda msg: None)
     t0 = time.perf_counter()
-    sources = load_sources(config, base_dir)
+    sources = load_sources(config, base_dir)  # step 1: every source read and checked
     say(f"loaded {len(sources)} sources in {time.perf_counter() - t0:.1f} s: "
         + ", ".join(f"{s.name} ({len(s)} rows)" for s in sources))
     tasks: list[TaskSpec] = [t for s in sources for t in s.tasks]
     report = AlignmentReport(tasks=tasks, matchers=list(config.matchers), polymorph_policy=config.polymorph_policy)
-    mats = _Materials()
-    id_index, formula_index = IdIndex(), FormulaIndex()
-    struct_index = StructureIndex(config.structure_matcher) if "structure" in config.matchers else None
-    # values[task][material] -> [(row, value)]
-    values: dict[str, dict[int, list[tuple[int, float]]]] = {t.name: defaultdict(list) for t in tasks}
+    materials = Materials()
+    matchers = build_matchers(list(config.matchers), config.structure_matcher, config.polymorph_policy)
+    values: Values = {t.name: defaultdict(list) for t in tasks}
     tolerance = {t.name: _tolerance(src, t.name) for src in sources for t in src.tasks}
-
-    for src in sources:
+    for src in sources:  # steps 2-4, source by source
         t_src = time.perf_counter()
-        stats = report.source(src.name, len(src))
-        stats.notes.extend(src.notes)
-        parsed = None
-        if src.has_structures:
-            names = [f"{src.name}:{ident}" for ident in src.ids]
-            parsed = parse_structures(src.structure_inputs, names, src.spec.structure.disordered,  # type: ignore
-                                      n_jobs or config.n_jobs, cache_dir)
-            n_ok = sum(1 for p in parsed if p is not None and p.error is None)
-            say(f"{src.name}: parsed {n_ok} structures in {time.perf_counter() - t_src:.1f} s")
-        new_ids: list[tuple[int, tuple[str, str]]] = []
-        new_formulas: list[tuple[str, int]] = []
-        has_ids = bool(src.spec.id_column or src.spec.layout == "nested")
-        ambiguous_formulas: set[str] = set()
-        chosen: dict[str, dict] = {}  # formula -> which polymorph its rows went to, and by what energy margin
-        for group in _groups(src):
-            first = group[0]
-            own = [(src.spec.id_space, src.ids[first])] if has_ids else []
-            keys = own + [k for i in group for k in src.links[i]]
-            ps = parsed[first] if parsed is not None else None
-            structure_ok = ps is not None and ps.error is None
-            formula = ps.formula if structure_ok else src.formulas[first]
-            targets: list[int] = []
-            how = None
-            reason = None
-            for matcher in config.matchers:
-                if matcher == "id" and keys:
-                    found = sorted(id_index.lookup(keys))
-                    if len(found) == 1:
-                        targets, how = found, "id"
-                    elif len(found) > 1:
-                        reason = ("ambiguous_id", "ids " + ", ".join(f"{n}:{i}" for n, i in keys)
-                                  + " point to materials " + ", ".join(mats.material_id[m] for m in found))
-                        break
-                elif matcher == "structure" and structure_ok and struct_index is not None:
-                    cands = formula_index.get(formula)
-                    hit = struct_index.find(ps.structure, cands, [mats.structure[m] for m in cands])
-                    if hit is not None:
-                        targets, how = [hit], "structure"
-                elif matcher == "composition" and not structure_ok and formula:
-                    cands = formula_index.get(formula)
-                    if cands:
-                        energies = [mats.energy[m] for m in cands]
-                        choice = pick_polymorph(cands, energies, config.polymorph_policy)
-                        if choice.ambiguous:
-                            ambiguous_formulas.add(formula)
-                        if choice.ambiguous and choice.materials and formula not in chosen:
-                            chosen[formula] = {
-                                "formula": formula, "polymorphs": len(cands),
-                                "chosen": [mats.material_id[m] for m in choice.materials],
-                                "margin_ev_per_atom": energy_margin(energies) if len(choice.materials) == 1 else None,
-                            }
-                        if choice.materials:
-                            targets, how = choice.materials, "composition"
-                        else:
-                            reason = ("ambiguous_formula", f"formula {formula}: {choice.reason}")
-                            break
-                if targets:
-                    break
-            if not targets and reason is None:
-                if structure_ok:
-                    mid = src.ids[first] if has_ids else f"{src.name}-{first}"
-                    if mid in mats.seen:
-                        mid = f"{src.name}:{mid}"
-                    m = mats.add(mid, ps.structure, ps.formula, ps.n_sites, src.name, float(src.energies[first]),
-                                 ps.key)
-                    targets, how = [m], "new"
-                    new_formulas.append((ps.formula, m))
-                else:
-                    reason = _unmatched_reason(src, first, ps, keys, formula, config.matchers, has_ids)
-            if reason is not None:
-                for i in group:
-                    stats.drop(i, src.ids[i], reason[0], reason[1])
-                    for task in src.tasks:
-                        if not math.isnan(src.labels[task.name][i]):
-                            stats.dropped_labels[task.name] += 1
-                continue
-            stats.count(how, group[0])
-            for i in group[1:]:
-                stats.count("merged", i)
-            for m in targets:
-                if how != "new" and len(targets) == 1 and not math.isnan(src.energies[first]) \
-                        and math.isnan(mats.energy[m]):
-                    mats.energy[m] = float(src.energies[first])
-                if len(targets) == 1:
-                    for key in keys:
-                        new_ids.append((m, key))
-                for task in src.tasks:
-                    col = src.labels[task.name]
-                    for i in group:
-                        if not math.isnan(col[i]):
-                            values[task.name][m].append((i, float(col[i])))
-        for m, (namespace, ident) in new_ids:
-            id_index.add((namespace, ident), m)
-            mats.add_id(m, namespace, ident)
-        for formula, m in new_formulas:
-            formula_index.add(formula, m)
-        stats.ambiguous_formulas = len(ambiguous_formulas)
-        stats.polymorph_choices = list(chosen.values())
-        if struct_index is not None:
-            struct_index.forget()
+        parsed = _parse(src, n_jobs or config.n_jobs, cache_dir, say)
+        stats = _align_source(src, parsed, matchers, materials, values, report)
         say(f"{src.name}: " + stats.short() + f" ({time.perf_counter() - t_src:.1f} s)")
-
-    frame = _build_frame(mats, tasks, values, sources, tolerance, report)
+    frame = _build_frame(materials, tasks, values, sources, tolerance, report)  # step 5
     table = MaterialTable(frame, tasks)
     report.finish(table, config, tolerance)
     report.seconds = time.perf_counter() - t0
     return table, report
+
+
+def _parse(src: SourceTable, n_jobs: int | None, cache_dir: str | Path | None,
+           say) -> list[ParsedStructure | None] | None:
+    """The source's structures parsed (``None`` for a source without structures)."""
+    if not src.has_structures:
+        return None
+    t0 = time.perf_counter()
+    names = [f"{src.name}:{ident}" for ident in src.ids]
+    parsed = parse_structures(src.structure_inputs, names, src.spec.structure.disordered,  # type: ignore
+                              n_jobs, cache_dir)
+    n_ok = sum(1 for p in parsed if p is not None and p.error is None)
+    say(f"{src.name}: parsed {n_ok} structures in {time.perf_counter() - t0:.1f} s")
+    return parsed
+
+
+def _groups(src: SourceTable) -> list[list[int]]:
+    """Step 2: rows of ``src`` describing the same material: same id, or same formula for formula-only sources."""
+    spec = src.spec
+    if spec.id_column or spec.layout == "nested":
+        keys: list[Any] = src.ids
+    elif spec.formula_column and not src.has_structures:
+        keys = src.formulas
+    else:
+        return [[i] for i in range(len(src))]
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+@dataclass
+class _SourceRun:
+    """What one source adds while it is matched: ids and formulas registered when it is done, and the formulas
+    that met several polymorphs."""
+
+    new_ids: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
+    new_formulas: list[tuple[str, int]] = field(default_factory=list)
+    ambiguous_formulas: set[str] = field(default_factory=set)
+    chosen: dict[str, dict] = field(default_factory=dict)  # formula -> the polymorph its rows went to
+
+
+def _align_source(src: SourceTable, parsed: list[ParsedStructure | None] | None, matchers: list[Matcher],
+                  materials: Materials, values: Values, report: AlignmentReport) -> SourceStats:
+    """Steps 2-4 for one source: group its rows, match each group, make a new material or drop the rows."""
+    stats = report.source(src.name, len(src))
+    stats.notes.extend(src.notes)
+    run = _SourceRun()
+    has_ids = bool(src.spec.id_column or src.spec.layout == "nested")
+    for group in _groups(src):
+        first = group[0]
+        ps = parsed[first] if parsed is not None else None
+        readable = ps is not None and ps.error is None
+        own = [(src.spec.id_space, src.ids[first])] if has_ids else []
+        query = Query(own + [k for i in group for k in src.links[i]],
+                      ps.formula if readable else src.formulas[first], ps.structure if readable else None)
+        outcome = first_match(query, matchers, materials)  # step 3
+        _note_polymorphs(query, outcome, run)
+        if outcome is None:  # step 4
+            outcome = _new_or_unmatched(src, first, ps, query, materials, [m.name for m in matchers], has_ids, run)
+        if isinstance(outcome, Drop):
+            _drop(src, group, outcome, stats)
+        else:
+            _place(src, group, query, outcome, materials, values, stats, run)
+    materials.register(run.new_ids, run.new_formulas)
+    stats.ambiguous_formulas = len(run.ambiguous_formulas)
+    stats.polymorph_choices = list(run.chosen.values())
+    for matcher in matchers:
+        matcher.end_source()
+    return stats
+
+
+def _note_polymorphs(query: Query, outcome: Match | Drop | None, run: _SourceRun) -> None:
+    """Remember formulas that met several polymorphs, and the first choice made for each."""
+    if isinstance(outcome, Match) and outcome.polymorphs is not None:
+        run.ambiguous_formulas.add(query.formula)  # type: ignore[arg-type]
+        run.chosen.setdefault(query.formula, outcome.polymorphs)  # type: ignore[arg-type]
+    elif isinstance(outcome, Drop) and outcome.code == "ambiguous_formula":
+        run.ambiguous_formulas.add(query.formula)  # type: ignore[arg-type]
+
+
+def _new_or_unmatched(src: SourceTable, row: int, ps: ParsedStructure | None, query: Query, materials: Materials,
+                      matchers: list[str], has_ids: bool, run: _SourceRun) -> Match | Drop:
+    """Step 4: an unmatched group with a readable structure becomes a new material; otherwise a reasoned drop."""
+    if query.structure is None:
+        return _unmatched_reason(src, ps, query, matchers)
+    mid = src.ids[row] if has_ids else f"{src.name}-{row}"
+    if mid in materials.seen:
+        mid = f"{src.name}:{mid}"
+    m = materials.add(mid, ps.structure, ps.formula, ps.n_sites, src.name, float(src.energies[row]),  # type: ignore
+                      ps.key)  # type: ignore[union-attr]
+    run.new_formulas.append((ps.formula, m))  # type: ignore[union-attr]
+    return Match([m], "new")
+
+
+def _drop(src: SourceTable, group: list[int], drop: Drop, stats: SourceStats) -> None:
+    for i in group:
+        stats.drop(i, src.ids[i], drop.code, drop.reason)
+        for task in src.tasks:
+            if not math.isnan(src.labels[task.name][i]):
+                stats.dropped_labels[task.name] += 1
+
+
+def _place(src: SourceTable, group: list[int], query: Query, match: Match, materials: Materials, values: Values,
+           stats: SourceStats, run: _SourceRun) -> None:
+    """Count the group's rows, give a matched material the source's energy if it had none, and collect the
+    rows' labels and ids for the material(s)."""
+    first = group[0]
+    stats.count(match.how, first)
+    for i in group[1:]:
+        stats.count("merged", i)
+    single = len(match.materials) == 1
+    for m in match.materials:
+        if match.how != "new" and single and not math.isnan(src.energies[first]) \
+                and math.isnan(materials.energy[m]):
+            materials.energy[m] = float(src.energies[first])
+        if single:
+            run.new_ids.extend((m, key) for key in query.keys)
+        for task in src.tasks:
+            col = src.labels[task.name]
+            for i in group:
+                if not math.isnan(col[i]):
+                    values[task.name][m].append((i, float(col[i])))
 
 
 def _tolerance(src: SourceTable, task: str) -> float:
@@ -239,9 +215,10 @@ def _tolerance(src: SourceTable, task: str) -> float:
     return float(src.spec.tolerance)
 
 
-def _unmatched_reason(src: SourceTable, row: int, ps, keys, formula, matchers, has_ids) -> tuple[str, str]:
+def _unmatched_reason(src: SourceTable, ps: ParsedStructure | None, query: Query, matchers: list[str]) -> Drop:
+    keys, formula = query.keys, query.formula
     if ps is not None and ps.error is not None:
-        return "bad_structure", f"structure unreadable ({ps.error}) and no match by id"
+        return Drop("bad_structure", f"structure unreadable ({ps.error}) and no match by id")
     if src.has_structures and ps is None:
         what = "no structure for this row"
     else:
@@ -252,8 +229,8 @@ def _unmatched_reason(src: SourceTable, row: int, ps, keys, formula, matchers, h
     if "composition" in matchers and formula:
         tried.append(f"formula {formula} matches no material")
     if not tried:
-        return "unmatched", f"{what}; no id/formula a declared matcher could use"
-    return "unmatched", f"{what}; " + "; ".join(tried)
+        return Drop("unmatched", f"{what}; no id/formula a declared matcher could use")
+    return Drop("unmatched", f"{what}; " + "; ".join(tried))
 
 
 def _merge(entries: list[tuple[int, float]], task: TaskSpec, policy: str) -> float:
@@ -269,7 +246,7 @@ def _merge(entries: list[tuple[int, float]], task: TaskSpec, policy: str) -> flo
     return float(np.mean(vals))
 
 
-def _build_frame(mats: _Materials, tasks: list[TaskSpec], values, sources: list[SourceTable],
+def _build_frame(mats: Materials, tasks: list[TaskSpec], values, sources: list[SourceTable],
                  tolerance: dict[str, float], report: AlignmentReport) -> pd.DataFrame:
     n = len(mats.material_id)
     by_task_source = {t.name: src for src in sources for t in src.tasks}
@@ -281,7 +258,7 @@ def _build_frame(mats: _Materials, tasks: list[TaskSpec], values, sources: list[
         "structure_key": mats.key,
         "structure_source": mats.source,
         "energy_per_atom": np.asarray(mats.energy, dtype=np.float64),
-        "ids": [json.dumps(d, sort_keys=True) for d in mats.ids],
+        "ids": [json.dumps(d, sort_keys=True) for d in mats.id_map],
     }
     provenance: list[dict[str, list]] = [{} for _ in range(n)]
     for task in tasks:

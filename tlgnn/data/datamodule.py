@@ -29,8 +29,9 @@ def _source_fingerprint(config: DataConfig) -> str:
     """Hash of the source YAML, its overrides, the contents of every table it names and the size/mtime of each
     file in a ``files`` folder (cache key). Tables are hashed by content: a corrected file copied with its old
     timestamp (``cp -p``, ``rsync -a``) still realigns."""
-    from tlgnn.data.sources import _resolve, load_source_config
+    from tlgnn.data.source_config import load_source_config
     from tlgnn.data.structures import CACHE_VERSION, structure_folder
+    from tlgnn.utils.config import resolve_path
 
     path = Path(config.sources)  # type: ignore[arg-type]
     align_cfg, base = load_source_config(path, config.source_overrides)
@@ -39,7 +40,7 @@ def _source_fingerprint(config: DataConfig) -> str:
     for spec in align_cfg.sources:
         names = [spec.path] + ([spec.structure.path] if spec.structure and spec.structure.path else [])
         for name in names:
-            p = _resolve(base, name)
+            p = resolve_path(name, base, normalize=False)
             h.update(f"{p}|{file_digest(p) if p.is_file() else 'missing'}".encode())
         if spec.structure is not None and spec.structure.kind == "files":
             # a structure file replaced, added or removed in the folder makes a new alignment

@@ -1,4 +1,16 @@
-"""Matchers that find, for a source row, the material(s) it describes.
+"""Matchers that find, for a group of source rows (one material given once or several times), the material(s)
+it describes among those created by earlier sources.
+
+A matcher is an object with ``name`` and ``match(query, materials) -> Match | Drop | None``: a :class:`Match`
+(the materials, and how), a :class:`Drop` (a reason code and a sentence: the rows must not be used), or ``None``
+(no opinion: the next matcher is asked). :func:`build_matchers` makes them from the config's ``matchers`` list:
+
+- :class:`IdMatcher` (``id``): the group's own ``(namespace, id)`` and link ids; several materials: a drop.
+- :class:`StructureMatch` (``structure``): groups with a readable structure only.
+- :class:`CompositionMatcher` (``composition``): groups without a readable structure, by reduced formula and
+  the polymorph policy.
+
+The indices behind them:
 
 - :class:`IdIndex`: ``(namespace, id) -> material`` lookups (own ids and cross-source link columns).
 - :class:`StructureIndex`: pymatgen ``StructureMatcher`` restricted to candidates with the same reduced formula
@@ -11,9 +23,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from tlgnn.data.sources import StructureMatcherConfig
+from tlgnn.data.source_config import StructureMatcherConfig
 
 
 class IdIndex:
@@ -144,4 +157,192 @@ class StructureIndex:
         self._structures.clear()
 
 
-__all__ = ["FormulaIndex", "IdIndex", "PolymorphChoice", "StructureIndex", "pick_polymorph"]
+# ------------------------------------------------------------------------------------------ materials so far
+@dataclass
+class Materials:
+    """The materials created so far (one entry per material, in creation order) and the indices matchers use.
+
+    ``ids``/``formulas`` hold only materials of *earlier* sources: :meth:`register` adds a source's new keys
+    after the whole source was matched, so rows of one source never match each other.
+    """
+
+    material_id: list[str] = field(default_factory=list)
+    structure: list[str] = field(default_factory=list)
+    formula: list[str] = field(default_factory=list)
+    n_sites: list[int] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    key: list[str] = field(default_factory=list)
+    energy: list[float] = field(default_factory=list)
+    id_map: list[dict[str, list[str]]] = field(default_factory=list)  # per material {namespace: [ids]}
+    ids: IdIndex = field(default_factory=IdIndex)
+    formulas: FormulaIndex = field(default_factory=FormulaIndex)
+    seen: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.material_id)
+
+    def add(self, material_id: str, structure: str, formula: str, n_sites: int, source: str, energy: float,
+            key: str) -> int:
+        """Create a material (structure as pymatgen JSON, energy in eV/atom); returns its index."""
+        self.key.append(key)
+        self.material_id.append(material_id)
+        self.structure.append(structure)
+        self.formula.append(formula)
+        self.n_sites.append(n_sites)
+        self.source.append(source)
+        self.energy.append(energy)
+        self.id_map.append({})
+        self.seen.add(material_id)
+        return len(self.material_id) - 1
+
+    def register(self, new_ids: list[tuple[int, tuple[str, str]]], new_formulas: list[tuple[str, int]]) -> None:
+        """Make a finished source's ids and new materials' formulas visible to the matchers."""
+        for m, (namespace, ident) in new_ids:
+            self.ids.add((namespace, ident), m)
+            bucket = self.id_map[m].setdefault(namespace, [])
+            if ident not in bucket:
+                bucket.append(ident)
+        for formula, m in new_formulas:
+            self.formulas.add(formula, m)
+
+
+# ------------------------------------------------------------------------------------------------ matchers
+@dataclass
+class Query:
+    """What a group of source rows offers to match on: ``keys`` (its own ``(namespace, id)`` and link ids),
+    ``formula`` (reduced; from the parsed structure when there is one) and ``structure`` (pymatgen JSON of a
+    readable structure, else ``None``)."""
+
+    keys: list[tuple[str, str]]
+    formula: str | None
+    structure: str | None
+
+
+@dataclass
+class Match:
+    """The group describes ``materials`` (found by matcher ``how``: ``id``, ``structure``, ``composition``, or
+    ``new``). ``polymorphs``: for a composition match among several polymorphs, which was chosen and by what
+    energy margin (eV/atom)."""
+
+    materials: list[int]
+    how: str
+    polymorphs: dict[str, Any] | None = None
+
+
+@dataclass
+class Drop:
+    """The group's rows are dropped: ``code`` (``ambiguous_id``, ``ambiguous_formula``, ``unmatched``,
+    ``bad_structure``) and a sentence saying why."""
+
+    code: str
+    reason: str
+
+
+class Matcher(Protocol):
+    """A matcher: ``match`` returns a :class:`Match`, a :class:`Drop`, or ``None`` to ask the next one."""
+
+    name: str
+
+    def match(self, query: Query, materials: Materials) -> Match | Drop | None: ...
+
+    def end_source(self) -> None: ...
+
+
+class IdMatcher:
+    """``id``: the materials the group's ids point to; one is a match, several are a drop (``ambiguous_id``)."""
+
+    name = "id"
+
+    def match(self, query: Query, materials: Materials) -> Match | Drop | None:
+        if not query.keys:
+            return None
+        found = sorted(materials.ids.lookup(query.keys))
+        if len(found) == 1:
+            return Match(found, "id")
+        if len(found) > 1:
+            return Drop("ambiguous_id", "ids " + ", ".join(f"{n}:{i}" for n, i in query.keys)
+                        + " point to materials " + ", ".join(materials.material_id[m] for m in found))
+        return None
+
+    def end_source(self) -> None:
+        pass
+
+
+class StructureMatch:
+    """``structure``: a group with a readable structure matches an equivalent structure of the same reduced
+    formula and space group (:class:`StructureIndex`)."""
+
+    name = "structure"
+
+    def __init__(self, config: StructureMatcherConfig) -> None:
+        self.index = StructureIndex(config)
+
+    def match(self, query: Query, materials: Materials) -> Match | Drop | None:
+        if query.structure is None:
+            return None
+        candidates = materials.formulas.get(query.formula)
+        hit = self.index.find(query.structure, candidates, [materials.structure[m] for m in candidates])
+        return Match([hit], "structure") if hit is not None else None
+
+    def end_source(self) -> None:
+        self.index.forget()
+
+
+class CompositionMatcher:
+    """``composition``: a group without a readable structure matches the materials of its reduced formula, one
+    of several polymorphs chosen by the polymorph policy (:func:`pick_polymorph`); no choice is a drop
+    (``ambiguous_formula``)."""
+
+    name = "composition"
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+
+    def match(self, query: Query, materials: Materials) -> Match | Drop | None:
+        if query.structure is not None or not query.formula:
+            return None
+        candidates = materials.formulas.get(query.formula)
+        if not candidates:
+            return None
+        energies = [materials.energy[m] for m in candidates]
+        choice = pick_polymorph(candidates, energies, self.policy)
+        if not choice.materials:
+            return Drop("ambiguous_formula", f"formula {query.formula}: {choice.reason}")
+        polymorphs = None
+        if choice.ambiguous:
+            polymorphs = {
+                "formula": query.formula, "polymorphs": len(candidates),
+                "chosen": [materials.material_id[m] for m in choice.materials],
+                "margin_ev_per_atom": energy_margin(energies) if len(choice.materials) == 1 else None,
+            }
+        return Match(choice.materials, "composition", polymorphs)
+
+    def end_source(self) -> None:
+        pass
+
+
+def build_matchers(names: list[str], structure_matcher: StructureMatcherConfig,
+                   polymorph_policy: str) -> list[Matcher]:
+    """The matchers named in ``names`` (``id``, ``structure``, ``composition``), in that order."""
+    makers = {
+        "id": IdMatcher,
+        "structure": lambda: StructureMatch(structure_matcher),
+        "composition": lambda: CompositionMatcher(polymorph_policy),
+    }
+    return [makers[name]() for name in names]
+
+
+def first_match(query: Query, matchers: list[Matcher], materials: Materials) -> Match | Drop | None:
+    """The first matcher's answer that is not ``None`` (``None`` when every matcher passes)."""
+    for matcher in matchers:
+        outcome = matcher.match(query, materials)
+        if outcome is not None:
+            return outcome
+    return None
+
+
+__all__ = [
+    "CompositionMatcher", "Drop", "FormulaIndex", "IdIndex", "IdMatcher", "Match", "Matcher", "Materials",
+    "PolymorphChoice", "Query", "StructureIndex", "StructureMatch", "build_matchers", "energy_margin", "first_match",
+    "pick_polymorph",
+]

@@ -161,6 +161,12 @@ class AlignmentReport:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """The whole report as Markdown (``report.md``): one section per method below, in this order."""
+        out = self._md_header() + self._md_tasks() + self._md_overlap() + self._md_dropped() \
+            + self._md_polymorphs() + self._md_duplicates() + self._md_comparisons()
+        return "\n".join(out) + "\n"
+
+    def _md_header(self) -> list[str]:
         out = ["# Alignment report", ""]
         if self.config_path:
             out.append(f"Config: `{self.config_path}`  ")
@@ -176,8 +182,11 @@ class AlignmentReport:
         notes = [(s.name, n) for s in self.sources.values() for n in s.notes]
         if notes:
             out += [""] + [f"- {name}: {note}" for name, note in notes]
-        out += ["", "## Tasks", "", "| task | source | kind | unit | fidelity | labels | mean | std | min | max |",
-                "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        return out
+
+    def _md_tasks(self) -> list[str]:
+        out = ["", "## Tasks", "", "| task | source | kind | unit | fidelity | labels | mean | std | min | max |",
+               "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         for t in self.tasks:
             st = self.label_stats.get(t.name, {})
             if t.kind == "regression":
@@ -186,12 +195,18 @@ class AlignmentReport:
                 nums = ["classes " + ", ".join(f"{k}: {v}" for k, v in st.get("classes", {}).items()), "", "", ""]
             out.append(f"| {t.name} | {t.source} | {t.kind} | {t.unit or ''} | {t.fidelity or ''} | "
                        f"{st.get('count', 0)} | " + " | ".join(nums) + " |")
+        return out
+
+    def _md_overlap(self) -> list[str]:
         names = [t.name for t in self.tasks]
-        out += ["", "## Task overlap (materials with both labels)", "",
-                "| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+        out = ["", "## Task overlap (materials with both labels)", "",
+               "| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
         for name, row in zip(names, self.overlap):
             out.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-        out += ["", "## Dropped rows", ""]
+        return out
+
+    def _md_dropped(self) -> list[str]:
+        out = ["", "## Dropped rows", ""]
         if not any(s.dropped for s in self.sources.values()):
             out.append("None.")
         for s in self.sources.values():
@@ -206,42 +221,52 @@ class AlignmentReport:
             for d in s.dropped[:LIST_LIMIT]:
                 out.append(f"- row {d['row']} (id `{d['id']}`): {d['reason']}")
             out.append("")
-        out += ["## Polymorph choices", ""]
+        return out
+
+    def _md_polymorphs(self) -> list[str]:
+        out = ["## Polymorph choices", ""]
         choices = [(s.name, c) for s in self.sources.values() for c in s.polymorph_choices]
         if not choices:
             out.append("None: no formula-only row met several polymorphs.")
-        else:
-            near = sum(1 for _, c in choices if c["margin_ev_per_atom"] is not None
-                       and c["margin_ev_per_atom"] < NEAR_DEGENERATE_EV)
-            out.append(f"{len(choices)} formulas matched one of several polymorphs ({near} by less than "
-                       f"{1000 * NEAR_DEGENERATE_EV:.0f} meV/atom: check that the label describes that polymorph). "
-                       f"Closest first (all in report.json):")
-            out.append("")
-            ranked = sorted(choices, key=lambda sc: (sc[1]["margin_ev_per_atom"] is None,
-                                                     sc[1]["margin_ev_per_atom"] or 0.0))
-            for name, c in ranked[:LIST_LIMIT]:
-                margin = c["margin_ev_per_atom"]
-                how = f"lowest energy by {1000 * margin:.1f} meV/atom" if margin is not None else "all polymorphs"
-                out.append(f"- {name}: {c['formula']} ({c['polymorphs']} polymorphs) -> "
-                           f"{', '.join(c['chosen'])} ({how})")
-        out += ["", "## Duplicates inside a source", ""]
+            return out
+        near = sum(1 for _, c in choices if c["margin_ev_per_atom"] is not None
+                   and c["margin_ev_per_atom"] < NEAR_DEGENERATE_EV)
+        out.append(f"{len(choices)} formulas matched one of several polymorphs ({near} by less than "
+                   f"{1000 * NEAR_DEGENERATE_EV:.0f} meV/atom: check that the label describes that polymorph). "
+                   f"Closest first (all in report.json):")
+        out.append("")
+        ranked = sorted(choices, key=lambda sc: (sc[1]["margin_ev_per_atom"] is None,
+                                                 sc[1]["margin_ev_per_atom"] or 0.0))
+        for name, c in ranked[:LIST_LIMIT]:
+            margin = c["margin_ev_per_atom"]
+            how = f"lowest energy by {1000 * margin:.1f} meV/atom" if margin is not None else "all polymorphs"
+            out.append(f"- {name}: {c['formula']} ({c['polymorphs']} polymorphs) -> "
+                       f"{', '.join(c['chosen'])} ({how})")
+        return out
+
+    def _md_duplicates(self) -> list[str]:
+        out = ["", "## Duplicates inside a source", ""]
         if not self.duplicates:
             out.append("None.")
-        else:
-            out.append(f"{len(self.duplicates)} materials given more than once by one source; "
-                       f"{len(self.conflicts)} conflict (differ by more than the tolerance):")
-            out.append("")
-            for d in (self.conflicts or self.duplicates)[:LIST_LIMIT]:
-                flag = " **conflict**" if d["conflict"] else ""
-                out.append(f"- {d['source']} / {d['task']}: `{d['material_id']}` rows {d['rows']} values "
-                           f"{[round(v, 4) for v in d['values']]}{flag}")
-        out += ["", "## Same-fidelity comparisons", ""]
+            return out
+        out.append(f"{len(self.duplicates)} materials given more than once by one source; "
+                   f"{len(self.conflicts)} conflict (differ by more than the tolerance):")
+        out.append("")
+        for d in (self.conflicts or self.duplicates)[:LIST_LIMIT]:
+            flag = " **conflict**" if d["conflict"] else ""
+            out.append(f"- {d['source']} / {d['task']}: `{d['material_id']}` rows {d['rows']} values "
+                       f"{[round(v, 4) for v in d['values']]}{flag}")
+        return out
+
+    def _md_comparisons(self) -> list[str]:
+        out = ["", "## Same-fidelity comparisons", ""]
         if not self.comparisons:
             out.append("None (no two tasks share a fidelity and unit).")
         for c in self.comparisons:
             a, b = c["tasks"]
+            mean = c["mean_diff"] if c["mean_diff"] is None else round(c["mean_diff"], 4)
             out.append(f"**{a} vs {b}**: {c['both']} materials have both; {c['disagreements']} differ by more than "
-                       f"{c['tolerance']} (mean {b} − {a}: {c['mean_diff'] if c['mean_diff'] is None else round(c['mean_diff'], 4)}).")
+                       f"{c['tolerance']} (mean {b} − {a}: {mean}).")
             if c["rows"]:
                 out += ["", f"| material_id | {a} | {b} |", "| --- | ---: | ---: |"]
                 for r in c["rows"][:LIST_LIMIT]:
@@ -249,7 +274,6 @@ class AlignmentReport:
                 if len(c["rows"]) > LIST_LIMIT:
                     out.append(f"| … {len(c['rows']) - LIST_LIMIT} more in report.json | | |")
             out.append("")
-        return "\n".join(out) + "\n"
-
+        return out
 
 __all__ = ["AlignmentReport", "SourceStats"]

@@ -18,7 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from tlgnn.data.sources import SourceError, SourceSpec, _id_text, _is_missing, _resolve, read_table
+from tlgnn.data.errors import SourceError
+from tlgnn.data.readers import id_text, is_missing, read_table
+from tlgnn.data.source_config import SourceSpec
+from tlgnn.utils.config import resolve_path
 from tlgnn.utils.files import remove_stale_temps, temp_path, verify_checksum, write_checksum
 
 SERIAL_BELOW = 64
@@ -43,7 +46,9 @@ def structure_folder(spec: SourceSpec, base: Path) -> Path:
     config's root) or, by default, the label table's folder."""
     st = spec.structure
     assert st is not None
-    return _resolve(base, st.dir) if st.dir else _resolve(base, spec.path).parent
+    if st.dir:
+        return resolve_path(st.dir, base, normalize=False)
+    return resolve_path(spec.path, base, normalize=False).parent
 
 
 def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
@@ -69,7 +74,7 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
         out: list[Any] = []
         used: set[str] = set()
         for value in frame[st.column].tolist():
-            if _is_missing(value):
+            if is_missing(value):
                 out.append(None)
                 continue
             path = _find_structure_file(folder, str(value).strip(), files)
@@ -93,7 +98,7 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
         table = read_table(path, None, spec.name, "structure.path", columns=[key, st.column])  # type: ignore[list-item]
         by_id: dict[str, Any] = {}
         for j, (ident, value) in enumerate(zip(table[key].tolist(), table[st.column].tolist())):
-            ident = _id_text(ident)
+            ident = id_text(ident)
             if ident is None:
                 raise SourceError(spec.name, "structure.id_column", f"empty id in {path.name}", row=j)
             if ident in by_id:
@@ -144,7 +149,7 @@ def _find_structure_file(folder: Path, name: str, files: dict[str, str]) -> Path
 
 
 def _text_input(value: Any, fmt: str) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, dict):
         return ("dict", value)
@@ -168,7 +173,7 @@ def _read_frames(spec: SourceSpec, path: Path, key: str) -> dict[str, Any]:
             continue
         if key not in atoms.info:
             raise SourceError(spec.name, "structure.id_column", f"frame has no info key {key!r}", row=f"frame {j}")
-        ident = _id_text(atoms.info[key])
+        ident = id_text(atoms.info[key])
         if ident in out:
             raise SourceError(spec.name, "structure.id_column",
                               f"id {ident!r} appears in two selected frames (add 'select')", row=f"frame {j}")
