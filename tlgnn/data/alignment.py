@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,7 @@ def align(config: AlignmentConfig, base_dir: str | Path, n_jobs: int | None = No
         t_src = time.perf_counter()
         parsed = _parse(src, n_jobs or config.n_jobs, cache_dir, say)
         stats = _align_source(src, parsed, matchers, materials, values, report)
+        _check_losses(src, stats)
         say(f"{src.name}: " + stats.short() + f" ({time.perf_counter() - t_src:.1f} s)")
     frame = _build_frame(materials, tasks, values, sources, tolerance, report)  # step 5
     table = MaterialTable(frame, tasks)
@@ -130,6 +134,7 @@ def _align_source(src: SourceTable, parsed: list[ParsedStructure | None] | None,
     """Steps 2-4 for one source: group its rows, match each group, make a new material or drop the rows."""
     stats = report.source(src.name, len(src))
     stats.notes.extend(src.notes)
+    stats.out_of_range.extend(src.out_of_range)
     run = _SourceRun()
     has_ids = bool(src.spec.id_column or src.spec.layout == "nested")
     for group in _groups(src):
@@ -153,6 +158,18 @@ def _align_source(src: SourceTable, parsed: list[ParsedStructure | None] | None,
     for matcher in matchers:
         matcher.end_source()
     return stats
+
+
+def _check_losses(src: SourceTable, stats: SourceStats) -> None:
+    """A source none of whose rows aligned is an error (unless ``allow_all_dropped``): it names the most common
+    reason, which usually points at a misread file or a wrong id column."""
+    top = stats.top_drop()
+    if top is None or len(stats.dropped) < stats.rows or src.spec.allow_all_dropped:
+        return
+    code, n, d = top
+    raise SourceError(src.name, None, f"all {stats.rows} rows were dropped, {n} as {code}, e.g. row {d['row']} "
+                                      f"(id {d['id']!r}): {d['reason']}; check the file and its columns, or set "
+                                      "allow_all_dropped: true to accept an empty source")
 
 
 def _note_polymorphs(query: Query, outcome: Match | Drop | None, run: _SourceRun) -> None:
@@ -275,11 +292,14 @@ def _build_frame(mats: Materials, tasks: list[TaskSpec], values, sources: list[S
                         f"source {src.name!r}, task {task.name!r}: material {mats.material_id[m]} is given by rows "
                         f"{rows} (ids {[src.ids[r] for r in rows]}) with values {vals} (duplicates: error)"
                     )
+                col[m] = _merge(entries, task, src.spec.duplicates)
                 report.duplicates.append({
                     "source": src.name, "task": task.name, "material_id": mats.material_id[m], "rows": rows,
                     "ids": [src.ids[r] for r in rows], "values": vals, "conflict": bool(conflict),
+                    "policy": src.spec.duplicates, "merged": float(col[m]),
                 })
-            col[m] = _merge(entries, task, src.spec.duplicates)
+            else:
+                col[m] = entries[0][1]
             provenance[m][task.name] = [src.name, rows[0] if len(rows) == 1 else rows]
         columns[task.name] = col
     columns["provenance"] = [json.dumps(p, sort_keys=True) for p in provenance]
@@ -296,14 +316,44 @@ def align_config(path: str | Path, overrides: list[str] | None = None, root: str
     return table, report
 
 
-def write_alignment(table: MaterialTable, report: AlignmentReport, out_dir: str | Path) -> Path:
-    """Write ``report.md``, ``report.json`` and then ``aligned.parquet`` (with its checksum) into ``out_dir``;
-    returns the table path. The table comes last: a folder holding it (and its checksum) is complete."""
+LOCK_FILE = ".tlgnn-align.lock"
+
+
+@contextmanager
+def output_lock(out_dir: str | Path, log=None) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (``fcntl.flock`` on ``out_dir/.tlgnn-align.lock``) while a run's
+    outputs are written. If another process holds it, say so through ``log`` (default: stderr) and wait: two runs
+    into one folder write one after the other, so the folder always holds one run's table and report. The lock
+    is released when the holder exits, however it exits. (No lock where ``fcntl`` is missing, e.g. Windows.)"""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "report.md", report.to_markdown())
-    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1, default=_json_default))
-    return table.save(out)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(out / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+            say(f"another tlgnn align is writing into {out}; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_alignment(table: MaterialTable, report: AlignmentReport, out_dir: str | Path, log=None) -> Path:
+    """Write ``report.md``, ``report.json`` and then ``aligned.parquet`` (with its checksum) into ``out_dir``;
+    returns the table path. The table comes last: a folder holding it (and its checksum) is complete. The three
+    are written under :func:`output_lock`, so a concurrent run into the same folder cannot mix its files in."""
+    out = Path(out_dir)
+    with output_lock(out, log):
+        write_text_atomic(out / "report.md", report.to_markdown())
+        write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=1, default=_json_default))
+        return table.save(out)
 
 
 def _json_default(obj: Any) -> Any:
@@ -314,4 +364,4 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(type(obj).__name__)
 
 
-__all__ = ["AlignmentError", "SourceError", "align", "align_config", "write_alignment"]
+__all__ = ["AlignmentError", "SourceError", "align", "align_config", "output_lock", "write_alignment"]

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tlgnn.data.config import DataConfig
 from tlgnn.data.dataset import MaterialDataset, StructureDataset
 from tlgnn.data.loader import graph_loader
+from tlgnn.data.report import console_warnings
 from tlgnn.data.splits import Split, check_split, check_split_settings, load_split, make_split, save_split
 from tlgnn.data.table import TABLE_FILE, MaterialTable
 from tlgnn.data.tasks import TaskSpec, select_tasks
@@ -164,6 +165,21 @@ class TransferDataModule(L.LightningDataModule):
         self.train_set = self.dataset.subset(self.split.train)
         self.val_set = self.dataset.subset(self.split.val)
         self.test_set = self.dataset.subset(self.split.test)
+
+    def alignment_warnings(self) -> list[str]:
+        """Console lines about the data (rows a source lost, labels outside their valid range, conflicting
+        duplicates and the policy that merged them: :func:`tlgnn.data.report.console_warnings`), read from the
+        ``report.json`` beside the alignment report; empty when there is none."""
+        if self.alignment_report is None:
+            return []
+        path = Path(self.alignment_report).with_name("report.json")
+        if not path.is_file():
+            return []
+        try:
+            report = json.loads(path.read_text())
+            return ["data: " + line for line in console_warnings(report)]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return [f"data: warning: cannot read the alignment report {path} ({type(err).__name__}: {err})"]
 
     def graph_cache(self):
         """The graph cache for ``config.graph`` under ``config.cache_dir``."""

@@ -9,6 +9,7 @@ import difflib
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,13 @@ def open_text(path: Path):
 
 
 def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str = "path",
-               columns: list[str] | None = None, header: bool = True) -> pd.DataFrame:
+               columns: list[str] | None = None, header: bool = True,
+               notes: list[str] | None = None) -> pd.DataFrame:
     """Read a table file into a DataFrame (CSV cells as text; JSON values as parsed); errors are SourceErrors.
 
-    CSV: comma-separated, or tab-separated for ``.tsv`` names and for files whose first line has tabs and no
-    commas. ``header=False``: the CSV has no header row and ``columns`` names its columns in order."""
+    CSV: the delimiter is sniffed by :func:`sniff_csv` (comma, tab, or semicolon with decimal commas, which are
+    read as decimal points); ``header=False``: the CSV has no header row and ``columns`` names its columns in
+    order. ``notes``: a list that gets a sentence about how the file was read when that was not the default."""
     if not path.is_file():
         raise SourceError(source, field_name, f"file not found: {path}")
     try:
@@ -53,7 +56,7 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
         if not header and fmt != "csv":
             raise SourceError(source, "header", f"header: false applies to CSV/TSV files; {path.name} is {fmt}")
         if fmt == "csv":
-            frame = _read_csv(path, source, columns if not header else None)
+            frame = _read_csv(path, source, columns if not header else None, notes)
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         elif fmt == "jsonl":
@@ -86,17 +89,44 @@ def read_table(path: Path, fmt: TableFormat | None, source: str, field_name: str
     return frame.reset_index(drop=True)
 
 
-def _read_csv(path: Path, source: str, names: list[str] | None) -> pd.DataFrame:
+DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
+SNIFF_LINES = 20
+
+
+def sniff_csv(lines: list[str], tsv_name: bool = False) -> tuple[str, bool]:
+    """The delimiter of a CSV from its first ``lines``, and whether its numbers are written with decimal commas.
+
+    Tab for ``.tsv`` names and for a first line with tabs and no commas; semicolon for a first line with
+    semicolons where every comma of a semicolon-separated line sits inside a number (``mp-10182;0,758``), which
+    then has a decimal comma; otherwise comma."""
+    first = lines[0] if lines else ""
+    if tsv_name or ("\t" in first and "," not in first):
+        return "\t", False
+    if ";" in first:
+        fields = [f.strip() for line in lines if ";" in line for f in line.rstrip("\r\n").split(";")]
+        if all("," not in f or DECIMAL_COMMA.fullmatch(f) for f in fields):
+            return ";", any("," in f for f in fields)
+    return ",", False
+
+
+def _read_csv(path: Path, source: str, names: list[str] | None, notes: list[str] | None) -> pd.DataFrame:
     with open_text(path) as handle:
-        first = handle.readline()
-    sep = "\t" if ".tsv" in path.name.lower() or ("\t" in first and "," not in first) else ","
+        lines = [line for _, line in zip(range(SNIFF_LINES), handle)]
+    sep, decimal_comma = sniff_csv(lines, ".tsv" in path.name.lower())
     if names is None:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, header=None)
-    if frame.shape[1] != len(names):
-        raise SourceError(source, "columns", f"{path.name} has {frame.shape[1]} columns per row; 'columns' names "
-                                             f"{len(names)}: {names}")
-    frame.columns = list(names)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, header=None)
+        if frame.shape[1] != len(names):
+            raise SourceError(source, "columns", f"{path.name} has {frame.shape[1]} columns per row; 'columns' "
+                                                 f"names {len(names)}: {names}")
+        frame.columns = list(names)
+    if sep == ";" and notes is not None:
+        notes.append(f"{path.name} read as semicolon-separated" + (" with decimal commas (0,758 = 0.758)"
+                                                                  if decimal_comma else ""))
+    if decimal_comma:
+        for col in frame.columns:
+            frame[col] = [v.replace(",", ".") if DECIMAL_COMMA.fullmatch(v) else v for v in frame[col]]
     return frame
 
 
@@ -156,5 +186,5 @@ def id_text(value: Any) -> str | None:
     return str(value).strip()
 
 
-__all__ = ["MISSING_TEXT", "id_text", "infer_format", "is_missing", "open_text", "read_nested", "read_table",
-           "require_columns"]
+__all__ = ["DECIMAL_COMMA", "MISSING_TEXT", "id_text", "infer_format", "is_missing", "open_text", "read_nested",
+           "read_table", "require_columns", "sniff_csv"]

@@ -29,6 +29,7 @@ class SourceStats:
     polymorph_choices: list[dict[str, Any]] = field(default_factory=list)  # formula rows matched to a polymorph
     dropped_labels: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    out_of_range: list[dict[str, Any]] = field(default_factory=list)  # labels left out: {task, row, id, value, valid}
     _seen: set = field(default_factory=set, repr=False)
 
     def _mark(self, row: int) -> None:
@@ -62,7 +63,11 @@ class SourceStats:
             "ambiguous_formulas": self.ambiguous_formulas, "polymorph_choices": self.polymorph_choices,
             "dropped_labels": dict(self.dropped_labels),
             "notes": self.notes, "dropped_rows": self.dropped,
-        }
+        } | ({"out_of_range": self.out_of_range} if self.out_of_range else {})
+
+    def top_drop(self) -> tuple[str, int, dict[str, Any]] | None:
+        """The most common drop reason: ``(code, rows, first such row)``; ``None`` when nothing was dropped."""
+        return _top_drop(self.dropped)
 
 
 @dataclass
@@ -158,12 +163,17 @@ class AlignmentReport:
         for c in (c for c in self.comparisons if c["both"]):
             lines.append(f"  {c['tasks'][0]} vs {c['tasks'][1]}: {c['disagreements']} of {c['both']} differ "
                          f"by > {c['tolerance']}")
+        lines += ["  " + line for line in self.warnings()]
         return "\n".join(lines)
+
+    def warnings(self) -> list[str]:
+        """What a user must hear about on the console (see :func:`console_warnings`)."""
+        return console_warnings(self.to_dict())
 
     def to_markdown(self) -> str:
         """The whole report as Markdown (``report.md``): one section per method below, in this order."""
         out = self._md_header() + self._md_tasks() + self._md_overlap() + self._md_dropped() \
-            + self._md_polymorphs() + self._md_duplicates() + self._md_comparisons()
+            + self._md_out_of_range() + self._md_polymorphs() + self._md_duplicates() + self._md_comparisons()
         return "\n".join(out) + "\n"
 
     def _md_header(self) -> list[str]:
@@ -223,6 +233,17 @@ class AlignmentReport:
             out.append("")
         return out
 
+    def _md_out_of_range(self) -> list[str]:
+        """Labels left out for lying outside their task's valid range (a section only when there are any)."""
+        rows = [(s.name, d) for s in self.sources.values() for d in s.out_of_range]
+        if not rows:
+            return []
+        out = ["## Labels outside their valid range", "",
+               f"{len(rows)} labels left out (policy out_of_range: drop). First {min(LIST_LIMIT, len(rows))}:", ""]
+        for name, d in rows[:LIST_LIMIT]:
+            out.append(f"- {name} row {d['row']} (id `{d['id']}`): {d['task']} = {d['value']:g}, valid {d['valid']}")
+        return out + [""]
+
     def _md_polymorphs(self) -> list[str]:
         out = ["## Polymorph choices", ""]
         choices = [(s.name, c) for s in self.sources.values() for c in s.polymorph_choices]
@@ -276,4 +297,40 @@ class AlignmentReport:
             out.append("")
         return out
 
-__all__ = ["AlignmentReport", "SourceStats"]
+def _top_drop(dropped: list[dict[str, Any]]) -> tuple[str, int, dict[str, Any]] | None:
+    if not dropped:
+        return None
+    code, n = Counter(d["code"] for d in dropped).most_common(1)[0]
+    return code, n, next(d for d in dropped if d["code"] == code)
+
+
+def console_warnings(report: dict[str, Any]) -> list[str]:
+    """Console lines from a report in its JSON form (``report.json``; :meth:`AlignmentReport.to_dict`): a source
+    that lost more than half its rows to one reason, labels left out for lying outside their valid range, and
+    materials one source gives twice with conflicting labels (with the policy that merged them)."""
+    lines = []
+    for name, s in report["sources"].items():
+        top = _top_drop(s.get("dropped_rows", []))
+        if top is not None and top[1] > s["rows"] / 2:
+            code, n, d = top
+            lines.append(f"warning: source {name!r}: {n} of {s['rows']} rows dropped as {code}, e.g. row "
+                         f"{d['row']} (id {d['id']}): {d['reason']}")
+        bad = s.get("out_of_range", [])
+        if bad:
+            d = bad[0]
+            lines.append(f"warning: source {name!r}: {len(bad)} labels outside their valid range left out, e.g. "
+                         f"{d['task']} = {d['value']:g} at row {d['row']} (id {d['id']}; valid {d['valid']})")
+    by_source: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in report.get("duplicates", []):
+        if d["conflict"]:
+            by_source.setdefault((d["source"], d.get("policy", "mean")), []).append(d)
+    for (name, policy), found in by_source.items():
+        d = found[0]
+        merged = f" -> {d['merged']:.4g}" if isinstance(d.get("merged"), float) else ""
+        lines.append(f"warning: source {name!r}: {len(found)} materials given more than once with conflicting "
+                     f"labels, merged by duplicates: {policy}; e.g. {d['task']} of {d['material_id']}: rows "
+                     f"{d['rows']} values {[round(v, 4) for v in d['values']]}{merged}")
+    return lines
+
+
+__all__ = ["AlignmentReport", "SourceStats", "console_warnings"]

@@ -61,6 +61,9 @@ class LabelSpec:
         classes: class labels of a classification task (values outside them are an error).
         tolerance: duplicates/cross-source values differing by more than this are listed as conflicts
             (default: the source's ``tolerance``).
+        valid_range: ``[low, high]`` a physical value lies in (``null`` for an open end; ``[null, null]``: no
+            check). Default: band gaps (``unit: eV`` with a ``fidelity``) >= 0, other tasks unchecked. Values
+            outside follow the source's ``out_of_range`` policy.
     """
 
     task: str | None = None
@@ -69,6 +72,7 @@ class LabelSpec:
     fidelity: str | None = None
     classes: list[Any] | None = None
     tolerance: float | None = None
+    valid_range: list[float | None] | None = None
 
 
 @dataclass
@@ -133,6 +137,10 @@ class SourceSpec:
         duplicates: policy for the same material given twice by this source: ``mean`` (classification:
             majority, ties to the first), ``first``, or ``error``.
         tolerance: default conflict tolerance (label units) for duplicates and cross-source comparisons.
+        out_of_range: a label outside its task's valid range (a negative band gap): ``drop`` (the value is left
+            out, and listed by row and id in the report and on the console) or ``error`` (refuse the source).
+        allow_all_dropped: accept a source none of whose rows aligns (default: that is an error naming the most
+            common reason, since it usually means a misread file or a wrong id column).
     """
 
     name: str
@@ -150,6 +158,8 @@ class SourceSpec:
     structure: StructureSpec | None = None
     duplicates: Literal["mean", "first", "error"] = "mean"
     tolerance: float = 0.1
+    out_of_range: Literal["drop", "error"] = "drop"
+    allow_all_dropped: bool = False
 
     def validate(self) -> None:
         if not self.name:
@@ -186,6 +196,7 @@ class SourceSpec:
             spec = TaskSpec(
                 name=label.task or key, kind=label.kind, unit=label.unit, fidelity=label.fidelity,
                 classes=list(label.classes) if label.classes is not None else None, source=self.name,
+                valid_range=list(label.valid_range) if label.valid_range is not None else None,
             )
             try:
                 spec.validate()

@@ -28,6 +28,9 @@ class SourceTable:
         structure_inputs: per row, what to parse (``(text, fmt)``, a file path, or a ready ``Structure``) or
             ``None`` when the row has no structure.
         base_dir: folder the source's relative paths were resolved against.
+        notes: sentences for the report (how the file was read, rows without a structure...).
+        out_of_range: labels left out for lying outside their task's valid range: ``{task, row, id, value,
+            valid}`` each.
     """
 
     spec: SourceSpec
@@ -40,6 +43,7 @@ class SourceTable:
     structure_inputs: list[Any] | None
     base_dir: Path
     notes: list[str] = field(default_factory=list)
+    out_of_range: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

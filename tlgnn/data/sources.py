@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,15 +80,45 @@ def reduced_formula(formula: str) -> str:
 
 
 def load_source(spec: SourceSpec, base_dir: str | Path) -> SourceTable:
-    """Read and validate one source (no structure is parsed here; see :mod:`tlgnn.data.structures`)."""
+    """Read and validate one source (no structure is parsed here; see :mod:`tlgnn.data.structures`).
+
+    Labels outside their task's valid range (:meth:`TaskSpec.physical_range`) are dropped and listed in
+    ``SourceTable.out_of_range`` or, with ``out_of_range: error``, refused."""
     base = Path(base_dir)
     path = resolve_path(spec.path, base, normalize=False)
     tasks = spec.task_specs()
+    notes: list[str] = []
+    frame, ids = _read_rows(spec, path, notes)
+    labels = {}
+    out_of_range: list[dict[str, Any]] = []
+    for (key, _), task in zip(spec.labels.items(), tasks):
+        labels[task.name] = convert_labels(frame[key], task, spec.name, f"labels.{key}", ids)
+        out_of_range += check_range(labels[task.name], task, spec, f"labels.{key}", ids)
+    energies = np.full(len(frame), np.nan)
+    if spec.energy_column:
+        task = TaskSpec(name=spec.energy_column)
+        energies = convert_labels(frame[spec.energy_column], task, spec.name, "energy_column", ids)
+    links: list[list[tuple[str, str]]] = [[] for _ in range(len(frame))]
+    for col, namespace in spec.links.items():
+        for i, value in enumerate(frame[col].tolist()):
+            ident = id_text(value)
+            if ident is not None:
+                links[i].append((namespace, ident))
+    inputs = None
+    if spec.structure is not None:
+        inputs, more = structure_inputs(spec, frame, ids, base)
+        notes += more
+    return SourceTable(spec, tasks, ids, labels, _formulas(spec, frame, ids), energies, links, inputs, base, notes,
+                       out_of_range)
+
+
+def _read_rows(spec: SourceSpec, path: Path, notes: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The source's table (every needed column checked) and the id of each row."""
     if spec.layout == "nested":
         frame, _ = read_nested(path, list(spec.labels), spec.name)
         ids = frame["id"].tolist()
     else:
-        frame = read_table(path, spec.format, spec.name, columns=spec.columns, header=spec.header)
+        frame = read_table(path, spec.format, spec.name, columns=spec.columns, header=spec.header, notes=notes)
         needed = [c for c in (spec.id_column, spec.formula_column, spec.energy_column, *spec.links) if c]
         needed += list(spec.labels)
         if spec.structure is not None and spec.structure.kind in ("inline", "files"):
@@ -104,11 +135,11 @@ def load_source(spec: SourceSpec, base_dir: str | Path) -> SourceTable:
             ids = [str(i) for i in range(len(frame))]
     if len(frame) == 0:
         raise SourceError(spec.name, "path", f"{path.name} holds no rows")
+    return frame, ids
 
-    labels = {}
-    for (key, _), task in zip(spec.labels.items(), tasks):
-        labels[task.name] = convert_labels(frame[key], task, spec.name, f"labels.{key}", ids)
 
+def _formulas(spec: SourceSpec, frame: pd.DataFrame, ids: list[str]) -> list[str | None]:
+    """Reduced formula per row from ``formula_column`` (``None`` everywhere without one)."""
     formulas: list[str | None] = [None] * len(frame)
     if spec.formula_column:
         for i, text in enumerate(frame[spec.formula_column].tolist()):
@@ -119,25 +150,38 @@ def load_source(spec: SourceSpec, base_dir: str | Path) -> SourceTable:
             except Exception as err:  # noqa: BLE001
                 raise SourceError(spec.name, "formula_column", f"unparsable formula {text!r}: {err}",
                                   row=_row_label(i, ids)) from None
+    return formulas
 
-    energies = np.full(len(frame), np.nan)
-    if spec.energy_column:
-        task = TaskSpec(name=spec.energy_column)
-        energies = convert_labels(frame[spec.energy_column], task, spec.name, "energy_column", ids)
 
-    links: list[list[tuple[str, str]]] = [[] for _ in range(len(frame))]
-    for col, namespace in spec.links.items():
-        for i, value in enumerate(frame[col].tolist()):
-            ident = id_text(value)
-            if ident is not None:
-                links[i].append((namespace, ident))
+def range_text(low: float, high: float, unit: str | None) -> str:
+    """``">= 0 eV"``, ``"<= 5"``, ``"in [0, 10] eV"``."""
+    unit = f" {unit}" if unit else ""
+    if math.isinf(high):
+        return f">= {low:g}{unit}"
+    if math.isinf(low):
+        return f"<= {high:g}{unit}"
+    return f"in [{low:g}, {high:g}]{unit}"
 
-    notes: list[str] = []
-    if spec.structure is not None:
-        inputs, notes = structure_inputs(spec, frame, ids, base)
-    else:
-        inputs = None
-    return SourceTable(spec, tasks, ids, labels, formulas, energies, links, inputs, base, notes)
+
+def check_range(values: np.ndarray, task: TaskSpec, spec: SourceSpec, field_name: str,
+                ids: list[str]) -> list[dict[str, Any]]:
+    """Labels of ``task`` outside its physical range: set to NaN in ``values`` and returned as
+    ``{task, row, id, value, valid}`` records (policy ``drop``), or a :class:`SourceError` (policy ``error``)."""
+    rng = task.physical_range()
+    if rng is None:
+        return []
+    low, high = rng
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero((values < low) | (values > high))
+    valid = range_text(low, high, task.unit)
+    if len(bad) and spec.out_of_range == "error":
+        i = int(bad[0])
+        raise SourceError(spec.name, field_name, f"{values[i]:g} is outside the valid range of task {task.name!r} "
+                          f"({valid}; {len(bad)} such values); fix the values, or set out_of_range: drop to leave "
+                          "them out", row=_row_label(i, ids))
+    out = [{"task": task.name, "row": int(i), "id": ids[i], "value": float(values[i]), "valid": valid} for i in bad]
+    values[bad] = np.nan
+    return out
 
 
 def _field_of(spec: SourceSpec, col: str) -> str:
@@ -156,7 +200,7 @@ def load_sources(config: AlignmentConfig, base_dir: str | Path) -> list[SourceTa
 
 __all__ = [
     "AlignmentConfig", "CompareSpec", "LabelSpec", "MISSING_TEXT", "MatcherName", "SourceError", "SourceSpec",
-    "SourceTable", "StructureKind", "StructureSpec", "StructureMatcherConfig", "TableFormat", "convert_labels",
-    "id_text", "infer_format", "is_missing", "load_source", "load_source_config", "load_sources", "read_nested",
-    "read_table", "reduced_formula", "require_columns",
+    "SourceTable", "StructureKind", "StructureSpec", "StructureMatcherConfig", "TableFormat", "check_range",
+    "convert_labels", "id_text", "infer_format", "is_missing", "load_source", "load_source_config", "load_sources",
+    "range_text", "read_nested", "read_table", "reduced_formula", "require_columns",
 ]

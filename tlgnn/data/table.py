@@ -15,6 +15,7 @@ needed to build graphs the cache lacks. ``MaterialTable.load(path, structures="l
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,16 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.data.tasks import TaskSpec
-from tlgnn.utils.files import CorruptFileError, temp_path, verify_checksum, write_checksum
+from tlgnn.utils.files import CorruptFileError, checksum_path, temp_path, verify_checksum, write_checksum
 
 TABLE_FILE = "aligned.parquet"
 META_KEY = b"tlgnn.tasks"
 BASE_COLUMNS = ["material_id", "formula", "n_sites", "structure", "structure_key", "structure_source", "energy_per_atom", "ids"]
 ROW_GROUP_ROWS = 4096  # rows per parquet row group: the unit a lazy table reads structures in
+
+
+class UnverifiedTableWarning(UserWarning):
+    """An aligned table loaded without its checksum file: damage to it cannot be detected."""
 
 
 class ParquetColumn(Sequence):
@@ -179,7 +184,12 @@ class MaterialTable:
             path = path / TABLE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"aligned table not found: {path} (write one with `tlgnn align`)")
-        verify_checksum(path)  # a damaged table must not train silently on wrong labels
+        if checksum_path(path).is_file():
+            verify_checksum(path)  # a damaged table must not train silently on wrong labels
+        else:
+            warnings.warn(f"{path}: no checksum file ({checksum_path(path).name}), so the table is unverified: damage "
+                          "to it would go unnoticed; write it again with `tlgnn align` to get one",
+                          UnverifiedTableWarning, stacklevel=2)
         try:
             schema = pq.read_schema(path)
             meta = (schema.metadata or {}).get(META_KEY)
@@ -194,4 +204,4 @@ class MaterialTable:
             raise CorruptFileError(path, f"unreadable aligned table ({type(err).__name__}: {err})") from None
 
 
-__all__ = ["BASE_COLUMNS", "MaterialTable", "ParquetColumn", "ROW_GROUP_ROWS", "TABLE_FILE"]
+__all__ = ["BASE_COLUMNS", "MaterialTable", "ParquetColumn", "ROW_GROUP_ROWS", "TABLE_FILE", "UnverifiedTableWarning"]

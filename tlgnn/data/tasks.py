@@ -8,6 +8,7 @@ versions is two tasks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ class TaskSpec:
         classes: the class labels, in index order, for a classification task (e.g. ``[0, 1]`` or
             ``["metal", "non-metal"]``); ``None`` for regression.
         source: the name of the source the labels come from.
+        valid_range: ``[low, high]`` (label units; ``None`` for an open end) a physical value must lie in;
+            ``None``: the default of :meth:`physical_range` (band gaps >= 0, nothing else checked).
     """
 
     name: str
@@ -36,6 +39,7 @@ class TaskSpec:
     fidelity: str | None = None
     classes: list[Any] | None = None
     source: str | None = None
+    valid_range: list[float | None] | None = None
 
     def validate(self) -> None:
         """Cross-field checks; raises :class:`ConfigError` naming the field."""
@@ -50,6 +54,25 @@ class TaskSpec:
                 raise ConfigError("classes", f"task {self.name!r}: classes must be distinct, got {self.classes}")
         elif self.classes is not None:
             raise ConfigError("classes", f"task {self.name!r}: a regression task takes no classes")
+        if self.valid_range is not None:
+            _check_range(self)
+
+    def physical_range(self) -> tuple[float, float] | None:
+        """``(low, high)`` a label must lie in (``-inf``/``inf`` for an open end), or ``None`` when unchecked.
+
+        ``valid_range`` when given (``[null, null]`` turns the check off); otherwise a band gap (a regression task
+        with ``unit: eV`` and a ``fidelity``) must be >= 0 eV, and other tasks (formation energies...) are
+        unchecked."""
+        if self.kind != "regression":
+            return None
+        if self.valid_range is not None:
+            low, high = self.valid_range
+            if low is None and high is None:
+                return None
+            return (-math.inf if low is None else float(low), math.inf if high is None else float(high))
+        if self.unit == "eV" and self.fidelity:
+            return (0.0, math.inf)
+        return None
 
     @property
     def is_classification(self) -> bool:
@@ -79,8 +102,12 @@ class TaskSpec:
         raise KeyError(f"{label!r} is not a class of task {self.name!r} (classes: {self.classes})")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (stored in the aligned parquet metadata and in checkpoints)."""
-        return dataclasses.asdict(self)
+        """JSON-able form (stored in the aligned parquet metadata and in checkpoints); ``valid_range`` only when
+        set, so tables and checkpoints without one read as before."""
+        data = dataclasses.asdict(self)
+        if data["valid_range"] is None:
+            del data["valid_range"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskSpec":
@@ -88,6 +115,20 @@ class TaskSpec:
         from tlgnn.utils.config import from_dict
 
         return from_dict(cls, data)
+
+
+def _check_range(task: TaskSpec) -> None:
+    rng = task.valid_range
+    if not isinstance(rng, (list, tuple)) or len(rng) != 2:
+        raise ConfigError("valid_range", f"task {task.name!r}: give [low, high] (null for an open end), got {rng!r}")
+    for bound in rng:
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                  or not math.isfinite(bound)):
+            raise ConfigError("valid_range", f"task {task.name!r}: bounds must be finite numbers or null, got {rng}")
+    if task.kind != "regression":
+        raise ConfigError("valid_range", f"task {task.name!r}: only regression tasks take a valid range")
+    if rng[0] is not None and rng[1] is not None and rng[0] > rng[1]:
+        raise ConfigError("valid_range", f"task {task.name!r}: low {rng[0]} is above high {rng[1]}")
 
 
 def task_names(tasks: list[TaskSpec]) -> list[str]:

@@ -312,6 +312,8 @@ def _report_data(dm: Any, out: Path) -> None:
     rank_zero_only(print)(line, file=sys.stderr)
     rank_zero_only(print)(f"caches (aligned tables, graphs): {Path(dm.config.cache_dir).expanduser()} "
                           "(data.cache_dir, else $TLGNN_CACHE_DIR, else ~/.cache/tlgnn)", file=sys.stderr)
+    for note in getattr(dm, "alignment_warnings", list)():  # conflicts merged, rows lost, labels out of range
+        rank_zero_only(print)(note, file=sys.stderr)
 
 
 def _alignment_report(dm: Any) -> str | None:
