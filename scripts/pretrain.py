@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -216,74 +215,6 @@ def card_name(encoder: str) -> str:
     return f"{encoder}_mp_pbe_eform"
 
 
-class ExportBest:
-    """Lightning callback factory: export the compact checkpoint whenever ``val/loss`` improves."""
-
-    def __new__(cls, args: argparse.Namespace, out: Path, dm: Any, make_info: Any):
-        import lightning as L
-
-        from tlgnn.training.model_card import task_scores, write_pretrained
-
-        class _ExportBest(L.Callback):
-            def __init__(self) -> None:
-                self.best = math.inf
-                self.loaders: tuple[Any, Any] | None = None  # made once: worker start-up is not paid per export
-
-            def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-                if trainer.sanity_checking or not trainer.is_global_zero:
-                    return
-                value = trainer.callback_metrics.get("val/loss")
-                if value is None or not float(value) < self.best:
-                    return
-                self.best = float(value)
-                if self.loaders is None:
-                    self.loaders = (dm.test_dataloader(), dm.val_dataloader())
-                test, val = (task_scores(pl_module, loader) for loader in self.loaders)
-                epoch = int(trainer.current_epoch)
-                info = make_info(pl_module, epoch + 1, {"test": test, "val": val}, "in progress", best_epoch=epoch)
-                write_pretrained(pl_module, out, card_name(args.encoder), info)
-
-            def state_dict(self) -> dict[str, Any]:
-                return {"best": self.best}
-
-            def load_state_dict(self, state: dict[str, Any]) -> None:
-                self.best = float(state.get("best", math.inf))
-
-        return _ExportBest()
-
-
-class ProgressLog:
-    """Lightning callback factory: one line per epoch (losses, val MAE per task, throughput)."""
-
-    def __new__(cls, n_train: int):
-        import lightning as L
-
-        class _Progress(L.Callback):
-            def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-                self.t0 = time.time()
-                self.loss_sum, self.batches = 0.0, 0
-
-            def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                                   batch_idx: int) -> None:
-                loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-                if loss is not None:
-                    self.loss_sum += float(loss.detach())
-                    self.batches += 1
-
-            def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-                if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(self, "t0"):
-                    return
-                m = trainer.callback_metrics
-                dt = time.time() - self.t0
-                maes = ", ".join(f"{t} {float(m[f'val/{t}/mae']):.3f}" for t in TASKS if f"val/{t}/mae" in m)
-                train_loss = self.loss_sum / self.batches if self.batches else math.nan
-                log(f"epoch {trainer.current_epoch}: train/loss {train_loss:.4f} "
-                    f"val/loss {float(m.get('val/loss', math.nan)):.4f} | val MAE {maes} | {dt:.0f} s, "
-                    f"{n_train / max(dt, 1e-9):.0f} graphs/s")
-
-        return _Progress()
-
-
 # ---------------------------------------------------------------------------------------------------- main
 def settle_devices(args: argparse.Namespace) -> str | None:
     """Fill in the device-dependent defaults of ``args``; a message if the device asked for is missing."""
@@ -354,6 +285,8 @@ class Session:
 
 def train(session: Session, out: Path) -> str:
     """Train through :func:`tlgnn.training.run.fit` (resuming with ``--resume``); returns the card's status."""
+    from tlgnn.training.console import EpochLog
+    from tlgnn.training.model_card import PublishBest
     from tlgnn.training.run import fit
 
     args, work, config = session.args, session.work, session.config
@@ -371,7 +304,10 @@ def train(session: Session, out: Path) -> str:
     log(f"training for up to {args.max_epochs} epochs" + (f" / {args.max_time_min} min" if args.max_time_min else "")
         + (f", resuming from {last}" if resuming else ""))
     session.fit_start = time.time()
-    callbacks = [ProgressLog(len(session.dm.split.train)), ExportBest(args, out, session.dm, session.make_info)]
+    dm = session.dm
+    callbacks = [EpochLog(len(dm.split.train), TASKS, log),
+                 PublishBest(out, card_name(args.encoder), lambda: (dm.test_dataloader(), dm.val_dataloader()),
+                             session.make_info)]
     result = fit(config, datamodule=session.dm, callbacks=callbacks, resume="last" if resuming else None, test=False)
     progress = session.progress
     progress["train_s"] += time.time() - session.fit_start

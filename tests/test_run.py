@@ -82,3 +82,34 @@ def test_write_pretrained_publishes_checkpoint_metadata_and_card(tmp_path):
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card == render_card(tmp_path) and "## `tiny.ckpt` (cgcnn)" in card and "**in progress**" in card
     torch.testing.assert_close(load_module(path).state_dict(), module.state_dict())
+
+
+def test_pretraining_callbacks_log_each_epoch_and_publish_the_best_so_far(tmp_path, cache_dir):
+    """``scripts/pretrain.py``'s callbacks, from the package: a line per epoch, and the best model so far published
+    with its card after every improving epoch (so an interrupted run leaves a usable checkpoint)."""
+    from tlgnn.training.console import EpochLog
+    from tlgnn.training.model_card import PublishBest
+
+    head, tasks = HEADS["multitask"]
+    config = load_run_config(raw=raw_config(tmp_path / "run", cache_dir, head, tasks))
+    dm = build_datamodule(config, "fit")
+    base = json.loads((PRETRAINED / "cgcnn_mp_pbe_eform.json").read_text())
+    calls = []
+
+    def make_info(module, epochs, metrics, status, best_epoch=None):
+        calls.append((epochs, best_epoch, sorted(metrics["test"])))
+        return {**base, "status": status, "metrics": {**metrics, "mean_baseline_mae": {}},
+                "training": {**base["training"], "epochs_completed": epochs, "best_epoch": best_epoch}}
+
+    lines = []
+    publish = PublishBest(tmp_path / "out", "tiny", lambda: (dm.test_dataloader(), dm.val_dataloader()), make_info)
+    (tmp_path / "out").mkdir()
+    fit(config, datamodule=dm, callbacks=[EpochLog(len(dm.split.train), tasks, lines.append), publish], test=False)
+    assert [line.split(":")[0] for line in lines] == ["epoch 0", "epoch 1"] and "graphs/s" in lines[0]
+    assert calls and calls[0][:2] == (1, 0) and calls[0][2] == ["gap_hse", "gap_pbe_mf"]  # regression tasks
+    meta = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert meta["status"] == "in progress" and meta["training"]["best_epoch"] == calls[-1][1]
+    assert "## `tiny.ckpt` (cgcnn)" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert publish.state_key == "ExportBest.__new__.<locals>._ExportBest"  # pretrain.py's older runs resume
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"][publish.state_key] == \
+        {"best": publish.best}

@@ -1,4 +1,5 @@
-"""What a run prints: stdout carries results (the metrics table, paths), stderr the progress bar and notices.
+"""What a run prints: stdout carries results (the metrics table, paths), stderr the progress bar and notices;
+:class:`EpochLog` prints one line per epoch for runs without a progress bar.
 
 Lightning notices that only echo a setting tlgnn makes on purpose are filtered by their exact text (never by
 category or module as a whole): the "litlogger" tip printed whenever no LitLogger is configured, and torch's
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
+import time
 import warnings
+from typing import Any, Callable, Sequence
 
+import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 #: (message regex, category) of warnings that tlgnn's own configuration triggers on every run
@@ -68,4 +73,34 @@ class StderrProgressBar(TQDMProgressBar):
             return super().init_test_tqdm()
 
 
-__all__ = ["NOISE_LOGS", "NOISE_WARNINGS", "StderrProgressBar", "quiet_lightning"]
+class EpochLog(L.Callback):
+    """One line per epoch through ``log``: mean training loss, ``val/loss``, validation MAE of ``tasks`` and
+    throughput (``n_train`` graphs per epoch) — for long runs without a progress bar (``scripts/pretrain.py``)."""
+
+    def __init__(self, n_train: int, tasks: Sequence[str], log: Callable[[str], None]) -> None:
+        self.n_train, self.tasks, self.write = int(n_train), list(tasks), log  # not .log: Lightning sets that
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.t0 = time.time()
+        self.loss_sum, self.batches = 0.0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self.loss_sum += float(loss.detach())
+            self.batches += 1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(self, "t0"):
+            return
+        m = trainer.callback_metrics
+        dt = time.time() - self.t0
+        maes = ", ".join(f"{t} {float(m[f'val/{t}/mae']):.3f}" for t in self.tasks if f"val/{t}/mae" in m)
+        train_loss = self.loss_sum / self.batches if self.batches else math.nan
+        self.write(f"epoch {trainer.current_epoch}: train/loss {train_loss:.4f} "
+                   f"val/loss {float(m.get('val/loss', math.nan)):.4f} | val MAE {maes} | {dt:.0f} s, "
+                   f"{self.n_train / max(dt, 1e-9):.0f} graphs/s")
+
+
+__all__ = ["EpochLog", "NOISE_LOGS", "NOISE_WARNINGS", "StderrProgressBar", "quiet_lightning"]

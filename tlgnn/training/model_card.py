@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import lightning as L
 
 from tlgnn.training.checkpoint import export_checkpoint
 from tlgnn.training.inference import predict_batches
@@ -24,7 +26,7 @@ def task_scores(module: Any, loader: Any) -> dict[str, dict[str, float]]:
     got = predict_batches(module, loader)
     scores = {}
     for k, task in enumerate(module.tasks):
-        if task.name in got.preds:
+        if task.name in got.preds and task.kind == "regression":
             m = got.mask[:, k]
             scores[task.name] = {**regression_metrics(y_true=got.y[m, k], y_pred=got.preds[task.name][m]),
                                  "n": int(m.sum())}
@@ -39,6 +41,43 @@ def write_pretrained(module: Any, out: Path, name: str, info: dict[str, Any]) ->
     (out / f"{name}.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
     (out / "MODEL_CARD.md").write_text(render_card(out))
     return ckpt
+
+
+class PublishBest(L.Callback):
+    """Publishes the module (:func:`write_pretrained`) whenever ``val/loss`` improves, so an interrupted run still
+    leaves a usable checkpoint and its card. ``loaders()`` gives the (test, validation) loaders, made once;
+    ``make_info(module, epochs, metrics, status, best_epoch=)`` the metadata."""
+
+    def __init__(self, out: Path, name: str, loaders: Callable[[], tuple[Any, Any]],
+                 make_info: Callable[..., dict[str, Any]]) -> None:
+        self.out, self.name, self._make_loaders, self.make_info = out, name, loaders, make_info
+        self.best = math.inf
+        self.loaders: tuple[Any, Any] | None = None  # made once: worker start-up is not paid per export
+
+    @property
+    def state_key(self) -> str:
+        """The key checkpoints written by ``scripts/pretrain.py``'s former callback used (they resume alike)."""
+        return "ExportBest.__new__.<locals>._ExportBest"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get("val/loss")
+        if value is None or not float(value) < self.best:
+            return
+        self.best = float(value)
+        if self.loaders is None:
+            self.loaders = self._make_loaders()
+        test, val = (task_scores(pl_module, loader) for loader in self.loaders)
+        epoch = int(trainer.current_epoch)
+        info = self.make_info(pl_module, epoch + 1, {"test": test, "val": val}, "in progress", best_epoch=epoch)
+        write_pretrained(pl_module, self.out, self.name, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state.get("best", math.inf))
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -156,4 +195,4 @@ def _usage() -> list[str]:
     ]
 
 
-__all__ = ["CARD_KIND", "render_card", "task_scores", "write_pretrained"]
+__all__ = ["CARD_KIND", "PublishBest", "render_card", "task_scores", "write_pretrained"]
