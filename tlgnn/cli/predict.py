@@ -51,12 +51,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"tlgnn predict: {err}", file=sys.stderr)
         return 1
-    try:
-        result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive,
-                                          disordered=args.disordered, known=args.known)
-    except ValueError as err:  # the --known file
-        print(f"tlgnn predict: {err}", file=sys.stderr)
-        return 1
+    # a bad --known file raises KnownValuesError, a TlgnnError: one line from tlgnn.cli.main, exit 1
+    result = predictor.predict_result(list(args.input), n_jobs=args.workers, recursive=args.recursive,
+                                      disordered=args.disordered, known=args.known)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     errors_path = output.with_name(output.name + ".errors.txt")

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.errors import TlgnnError
 from tlgnn.training.checkpoint import CHECKPOINT_KEY, describe, load_module
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import TransferModule
@@ -57,47 +58,53 @@ def graph_builder_from_settings(settings: dict[str, Any]):
     return builder
 
 
+
+class KnownValuesError(TlgnnError, ValueError):
+    """A table of known values (``--known``, ``Predictor.predict(known=...)``) cannot be used: names the column,
+    row or id and why."""
+
+
 def known_labels(known: Any, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     """Known values of some tasks per structure id, for a head that uses them at prediction time (a difference
     head trained with ``use_known_low: true`` takes the known low-fidelity value instead of predicting it).
 
     ``known``: a DataFrame or a CSV path with an ``id`` column and one column per regression task (the task's
     unit; empty cells = not known), or ``{id: {task: value}}``. Returns float columns indexed by id. Errors
-    (``ValueError``) name the column or the row.
+    (:class:`KnownValuesError`, a ``ValueError``) name the column or the row.
     """
     if isinstance(known, (str, Path)):
         path = Path(known).expanduser()
         if not path.is_file():
-            raise ValueError(f"known values: file not found: {path}")
+            raise KnownValuesError(f"known values: file not found: {path}")
         frame = pd.read_csv(path, dtype={"id": str})
     elif isinstance(known, pd.DataFrame):
         frame = known.copy()
     elif isinstance(known, dict):
         frame = pd.DataFrame.from_dict(known, orient="index").rename_axis("id").reset_index()
     else:
-        raise ValueError(f"known values: give a DataFrame, a CSV path or {{id: {{task: value}}}}, got "
+        raise KnownValuesError(f"known values: give a DataFrame, a CSV path or {{id: {{task: value}}}}, got "
                          f"{type(known).__name__}")
     if "id" not in frame.columns:
-        raise ValueError(f"known values: no 'id' column (columns: {', '.join(map(str, frame.columns))})")
+        raise KnownValuesError(f"known values: no 'id' column (columns: {', '.join(map(str, frame.columns))})")
     by_name = {t.name: t for t in tasks}
     for column in frame.columns.drop("id"):
         if column not in by_name:
             close = difflib.get_close_matches(str(column), list(by_name), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"known values: column {column!r} is not a task of this model; {hint}tasks: "
+            raise KnownValuesError(f"known values: column {column!r} is not a task of this model; {hint}tasks: "
                              f"{', '.join(by_name)}")
         if by_name[column].kind != "regression":
-            raise ValueError(f"known values: column {column!r} is a classification task; give regression tasks")
+            raise KnownValuesError(f"known values: column {column!r} is a classification task; give regression tasks")
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"known values: column {column!r}, row {i} (id {frame['id'].iat[i]!r}): "
+            raise KnownValuesError(f"known values: column {column!r}, row {i} (id {frame['id'].iat[i]!r}): "
                              f"non-numeric value {frame[column].iat[i]!r}")
         frame[column] = values.astype(float)
     frame["id"] = frame["id"].astype(str)
     if frame["id"].duplicated().any():
-        raise ValueError(f"known values: id {frame['id'][frame['id'].duplicated()].iat[0]!r} appears twice")
+        raise KnownValuesError(f"known values: id {frame['id'][frame['id'].duplicated()].iat[0]!r} appears twice")
     return frame.set_index("id")
 
 

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
 from tlgnn.training.checkpoint import CheckpointError, load_module, read_checkpoint
-from tlgnn.training.config import RunConfig, save_run_config
+from tlgnn.training.config import RunConfig, check_model_options, save_run_config
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
@@ -109,9 +109,13 @@ def graph_settings(dm: Any, config: RunConfig) -> dict[str, Any]:
 
 
 def build_module(config: RunConfig, dm: Any) -> TransferModule:
-    """A fresh :class:`TransferModule` for the data module's tasks, normalised by its training split."""
+    """A fresh :class:`TransferModule` for the data module's tasks, normalised by its training split.
+
+    Encoder/head options are checked and old option names renamed first (:func:`check_model_options`, a note
+    on stderr per old name), so a config built in Python trains and saves exactly as ``tlgnn fit`` would."""
     from tlgnn.utils.config import ConfigError
 
+    check_model_options(config.model)
     try:
         module = TransferModule(
             model={"encoder": dict(config.model.encoder), "head": dict(config.model.head)},
