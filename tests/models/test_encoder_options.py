@@ -76,3 +76,21 @@ def test_the_shipped_checkpoint_with_old_names_matches_configs_in_either_vocabul
     with pytest.raises(ConfigError) as err:
         check_encoder(pretrained, {"name": "cgcnn", "hidden_channels": 32})
     assert err.value.key == "model.encoder.hidden_channels" and "hidden_channels=64" in str(err.value)
+
+
+def test_a_config_built_in_python_with_old_names_is_renamed_by_the_run_builder(tmp_path, cache_dir, capsys):
+    """``run.build_module`` (the one road of ``tlgnn fit`` and of Python callers) renames old option names and says
+    so, so the module — and every checkpoint it writes — describes its encoder in the current vocabulary."""
+    from support.training import raw_config
+    from tlgnn.training.run import build_datamodule, build_module
+
+    head = {"name": "single", "task": "gap_hse"}
+    raw = raw_config(tmp_path, cache_dir, head, ["gap_hse"])
+    raw["model"]["encoder"] = {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16}
+    config = load_run_config(raw=raw)
+    module = build_module(config, build_datamodule(config))
+    assert module.describe()["model"]["encoder"] == {"name": "cgcnn", "hidden_channels": 16, "num_layers": 1,
+                                                     "out_channels": 16}
+    err = capsys.readouterr().err
+    assert "model.encoder.atom_fea_len is now called model.encoder.hidden_channels" in err
+    assert "model.encoder.h_fea_len is now called model.encoder.out_channels" in err

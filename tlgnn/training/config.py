@@ -414,15 +414,19 @@ def load_run_config(
     return config
 
 
-def check_model_options(model: ModelConfig, log: Any = sys.stderr) -> None:
+def check_model_options(model: ModelConfig, log: Any = "stderr") -> None:
     """Check encoder and head names and options against the registries (imports :mod:`tlgnn.models`).
 
     An option given under its old name (e.g. ``model.encoder.atom_fea_len``) is renamed in ``model`` to the
-    current one, with a one-line note to ``log`` (``None``: silent). Raises :class:`ConfigError` naming
+    current one, with a one-line note to ``log`` (a text stream; ``"stderr"``: ``sys.stderr`` at call time;
+    ``None``: silent). Raises :class:`ConfigError` naming
     ``model.encoder.<option>`` / ``model.head.<option>``.
     """
     from tlgnn.models import ENCODERS, HEADS
     from tlgnn.models.registry import accepted_options
+
+    if log == "stderr":
+        log = sys.stderr
 
     def note(section: str) -> Any:
         def say(old: str, new: str) -> None:
