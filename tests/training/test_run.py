@@ -112,3 +112,20 @@ def test_pretraining_callbacks_log_each_epoch_and_publish_the_best_so_far(tmp_pa
     assert publish.state_key == "ExportBest.__new__.<locals>._ExportBest"  # pretrain.py's older runs resume
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"][publish.state_key] == \
         {"best": publish.best}
+
+
+def test_resuming_a_onecycle_run_for_longer_than_planned_stops_with_one_line(tmp_path, cache_dir):
+    """OneCycleLR's total step count is fixed when the run starts: resumed with a larger max_epochs it ran out of
+    steps with torch's bare ValueError; now fit says why and what to do, and the checkpoints stay."""
+    from tlgnn.training.run import RunError
+
+    head, tasks = HEADS["single"]
+    raw = raw_config(tmp_path / "run", cache_dir, head, tasks, optim={"scheduler": "onecycle"},
+                     trainer={"max_epochs": 1})
+    fit(load_run_config(raw=raw), test=False)
+    raw["trainer"]["max_epochs"] = 3
+    with pytest.raises(RunError) as err:
+        fit(load_run_config(raw=raw), resume="last", test=False)
+    message = str(err.value)
+    assert "\n" not in message and "optim.scheduler: onecycle" in message and "trainer.max_epochs" in message
+    assert "Tried to step" in message and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

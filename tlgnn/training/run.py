@@ -248,6 +248,14 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
     except NonFiniteLossError as err:
         close_loggers(loggers)
         raise RunError(f"training stopped: {err}; {_kept_checkpoints(out / 'checkpoints')}") from None
+    except ValueError as err:
+        if "Tried to step" not in str(err):  # torch's OneCycleLR past the total steps it was built for
+            raise
+        close_loggers(loggers)
+        raise RunError(f"training stopped: the one-cycle learning-rate schedule (optim.scheduler: onecycle) is over "
+                       f"({err}); a resumed onecycle run cannot train longer than the steps it was planned for: "
+                       f"resume with its trainer.max_epochs, or start over with --overwrite; "
+                       f"{_kept_checkpoints(out / 'checkpoints')}") from None
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     last = out / "checkpoints" / "last.ckpt"
