@@ -13,7 +13,7 @@ Reading (:func:`read_checkpoint`, used by every loading path: ``tlgnn predict``/
 ``weights_only=True`` and allows only :data:`SAFE_GLOBALS` besides torch's own tensor types; a file asking for
 anything else is refused with one line naming the file and the globals it wanted. Every checkpoint tlgnn writes
 gets a ``<file>.xxh3`` sidecar (:mod:`tlgnn.utils.files`); reading checks it (mismatch: refused; missing: loaded,
-with a one-time note that the file is unverified) and the archive's own CRC-32s (:func:`checkpoint_damage`).
+with a one-time note that the file is unverified, after checking the archive's own CRC-32s: :func:`checkpoint_damage`).
 """
 
 from __future__ import annotations
@@ -165,20 +165,21 @@ def checkpoint_damage(path: str | Path) -> str | None:
 
 
 def check_file(path: str | Path) -> bool:
-    """Raise :class:`CheckpointError` if the file at ``path`` differs from its ``.xxh3`` sidecar or its archive is
-    damaged. Returns whether a sidecar verified it (``False``: none beside it, a checkpoint written before tlgnn
-    wrote them or received without one; it is accepted, and :func:`read_checkpoint` says so once per file)."""
+    """Raise :class:`CheckpointError` if the file at ``path`` differs from its ``.xxh3`` sidecar or, without a
+    sidecar, its archive is damaged (the sidecar covers every byte, so the archive's CRC-32s are read only when
+    there is none). Returns whether a sidecar verified it (``False``: none beside it, a checkpoint written before
+    tlgnn wrote them or received without one; it is accepted, and :func:`read_checkpoint` says so once per file)."""
     path = Path(path)
-    verified = checksum_path(path).is_file()
-    if verified:
+    if checksum_path(path).is_file():
         try:
             verify_checksum(path)
         except ValueError as err:
             raise CheckpointError(path, str(getattr(err, "reason", err)), damaged=True) from err
+        return True
     damage = checkpoint_damage(path)
     if damage:
         raise CheckpointError(path, damage, damaged=True)
-    return verified
+    return False
 
 
 def _note_unverified(path: Path) -> None:
