@@ -266,3 +266,15 @@ def test_formulas_with_fractional_amounts_reduce_to_whole_numbers():
 
     assert [reduced_formula(f) for f in ("TbO1.5", "Sr0.5TaO3", "Cu1.8S", "Fe4O6", "Ni0.5N0.5")] == \
         ["Tb2O3", "SrTa2O6", "Cu9S5", "Fe2O3", "NiN"]
+
+
+def test_a_source_key_overridden_by_name_and_by_index_is_one_key_given_twice():
+    """``sources.mp.path=a`` and ``sources.0.path=b`` name the same key: an error, not the last one winning."""
+    from tlgnn.data.source_config import apply_source_overrides
+
+    raw = {"sources": [{"name": "mp", "path": "x.csv"}, {"name": "hse", "path": "y.csv"}]}
+    with pytest.raises(ConfigError, match=r"sources.mp.path: overridden twice \('a.csv' and 'b.csv'\)"):
+        apply_source_overrides(raw, ["sources.mp.path=a.csv", "sources.0.path=b.csv"], "test.yaml")
+    assert raw["sources"][0]["path"] == "x.csv"  # nothing applied
+    apply_source_overrides(raw, ["sources.mp.path=a.csv", "sources.1.path=b.csv"], "test.yaml")
+    assert [s["path"] for s in raw["sources"]] == ["a.csv", "b.csv"]

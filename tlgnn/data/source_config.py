@@ -313,29 +313,44 @@ def load_source_config(path: str | Path, overrides: list[str] | None = None,
 
 
 def apply_source_overrides(raw: dict, overrides: list[str], where: str) -> dict:
-    """``apply_overrides`` with ``sources.<name>.…`` mapped to the list index of that source."""
-    parse_overrides(overrides)  # a key given twice is an error
+    """``apply_overrides`` with ``sources.<name>.…`` mapped to the list index of that source; a key given twice
+    (by name, by index, or once each) is an error naming it as the user spelled it."""
     sources = raw.get("sources")
     names = [s.get("name") for s in sources] if isinstance(sources, list) else []
-    fixed = []
+    indexed, spelled = [], {}
     for text in overrides:
         key, sep, value = text.partition("=")
         parts = key.strip().split(".")
         if parts[0] == "sources" and len(parts) > 2:
-            if parts[1] in names:
-                parts[1] = str(names.index(parts[1]))
-            elif not parts[1].isdigit():
-                close = difflib.get_close_matches(parts[1], [str(n) for n in names], n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; sources: {', '.join(map(str, names))}"
-                raise ConfigError(key, f"no source named {parts[1]!r}{hint}", source=where)
-            if int(parts[1]) >= len(names):
-                raise ConfigError(key, f"source index {parts[1]} out of range ({len(names)} sources)", source=where)
-            src = sources[int(parts[1])]
-            rest = ".".join(parts[2:])
-            apply_overrides(src, [f"{rest}{sep}{value}"])
-            continue
-        fixed.append(text)
+            parts[1] = _source_index(parts[1], key, names, where)
+        spelled.setdefault(".".join(parts), key.strip())
+        indexed.append(".".join(parts) + sep + value)
+    try:
+        parse_overrides(indexed)
+    except ConfigError as err:
+        raise ConfigError(spelled.get(err.key, err.key), err.reason, source=where) from None
+    fixed = []
+    for text in indexed:
+        key, sep, value = text.partition("=")
+        parts = key.strip().split(".")
+        if parts[0] == "sources" and len(parts) > 2:
+            apply_overrides(sources[int(parts[1])], [".".join(parts[2:]) + sep + value])
+        else:
+            fixed.append(text)
     return apply_overrides(raw, fixed)
+
+
+def _source_index(name: str, key: str, names: list, where: str) -> str:
+    """The list index (as text) of the source ``name`` (a source name or an index) in an override ``key``."""
+    if name in names:
+        return str(names.index(name))
+    if not name.isdigit():
+        close = difflib.get_close_matches(name, [str(n) for n in names], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; sources: {', '.join(map(str, names))}"
+        raise ConfigError(key, f"no source named {name!r}{hint}", source=where)
+    if int(name) >= len(names):
+        raise ConfigError(key, f"source index {name} out of range ({len(names)} sources)", source=where)
+    return name
 
 
 __all__ = [
