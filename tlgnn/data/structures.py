@@ -70,7 +70,7 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
         files = _structure_files(folder)
         from tlgnn.io.files import case_hint, names_by_case
 
-        by_case = names_by_case(folder)  # to say when a file differs from its id only in letter case
+        by_case: dict[str, list[str]] | None = None  # listed at the first missing file, to name case differences
         out: list[Any] = []
         used: set[str] = set()
         for value in frame[st.column].tolist():
@@ -79,6 +79,7 @@ def structure_inputs(spec: SourceSpec, frame: pd.DataFrame, ids: list[str],
                 continue
             path = _find_structure_file(folder, str(value).strip(), files)
             if path is None:
+                by_case = names_by_case(folder) if by_case is None else by_case
                 out.append(("missing", f"{folder / str(value).strip()}: structure file not found (nor a structure "
                                        f"file named {str(value).strip()!r} plus an extension such as .cif)"
                                        f"{case_hint(folder / str(value).strip(), by_case)}"))
