@@ -184,9 +184,7 @@ class MaterialTable:
             path = path / TABLE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"aligned table not found: {path} (write one with `tlgnn align`)")
-        if checksum_path(path).is_file():
-            verify_checksum(path)  # a damaged table must not train silently on wrong labels
-        else:
+        if not verify_checksum(path):  # a damaged table must not train silently on wrong labels
             warnings.warn(f"{path}: no checksum file ({checksum_path(path).name}), so the table is unverified: damage "
                           "to it would go unnoticed; write it again with `tlgnn align` to get one",
                           UnverifiedTableWarning, stacklevel=2)

@@ -170,12 +170,11 @@ def check_file(path: str | Path) -> bool:
     there is none). Returns whether a sidecar verified it (``False``: none beside it, a checkpoint written before
     tlgnn wrote them or received without one; it is accepted, and :func:`read_checkpoint` says so once per file)."""
     path = Path(path)
-    if checksum_path(path).is_file():
-        try:
-            verify_checksum(path)
-        except ValueError as err:
-            raise CheckpointError(path, str(getattr(err, "reason", err)), damaged=True) from err
-        return True
+    try:
+        if verify_checksum(path):
+            return True
+    except ValueError as err:
+        raise CheckpointError(path, str(getattr(err, "reason", err)), damaged=True) from err
     damage = checkpoint_damage(path)
     if damage:
         raise CheckpointError(path, damage, damaged=True)

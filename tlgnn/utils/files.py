@@ -91,18 +91,20 @@ def write_checksum(path: str | Path) -> Path:
     return write_text_atomic(checksum_path(path), file_digest(path) + "\n")
 
 
-def verify_checksum(path: str | Path) -> None:
-    """Raise :class:`CorruptFileError` if ``path`` differs from its recorded digest. Without a ``.xxh3`` file
-    (written by an older tlgnn, or by a process killed between the file and its digest) there is nothing to
-    compare, and the file is accepted."""
+def verify_checksum(path: str | Path) -> bool:
+    """Raise :class:`CorruptFileError` if ``path`` differs from its recorded digest; return whether a digest
+    verified it. Without a ``.xxh3`` file (written by an older tlgnn, or by a process killed between the file and
+    its digest) there is nothing to compare: the file is accepted and ``False`` returned (callers that must say
+    so, say so)."""
     recorded = checksum_path(path)
     if not recorded.is_file():
-        return
+        return False
     expected = recorded.read_text().strip()
     actual = file_digest(path)
     if actual != expected:
         raise CorruptFileError(path, f"checksum mismatch (recorded {expected}, file {actual}): the file was "
                                      "damaged or changed after it was written")
+    return True
 
 
 __all__ = ["CorruptFileError", "checksum_path", "file_digest", "remove_stale_temps", "temp_path", "verify_checksum",
