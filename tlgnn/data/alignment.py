@@ -283,6 +283,7 @@ def _build_frame(mats: Materials, tasks: list[TaskSpec], values, sources: list[S
         col = np.full(n, np.nan)
         for m, entries in values[task.name].items():
             rows = [r for r, _ in entries]
+            col[m] = _merge(entries, task, src.spec.duplicates)
             if len(entries) > 1:
                 vals = [v for _, v in entries]
                 spread = max(vals) - min(vals)
@@ -292,14 +293,11 @@ def _build_frame(mats: Materials, tasks: list[TaskSpec], values, sources: list[S
                         f"source {src.name!r}, task {task.name!r}: material {mats.material_id[m]} is given by rows "
                         f"{rows} (ids {[src.ids[r] for r in rows]}) with values {vals} (duplicates: error)"
                     )
-                col[m] = _merge(entries, task, src.spec.duplicates)
                 report.duplicates.append({
                     "source": src.name, "task": task.name, "material_id": mats.material_id[m], "rows": rows,
                     "ids": [src.ids[r] for r in rows], "values": vals, "conflict": bool(conflict),
                     "policy": src.spec.duplicates, "merged": float(col[m]),
                 })
-            else:
-                col[m] = entries[0][1]
             provenance[m][task.name] = [src.name, rows[0] if len(rows) == 1 else rows]
         columns[task.name] = col
     columns["provenance"] = [json.dumps(p, sort_keys=True) for p in provenance]
