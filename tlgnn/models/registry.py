@@ -108,4 +108,5 @@ class Registry(dict):
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
         """Construct ``self[name](*args, **options)`` after ``check`` (old option names read as the new ones)."""
-        return self.check(name, options)(*args, **self.canonical(name, options))
+        options = self.canonical(name, options)
+        return self.check(name, options)(*args, **options)
