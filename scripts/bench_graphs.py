@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import vesin  # noqa: E402
 
+from tlgnn.benchmark.report import shown_path  # noqa: E402  (printed output is pasted into docs)
 from tlgnn.graphs import CrystalGraphBuilder, GraphCache, structure_key  # noqa: E402
 from tlgnn.graphs.builder import structure_arrays  # noqa: E402
 
@@ -106,17 +107,12 @@ def batched(builder, structures, size: int = BATCH) -> list:
             for g in builder.build_many(structures[start : start + size])]
 
 
-def shown(path: Path) -> str:
-    """``path`` relative to the repository (printed output is pasted into docs: no absolute paths)."""
-    return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
-
-
 def read_structures(path: Path, n: int) -> list:
     """The first ``n`` structures of a ``structures.jsonl.gz`` (one JSON per line with a ``cif`` field)."""
     from pymatgen.core import Structure
 
     if not path.exists():
-        raise SystemExit(f"--data {shown(path)}: file not found")
+        raise SystemExit(f"--data {shown_path(path, REPO)}: file not found")
     structures = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -224,7 +220,7 @@ def main() -> None:
     structures = read_structures(args.data, args.n)
     n, atoms = len(structures), sum(len(s) for s in structures)
     arrays = [structure_arrays(s) for s in structures]
-    print(f"{n} structures, {atoms} atoms from {shown(args.data)}; cutoff {CUTOFF} Å, {K} nearest; 1 thread")
+    print(f"{n} structures, {atoms} atoms from {shown_path(args.data, REPO)}; cutoff {CUTOFF} Å, {K} nearest; 1 thread")
     builder = CrystalGraphBuilder(cutoff=CUTOFF, max_neighbors=K)
 
     def line(label, t):
