@@ -270,7 +270,7 @@ class _RunContext:
     quick: bool
     accelerator: str
     shared: dict[str, Any]
-    hardware: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(init=False)  # hardware_info(), set once in __post_init__
 
     def __post_init__(self) -> None:
         if self.accelerator != "cpu":

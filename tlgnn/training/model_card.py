@@ -28,8 +28,7 @@ def task_scores(module: Any, loader: Any) -> dict[str, dict[str, float]]:
     for k, task in enumerate(module.tasks):
         if task.name in got.preds and task.kind == "regression":
             m = got.mask[:, k]
-            scores[task.name] = {**regression_metrics(y_true=got.y[m, k], y_pred=got.preds[task.name][m]),
-                                 "n": int(m.sum())}
+            scores[task.name] = regression_metrics(y_true=got.y[m, k], y_pred=got.preds[task.name][m])
     return scores
 
 
