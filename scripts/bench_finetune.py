@@ -110,7 +110,7 @@ def settings_of(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the cells not yet in ``OUT/results.jsonl`` (one JSON line each), until ``--max-time-min``."""
-    from tlgnn.benchmark.finetune_curve import done_key, plan, run_cell, sha256
+    from tlgnn.benchmark.finetune_curve import cell_key, done_key, plan, run_cell, sha256
     from tlgnn.training.checkpoint import read_pretrained
 
     args.steps = args.steps or (150 if args.quick else 400)
@@ -129,14 +129,14 @@ def run(args: argparse.Namespace) -> int:
     table, data_cfg = load_hse_table(args)
     sizes = args.sizes or (["50", "100", "200"] if args.quick else ["50", "100", "200", "400", "all"])
     test, pool, cells = plan(table, sizes, args.seeds or ([0, 1] if args.quick else [0, 1, 2]), args.arms)
+    sha = sha256(ckpt)
     log(f"{len(table)} HSE crystals: test {len(test)} (fixed), pool {len(pool)}; {len(cells)} cells; "
-        f"encoder {encoder} from {ckpt.name} ({sha256(ckpt)})")
+        f"encoder {encoder} from {ckpt.name} ({sha})")
     done = set()
     if results_path.is_file():
         done = {done_key(json.loads(line)) for line in results_path.read_text().splitlines() if line.strip()}
-    sha = sha256(ckpt)
     for cell in cells:
-        if (cell["arm"], cell["size"], cell["seed"], settings.key(), sha if cell["arm"] != "scratch" else None) in done:
+        if cell_key(cell, settings.key(), sha) in done:
             continue
         if args.max_time_min is not None and time.time() - start > args.max_time_min * 60:
             log("time budget spent; rerun to continue")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from support.paths import ROOT
-from tlgnn.benchmark.finetune_curve import CurveSettings, cell_rows, done_key, plan, run_cell
+from tlgnn.benchmark.finetune_curve import CurveSettings, cell_key, cell_rows, done_key, plan, run_cell
 
 SAMPLE = ROOT / "configs" / "data" / "mp_sample.yaml"
 ENCODER = {"name": "cgcnn", "atom_fea_len": 16, "n_conv": 1, "h_fea_len": 16}
@@ -49,4 +49,6 @@ def test_one_cell_trains_through_fit_and_scores_the_fixed_test_rows(hse_table, c
     assert np.isfinite([result["mae"], result["rmse"], result["r2"]]).all() and result["mae"] <= result["rmse"]
     assert result["settings"] == "steps4_bs8_lr0.002_encf0.25_min2" and result["pretrained"] is None
     assert done_key(result) == ("scratch", "20", 0, result["settings"], None)
+    assert cell_key(cells[0], settings.key(), "0123456789abcdef") == done_key(result)  # the script's skip test
+    assert cell_key({**cells[0], "arm": "finetune"}, settings.key(), "0123456789abcdef")[-1] == "0123456789abcdef"
     assert not (tmp_path / "cells").exists() or not any((tmp_path / "cells").iterdir())  # the cell cleans up

@@ -55,6 +55,12 @@ def done_key(r: dict[str, Any]) -> tuple:
     return (r["arm"], str(r["size"]), int(r["seed"]), r["settings"], r.get("pretrained_sha"))
 
 
+def cell_key(cell: dict[str, Any], settings_key: str, pretrained_sha: str) -> tuple:
+    """The :func:`done_key` that ``cell`` of a plan will have once finished with these settings and checkpoint."""
+    return done_key({**cell, "settings": settings_key,
+                     "pretrained_sha": pretrained_sha if cell["arm"] != "scratch" else None})
+
+
 def plan(table: Any, sizes: list[str], seeds: list[int],
          arms: list[str]) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Fixed test rows, the training pool, and the cells (``{"arm", "size", "seed"}``) to run."""
