@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from tlgnn.data.config import DataConfig
 from tlgnn.data.dataset import MaterialDataset, StructureDataset
+from tlgnn.data.embedded import EmbeddedDataset
 from tlgnn.data.loader import graph_loader
 from tlgnn.data.report import console_warnings
 from tlgnn.data.splits import Split, check_split, check_split_settings, load_split, make_split, save_split
@@ -165,6 +166,21 @@ class TransferDataModule(L.LightningDataModule):
         self.train_set = self.dataset.subset(self.split.train)
         self.val_set = self.dataset.subset(self.split.val)
         self.test_set = self.dataset.subset(self.split.test)
+
+    def use_embeddings(self, embeddings: Any, element_counts: Any) -> None:
+        """Serve stored graph embeddings instead of graphs from now on (a frozen encoder: see
+        :mod:`tlgnn.embeddings`): ``embeddings`` [n_rows, d] and ``element_counts`` [n_rows, 119] in table row order.
+        The split, labels and ids stay; the loaders yield :class:`tlgnn.data.embedded.EmbeddedBatch` objects."""
+        self._require_setup()
+        self.dataset = EmbeddedDataset(self.dataset, embeddings, element_counts)
+        self.train_set = self.dataset.subset(self.split.train)  # type: ignore[union-attr]
+        self.val_set = self.dataset.subset(self.split.val)  # type: ignore[union-attr]
+        self.test_set = self.dataset.subset(self.split.test)  # type: ignore[union-attr]
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the loaders serve stored embeddings (:meth:`use_embeddings`)."""
+        return isinstance(self.dataset, EmbeddedDataset)
 
     def alignment_warnings(self) -> list[str]:
         """Console lines about the data (rows a source lost, labels outside their valid range, conflicting

@@ -29,15 +29,26 @@ class TransferModel(nn.Module):
         self.config: dict[str, Any] | None = None
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        return self.head(self.encoder(batch), batch)
+        return self.head(self.encode(batch), batch)
 
     def encode(self, batch: Any) -> EncoderOutput:
-        """The encoder's node and graph embeddings."""
+        """The encoder's node and graph embeddings; a batch of stored embeddings (``batch.graph_emb``, see
+        :mod:`tlgnn.data.embedded`) is used as the encoder's output (``node_emb`` is then ``None``)."""
+        stored = getattr(batch, "graph_emb", None)
+        if stored is not None:
+            return EncoderOutput(node_emb=None, graph_emb=stored)  # type: ignore[arg-type]
         return self.encoder(batch)
 
     def embed(self, batch: Any) -> torch.Tensor:
         """Graph embeddings [B, d] (the transfer seam)."""
-        return self.encoder(batch).graph_emb
+        return self.encode(batch).graph_emb
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """The encoder's host-side input checks (:meth:`Encoder.prepare_batch`) for a graph batch; a batch of
+        stored embeddings passes unchanged."""
+        if getattr(batch, "graph_emb", None) is not None:
+            return batch
+        return self.encoder.prepare_batch(batch)
 
     def freeze_encoder(self, n_groups: int | None = None) -> None:
         """Freeze the first ``n_groups`` encoder layer groups (``None``: the whole encoder); undo others."""

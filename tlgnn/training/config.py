@@ -98,6 +98,11 @@ class ModelConfig:
         init_from: a tlgnn checkpoint (``.ckpt``) whose encoder (and head, see ``finetune.load_head``)
             initialises this model; its graph settings and encoder options must equal this config's.
         finetune: freezing, per-part learning rates, gradual unfreezing (:class:`FinetuneConfig`).
+        cache_embeddings: when the whole encoder is frozen for the whole run (``finetune.freeze: encoder``
+            without ``unfreeze_every``), run it once per material, keep the graph embeddings in the on-disk cache
+            (``<data.cache_dir>/embeddings``, :mod:`tlgnn.embeddings`) and train the head on the stored vectors:
+            the same model, losses, metrics and checkpoints, epochs in milliseconds. ``false``: run the frozen
+            encoder on every batch.
 
     Fine-tuning is applied by :func:`tlgnn.training.finetune.apply_finetuning` after the model is built.
     """
@@ -106,6 +111,7 @@ class ModelConfig:
     head: dict[str, Any] = field(default_factory=lambda: {"name": "multitask"})
     init_from: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    cache_embeddings: bool = True
 
     def validate(self) -> None:
         for section in ("encoder", "head"):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.embeddings.compute import encoded_batches
 
 
 @dataclass
@@ -96,9 +97,7 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
     embeddings: list[np.ndarray] = []
     ys, masks = [], []
     try:
-        for batch in loader:
-            batch = model.encoder.prepare_batch(batch).to(device)  # host-side checks, as in training
-            enc = model.encode(batch)
+        for batch, enc in encoded_batches(model, loader, device):  # host-side checks, as in training
             if embed:
                 embeddings.append(enc.graph_emb.float().cpu().numpy())
             if predict:

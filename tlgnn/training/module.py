@@ -143,7 +143,7 @@ class TransferModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Input checks on the host batch (see ``Encoder.prepare_batch``): none of them syncs the GPU."""
-        return self.model.encoder.prepare_batch(batch)
+        return self.model.prepare_batch(batch)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         preds = self.model(batch)

@@ -27,6 +27,7 @@ from tlgnn.errors import TlgnnError
 from tlgnn.training.checkpoint import CheckpointError, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, check_model_options, save_run_config
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
+from tlgnn.training.frozen import attach_cached_embeddings
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import NonFiniteLossError, TransferModule
@@ -234,6 +235,7 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
         dm = datamodule
         dm.setup("fit")
     module = build_module(config, dm)
+    attach_cached_embeddings(config, module, dm)  # a frozen encoder runs once per material
     check_monitors(config, module)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.yaml")

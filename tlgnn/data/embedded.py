@@ -1,0 +1,104 @@
+"""Datasets of precomputed graph embeddings: what a head trains on when the encoder is frozen.
+
+A frozen encoder gives every material the same embedding in every epoch, so it runs once per material
+(:mod:`tlgnn.embeddings`) and the head trains on the stored vectors. :class:`EmbeddedDataset` serves them with the
+labels of a :class:`tlgnn.data.MaterialDataset`, in the same rows, as :class:`EmbeddedBatch` objects that carry
+what a head reads from a graph batch: ``graph_emb`` [B, d] (the encoder output), ``element_counts`` [B, 119]
+(atoms per element, column = Z: the composition a head with context needs), ``y`` [B, T], ``y_mask`` [B, T],
+``idx`` [B] (table rows) and ``material_id``. ``tlgnn.data.loader.graph_loader`` batches it like a graph dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class EmbeddedBatch:
+    """A batch of stored embeddings with labels; ``to(device)`` moves its tensors (Lightning calls it)."""
+
+    graph_emb: torch.Tensor  # float32 [B, d]
+    element_counts: torch.Tensor  # float32 [B, 119]
+    y: torch.Tensor  # float32 [B, T]
+    y_mask: torch.Tensor  # bool [B, T]
+    idx: torch.Tensor  # long [B]
+    material_id: list[str]
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.graph_emb.shape[0])
+
+    def to(self, device: Any, non_blocking: bool = False) -> "EmbeddedBatch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return replace(self, graph_emb=move(self.graph_emb), element_counts=move(self.element_counts),
+                       y=move(self.y), y_mask=move(self.y_mask), idx=move(self.idx))
+
+    def pin_memory(self) -> "EmbeddedBatch":
+        return replace(self, graph_emb=self.graph_emb.pin_memory(), element_counts=self.element_counts.pin_memory(),
+                       y=self.y.pin_memory(), y_mask=self.y_mask.pin_memory(), idx=self.idx.pin_memory())
+
+
+class EmbeddedDataset(Dataset):
+    """Stored embeddings of a table's rows with the labels of ``dataset``, serving the same ``rows``.
+
+    Args:
+        dataset: the :class:`tlgnn.data.MaterialDataset` whose labels, ids and rows are served (its graphs are not
+            used).
+        embeddings: float32 [n_table_rows, d], row i = the embedding of table row i.
+        element_counts: float32 [n_table_rows, 119], atoms per element of table row i.
+    """
+
+    def __init__(self, dataset: Any, embeddings: np.ndarray | torch.Tensor,
+                 element_counts: np.ndarray | torch.Tensor):
+        self.embeddings = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        self.element_counts = torch.as_tensor(np.asarray(element_counts, dtype=np.float32))
+        n = len(dataset.material_ids)
+        if self.embeddings.shape[0] != n or self.element_counts.shape[0] != n:
+            raise ValueError(f"{self.embeddings.shape[0]} embeddings and {self.element_counts.shape[0]} element "
+                             f"counts for a table of {n} rows")
+        self.tasks = dataset.tasks
+        self.y, self.y_mask = dataset.y, dataset.y_mask
+        self.material_ids = dataset.material_ids
+        self.rows = np.asarray(dataset.rows, dtype=np.int64)
+
+    @property
+    def dim(self) -> int:
+        """Width d of the embeddings."""
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> EmbeddedBatch:
+        return self.batch([i])
+
+    def batch(self, positions: Sequence[int] | np.ndarray) -> EmbeddedBatch:
+        """Items ``positions`` (positions in this dataset's rows) as one :class:`EmbeddedBatch`."""
+        rows = self.rows[np.asarray(positions, dtype=np.int64).reshape(-1)]
+        index = torch.from_numpy(rows)
+        return EmbeddedBatch(graph_emb=self.embeddings[index], element_counts=self.element_counts[index],
+                             y=self.y[index], y_mask=self.y_mask[index], idx=index.clone(),
+                             material_id=[self.material_ids[r] for r in rows.tolist()])
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "EmbeddedDataset":
+        """The same dataset restricted to table ``rows`` (shares the stored arrays)."""
+        other = object.__new__(EmbeddedDataset)
+        other.__dict__.update(self.__dict__)
+        other.rows = np.asarray(rows, dtype=np.int64)
+        return other
+
+
+def is_embedded(batch: Any) -> bool:
+    """Whether ``batch`` carries stored embeddings (an :class:`EmbeddedBatch`) instead of graphs."""
+    return getattr(batch, "graph_emb", None) is not None
+
+
+__all__ = ["EmbeddedBatch", "EmbeddedDataset", "is_embedded"]

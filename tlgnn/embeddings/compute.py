@@ -1,0 +1,116 @@
+"""Running an encoder over batches of graphs, and embeddings of many materials through the cache.
+
+:func:`encoded_batches` is the loop every inference path shares (``tlgnn.training.inference.predict_batches``
+builds on it): the encoder's host-side checks, the move to the device, the encoder. :func:`cached_embeddings`
+gives the graph embeddings of a dataset's materials, computing only those the :class:`EmbeddingCache` lacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tlgnn.embeddings.cache import N_ELEMENTS, EmbeddingCache, encoder_identity
+from tlgnn.models.encoders.base import EncoderOutput
+
+
+def element_counts(z: torch.Tensor, batch: torch.Tensor | None, num_graphs: int) -> torch.Tensor:
+    """Atoms per element of each graph: float32 [B, 119], column = atomic number Z."""
+    counts = torch.zeros((num_graphs, N_ELEMENTS), dtype=torch.float32, device=z.device)
+    index = torch.zeros_like(z) if batch is None else batch
+    counts.index_put_((index, z.long()), torch.ones_like(z, dtype=torch.float32), accumulate=True)
+    return counts
+
+
+def encoded_batches(model: Any, loader: Iterable[Any], device: torch.device | str = "cpu"
+                    ) -> Iterator[tuple[Any, EncoderOutput]]:
+    """``(batch on device, encoder output)`` for every batch of ``loader``, without gradients.
+
+    ``model`` is a :class:`~tlgnn.models.TransferModel` (stored embeddings pass through its ``encode``) or a bare
+    :class:`~tlgnn.models.encoders.Encoder`; each batch first gets the encoder's host-side checks
+    (``prepare_batch``), as in training. The caller sets eval mode.
+    """
+    encode = getattr(model, "encode", model)
+    with torch.no_grad():
+        for batch in loader:
+            batch = model.prepare_batch(batch).to(device)
+            yield batch, encode(batch)
+
+
+def embed_loader(encoder: Any, loader: Iterable[Any], device: torch.device | str = "cpu",
+                 progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(graph embeddings float32 [n, d], element counts float32 [n, 119])`` of every graph of ``loader``, in
+    order, with ``encoder`` in eval mode (its mode is restored). ``progress(done)`` is called after each batch."""
+    was_training = encoder.training
+    encoder.eval()
+    embeddings, counts, done = [], [], 0
+    try:
+        for batch, out in encoded_batches(encoder, loader, device):
+            embeddings.append(out.graph_emb.float().cpu().numpy())
+            counts.append(element_counts(batch.z, getattr(batch, "batch", None), int(batch.num_graphs)).cpu().numpy())
+            done += int(batch.num_graphs)
+            if progress is not None:
+                progress(done)
+    finally:
+        encoder.train(was_training)
+    width = int(getattr(encoder, "out_dim", 0))
+    return (np.concatenate(embeddings) if embeddings else np.zeros((0, width), np.float32),
+            np.concatenate(counts) if counts else np.zeros((0, N_ELEMENTS), np.float32))
+
+
+def _progress_line(total: int, label: str):
+    start = time.perf_counter()
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= 10.0 or done == total:
+            last[0] = now
+            rate = done / max(now - start, 1e-9)
+            print(f"\r{label}: {done}/{total} ({rate:.0f}/s)", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+    return report
+
+
+def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str, Any], keys: Sequence[str],
+                      loader_for: Any, cache_root: str | Path, device: torch.device | str = "cpu",
+                      verbose: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Graph embeddings [n, d] and element counts [n, 119] of the materials with content ``keys``.
+
+    Those in the cache (identity of ``encoder``, ``spec``, ``graph``; see :mod:`tlgnn.embeddings.cache`) are read;
+    the others are computed with ``encoder`` over ``loader_for(positions)`` (a loader of the graphs of
+    ``keys[positions]``, in that order) and stored as one new shard.
+    """
+    identity = encoder_identity(encoder, spec, graph)
+    cache = EmbeddingCache(cache_root, identity, {"encoder": dict(spec), "graph": dict(graph)})
+    embeddings, counts, found = cache.lookup(keys)
+    missing = np.flatnonzero(~found)
+    if verbose:
+        print(f"embeddings: {int(found.sum())}/{len(keys)} from the cache {cache.folder}"
+              + (f", computing {len(missing)}" if len(missing) else ""), file=sys.stderr)
+    if len(missing):
+        unique = {keys[i]: i for i in missing}  # one computation per distinct structure
+        first = np.asarray(sorted(unique.values()), dtype=np.int64)
+        progress = _progress_line(len(first), "embedding") if verbose else None
+        new, new_counts = embed_loader(encoder, loader_for(first), device, progress)
+        cache.add([keys[i] for i in first], new, new_counts)
+        if embeddings is None:
+            embeddings = np.zeros((len(keys), new.shape[1]), dtype=np.float32)
+        by_key = {keys[i]: j for j, i in enumerate(first)}
+        rows = np.asarray([by_key[keys[i]] for i in missing], dtype=np.int64)
+        embeddings[missing] = new[rows]
+        counts[missing] = new_counts[rows]
+    assert embeddings is not None or not len(keys)
+    if embeddings is None:
+        embeddings = np.zeros((0, int(getattr(encoder, "out_dim", 0))), np.float32)
+    return embeddings, counts
+
+
+__all__ = ["cached_embeddings", "element_counts", "embed_loader", "encoded_batches"]
