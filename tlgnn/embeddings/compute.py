@@ -96,8 +96,10 @@ def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str,
         print(f"embeddings: {int(found.sum())}/{len(keys)} from the cache {cache.folder}"
               + (f", computing {len(missing)}" if len(missing) else ""), file=sys.stderr)
     if len(missing):
-        unique = {keys[i]: i for i in missing}  # one computation per distinct structure
-        first = np.asarray(sorted(unique.values()), dtype=np.int64)
+        unique: dict[str, int] = {}
+        for i in missing.tolist():  # one computation per distinct structure, at its first row
+            unique.setdefault(keys[i], i)
+        first = np.asarray(list(unique.values()), dtype=np.int64)
         progress = _progress_line(len(first), "embedding") if verbose else None
         new, new_counts = embed_loader(encoder, loader_for(first), device, progress)
         cache.add([keys[i] for i in first], new, new_counts)

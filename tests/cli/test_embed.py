@@ -1,0 +1,44 @@
+"""``tlgnn embed``: Parquet of embeddings equal to the checkpoint's own, bad files reported, the cache reused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tlgnn.cli.main import main
+
+from support.paths import ROOT
+
+CKPT = ROOT / "data" / "pretrained" / "cgcnn_mp_pbe_eform.ckpt"
+CIFS = ROOT / "data" / "structures" / "cif"
+
+
+def test_embed_writes_the_checkpoint_embeddings_and_reports_bad_files(tmp_path, capsys):
+    from tlgnn.training.predict import Predictor
+
+    out = tmp_path / "emb.parquet"
+    args = ["embed", "--checkpoint", str(CKPT), "--input", str(CIFS), "--recursive", "--output", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    assert main(args) == 0
+    frame = pd.read_parquet(out)
+    ids, expected = Predictor.from_checkpoint(CKPT).embed(sorted(CIFS.rglob("*.cif")), return_ids=True)
+    by_id = frame.set_index("id")
+    assert len(frame) == 16 and frame.shape[1] == 2 + expected.shape[1]
+    # Predictor ids are file stems, embed ids are paths relative to the input folder
+    stems = [i.split("/")[-1] for i in by_id.index]
+    ours = by_id.to_numpy()[:, 1:].astype(np.float32)
+    order = [stems.index(i) for i in ids]
+    np.testing.assert_allclose(ours[order], expected, rtol=1e-5, atol=1e-5)
+    errors = (tmp_path / "emb.parquet.errors.txt").read_text()
+    assert "bad_superflat_inf_loop.cif" in errors and "partial occupancy" in errors
+    capsys.readouterr()
+    assert main(args) == 0  # again: everything from the cache, one shard
+    assert "16/16 from the cache" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*/shard-*.npz"))) == 1
+
+
+def test_embed_option_needs_an_encoder_name(tmp_path, capsys):
+    args = ["embed", "--checkpoint", str(CKPT), "--option", "pooling=blocks", "--input", str(CIFS),
+            "--output", str(tmp_path / "x.parquet")]
+    assert main(args) == 2
+    assert "--option applies to --encoder only" in capsys.readouterr().err
