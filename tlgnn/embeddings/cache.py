@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlgnn.models.encoders.base import ENCODERS
+from tlgnn.models.registry import full_options
 from tlgnn.utils.files import (CorruptFileError, checksum_path, remove_stale_temps, temp_path, verify_checksum,
                                write_checksum, write_text_atomic)
 
@@ -51,10 +53,12 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def encoder_identity(encoder: torch.nn.Module, spec: Mapping[str, Any], graph: Mapping[str, Any]) -> str:
-    """sha256 hex digest naming what an embedding depends on: ``spec`` (the encoder config ``{name, **options}``),
-    ``graph`` (the graph builder settings of its inputs), :data:`CACHE_FORMAT` and the encoder's weights."""
+    """sha256 hex digest naming what an embedding depends on: ``spec`` (the encoder config ``{name, **options}``,
+    defaults filled in, so ``{name: chgnet}`` and ``{name: chgnet, version: "0.3.0"}`` are one encoder), ``graph``
+    (the graph builder settings of its inputs), :data:`CACHE_FORMAT` and the encoder's weights."""
     h = hashlib.sha256(b"tlgnn-embedding\0")
-    h.update(json.dumps({"encoder": dict(spec), "graph": dict(graph), "format": CACHE_FORMAT},
+    full = full_options(ENCODERS, spec)
+    h.update(json.dumps({"encoder": full, "graph": dict(graph), "format": CACHE_FORMAT},
                         sort_keys=True, default=str).encode())
     for name, value in sorted(encoder.state_dict().items()):
         h.update(f"\0{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())

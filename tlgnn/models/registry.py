@@ -110,3 +110,18 @@ class Registry(dict):
         """Construct ``self[name](*args, **options)`` after ``check`` (old option names read as the new ones)."""
         options = self.canonical(name, options)
         return self.check(name, options)(*args, **options)
+
+
+def full_options(registry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` (``{name, **options}``) with every constructor default filled in (for comparisons)."""
+    name = spec.get("name")
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if name in registry:
+        options = registry.canonical(name, options)  # old option names (older checkpoints) as the current ones
+        positional = getattr(registry, "positional", ())
+        for key, param in accepted_options(registry[name]).items():
+            if key not in positional and key not in options and param.default is not inspect.Parameter.empty:
+                options[key] = param.default
+    return {"name": name, **options}
+
+

@@ -19,7 +19,6 @@ Used by :func:`tlgnn.training.run.build_module` (``tlgnn fit``); usable alone::
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Mapping
 import lightning as L
 from torch import nn
 
+from tlgnn.models.registry import full_options
 from tlgnn.training.checkpoint import Pretrained, read_pretrained
 from tlgnn.training.config import FinetuneConfig
 from tlgnn.utils.config import ConfigError
@@ -40,21 +40,6 @@ TASK_KEYS = ("name", "kind", "classes", "unit")
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def full_options(registry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """``spec`` (``{name, **options}``) with every constructor default filled in (for comparisons)."""
-    from tlgnn.models.registry import accepted_options
-
-    name = spec.get("name")
-    options = {k: v for k, v in spec.items() if k != "name"}
-    if name in registry:
-        options = registry.canonical(name, options)  # old option names (older checkpoints) as the current ones
-        positional = getattr(registry, "positional", ())
-        for key, param in accepted_options(registry[name]).items():
-            if key not in positional and key not in options and param.default is not inspect.Parameter.empty:
-                options[key] = param.default
-    return {"name": name, **options}
-
-
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
