@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tlgnn.embeddings import cached_embeddings
@@ -35,8 +36,16 @@ def embedding_device(config: Any) -> torch.device:
 
 def attach_cached_embeddings(config: Any, module: Any, dm: Any) -> bool:
     """Switch ``dm`` (a set-up :class:`tlgnn.data.TransferDataModule`) to stored embeddings of ``module``'s frozen
-    encoder when the run allows it (see the module docstring); returns whether it did."""
-    if not (config.model.cache_embeddings and encoder_frozen_throughout(module)):
+    encoder when the run allows it (see the module docstring); returns whether it did. A head that is fitted
+    directly (a tree head) needs it: :class:`~tlgnn.utils.config.ConfigError` if the encoder is not frozen."""
+    direct = bool(getattr(module.model.head, "fits_directly", False))
+    if direct and not encoder_frozen_throughout(module):
+        from tlgnn.utils.config import ConfigError
+
+        raise ConfigError("model.finetune.freeze", f"a {module.hparams['model']['head']['name']} head is fitted on "
+                                                   "a frozen encoder's embeddings: set model.finetune.freeze: encoder "
+                                                   "(without unfreeze_every)")
+    if not ((config.model.cache_embeddings or direct) and encoder_frozen_throughout(module)):
         return False
     if not hasattr(dm, "use_embeddings") or getattr(dm, "embedded", False):
         return bool(getattr(dm, "embedded", False))
@@ -62,4 +71,34 @@ def attach_cached_embeddings(config: Any, module: Any, dm: Any) -> bool:
     return True
 
 
-__all__ = ["attach_cached_embeddings", "embedding_device", "encoder_frozen_throughout"]
+def head_arrays(module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(inputs [n, f], y [n, T], y_mask [n, T])`` of a directly fitted head (``head.tree_inputs``: the stored
+    embedding and the head's context) over every batch of ``loader``."""
+    from tlgnn.embeddings import encoded_batches
+
+    head = module.model.head
+    xs, ys, masks = [], [], []
+    for batch, enc in encoded_batches(module.model, loader, module.device):
+        xs.append(head.tree_inputs(enc, batch).float().cpu().numpy())
+        ys.append(batch.y.float().cpu().numpy())
+        masks.append(batch.y_mask.bool().cpu().numpy())
+    n_tasks = len(module.tasks)
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, n_tasks), np.float32), np.zeros((0, n_tasks), bool)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(masks)
+
+
+def fit_head_directly(module: Any, dm: Any) -> dict[str, Any]:
+    """Fit a head that is not trained by gradient steps (``head.fits_directly``, e.g. the tree head) on the
+    training split's stored embeddings, validated on the validation split; returns the head's fit history."""
+    x, y, mask = head_arrays(module, dm.train_dataloader())
+    x_val, y_val, mask_val = head_arrays(module, dm.val_dataloader())
+    module.eval()
+    history = module.model.head.fit_arrays(x, y, mask, x_val, y_val, mask_val)
+    print(f"tlgnn: {module.hparams['model']['head']['name']} head fitted on {len(x)} training rows "
+          f"({x.shape[1]} inputs), validated on {len(x_val)}", file=sys.stderr)
+    return dict(history or {})
+
+
+__all__ = ["attach_cached_embeddings", "embedding_device", "encoder_frozen_throughout", "fit_head_directly",
+           "head_arrays"]

@@ -236,6 +236,8 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
         dm.setup("fit")
     module = build_module(config, dm)
     attach_cached_embeddings(config, module, dm)  # a frozen encoder runs once per material
+    if getattr(module.model.head, "fits_directly", False):
+        return _fit_directly(config, module, dm, out, test)
     check_monitors(config, module)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.yaml")
@@ -266,6 +268,27 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
     if test:
         ckpt = best or result.last_checkpoint
         result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
+    close_loggers(loggers)
+    return result
+
+
+def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path, test: bool) -> FitResult:
+    """``fit`` for a head fitted in one go on stored embeddings (a tree head): no epochs; the module is written as
+    ``best.ckpt`` (and ``last.ckpt``, the same) with its sidecars, then tested like any run."""
+    from tlgnn.training.checkpoint import export_checkpoint
+    from tlgnn.training.frozen import fit_head_directly
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, out / "config.yaml")
+    _report_data(dm, out)
+    history = fit_head_directly(module, dm)
+    best = export_checkpoint(module, out / "checkpoints" / "best.ckpt", info={"fit": history})
+    last = export_checkpoint(module, out / "checkpoints" / "last.ckpt", info={"fit": history})
+    result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last, epochs=0, steps=0, module=module)
+    loggers = build_loggers(config.logger, out, config.to_dict())
+    if test:
+        trainer = build_trainer(config, out, loggers, [], evaluation=True)
+        result.test = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=str(best))
     close_loggers(loggers)
     return result
 
