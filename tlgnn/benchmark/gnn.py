@@ -88,6 +88,11 @@ class GNNOptions:
         cutoff, max_neighbors: graph settings.
         frame_kind: extxyz frames holding the structures (TinNet ``OH``).
         keep_checkpoints: keep the cell's checkpoints in ``work_dir`` (else deleted after prediction).
+        freeze_encoder: keep the whole encoder frozen (``model.finetune.freeze: encoder``): the head trains on the
+            encoder's cached embeddings (:mod:`tlgnn.embeddings`); the frozen-embedding kinds. A pretrained
+            encoder either loads its own weights (``chgnet``) or comes from ``encoder_from``.
+        encoder_from: a tlgnn checkpoint (relative to the repository root) whose encoder weights the model starts
+            from (``model.init_from``), e.g. the shipped ``data/pretrained/cgcnn_mp_pbe_eform.ckpt``.
         quick: overrides applied with ``--quick``.
     """
 
@@ -118,6 +123,8 @@ class GNNOptions:
     max_neighbors: int | None = 12
     frame_kind: str = "OH"
     keep_checkpoints: bool = False
+    freeze_encoder: bool = False
+    encoder_from: str | None = None
     quick: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -223,8 +230,7 @@ def cached_structures(data_path: str, ids: list[str], opts: GNNOptions, n_jobs: 
 
 
 def _cache_dir(opts: GNNOptions) -> Path:
-    path = Path(opts.cache_dir).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return _repo_path(str(Path(opts.cache_dir).expanduser()))
 
 
 def _task_specs(cell: CellInput, names: list[str]):
@@ -340,7 +346,17 @@ def run_config(cell: CellInput, opts: GNNOptions, prep: Prepared, head: dict[str
     if init_from is not None:
         raw["model"]["init_from"] = init_from
         raw["model"]["finetune"] = dict(opts.finetune)
+    if opts.encoder_from is not None:
+        raw["model"]["init_from"] = str(_repo_path(opts.encoder_from))
+        raw["model"].setdefault("finetune", {})["load_head"] = "never"
+    if opts.freeze_encoder:
+        raw["model"].setdefault("finetune", {})["freeze"] = "encoder"
     return load_run_config(raw=raw, cwd=prep.directory)
+
+
+def _repo_path(path: str) -> Path:
+    """``path`` as given if absolute, else relative to the repository root."""
+    return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
 
 
 def train(config) -> tuple[Path, int]:
@@ -507,8 +523,7 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
             init_from = str(low_model(cell, opts)[0])
             info["init_from"] = f"fold {cell.fold} P model (training-fold {p} labels only)"
         else:
-            path = Path(opts.init_from)
-            init_from = str(path if path.is_absolute() else REPO_ROOT / path)
+            init_from = str(_repo_path(opts.init_from))
             info["init_from"] = opts.init_from
             info["init_from_sha256"] = hashlib.sha256(Path(init_from).read_bytes()).hexdigest()[:16]
 
