@@ -11,7 +11,6 @@ what a head reads from a graph batch: ``graph_emb`` [B, d] (the encoder output),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,31 +18,37 @@ import torch
 from torch.utils.data import Dataset
 
 
-@dataclass
 class EmbeddedBatch:
-    """A batch of stored embeddings with labels; ``to(device)`` moves its tensors (Lightning calls it)."""
+    """A batch of stored embeddings with labels; ``to(device)`` moves its tensors (Lightning calls it).
 
-    graph_emb: torch.Tensor  # float32 [B, d]
-    element_counts: torch.Tensor  # float32 [B, 119]
-    y: torch.Tensor  # float32 [B, T]
-    y_mask: torch.Tensor  # bool [B, T]
-    idx: torch.Tensor  # long [B]
-    material_id: list[str]
+    A plain class, not a dataclass: Lightning walks dataclasses field by field on every step (batch transfer,
+    batch-size lookup), which costs more than the head's whole step.
+    """
+
+    __slots__ = ("graph_emb", "element_counts", "y", "y_mask", "idx", "material_id")
+
+    def __init__(self, graph_emb: torch.Tensor, element_counts: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor,
+                 idx: torch.Tensor, material_id: list[str]):
+        self.graph_emb = graph_emb  # float32 [B, d]
+        self.element_counts = element_counts  # float32 [B, 119]
+        self.y = y  # float32 [B, T]
+        self.y_mask = y_mask  # bool [B, T]
+        self.idx = idx  # long [B]
+        self.material_id = material_id
 
     @property
     def num_graphs(self) -> int:
         return int(self.graph_emb.shape[0])
 
-    def to(self, device: Any, non_blocking: bool = False) -> "EmbeddedBatch":
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=non_blocking)
+    def _map(self, fn) -> "EmbeddedBatch":
+        return EmbeddedBatch(fn(self.graph_emb), fn(self.element_counts), fn(self.y), fn(self.y_mask), fn(self.idx),
+                             self.material_id)
 
-        return replace(self, graph_emb=move(self.graph_emb), element_counts=move(self.element_counts),
-                       y=move(self.y), y_mask=move(self.y_mask), idx=move(self.idx))
+    def to(self, device: Any, non_blocking: bool = False) -> "EmbeddedBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "EmbeddedBatch":
-        return replace(self, graph_emb=self.graph_emb.pin_memory(), element_counts=self.element_counts.pin_memory(),
-                       y=self.y.pin_memory(), y_mask=self.y_mask.pin_memory(), idx=self.idx.pin_memory())
+        return self._map(lambda t: t.pin_memory())
 
 
 class EmbeddedDataset(Dataset):
