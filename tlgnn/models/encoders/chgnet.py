@@ -12,6 +12,7 @@ Computation (CHGNet._compute up to the readout), for a structure with atoms i = 
     v_i^0 = AtomEmbedding(Z_i)                                 64 wide
     e_ij = W_e RBF(r_ij),  a_ijk = W_a Fourier(θ_jik)          bond / angle embeddings; RBF frequencies learnable
     block t = 1..T-1:  v^t = AtomConv_t(v^{t-1}, e),  e = BondConv_t(v^t, e, a),  a = AngleUpdate_t(v^t, e, a)
+                       (the last AngleUpdate, t = T-1, is skipped: nothing reads its output)
     block T:           v^T = LayerNorm(AtomConv_T(v^{T-1}, e))   (readout_norm; identity for 0.2.0)
 
 Pooling (``graph_emb``; ``node_emb`` is always v^T [N, 64]):
@@ -24,7 +25,9 @@ Pooling (``graph_emb``; ``node_emb`` is always v^T [N, 64]):
 
 Layer groups (fine-tuning freezes the first k): [input embeddings (atom embedding, bond and angle basis
 expansions, bond/angle embeddings, bond weights), block 1, ..., block T (atom conv, bond conv, angle update of
-that step; the last block is the last atom conv + readout_norm)].
+that step; the last block is the last atom conv + readout_norm)]. CHGNet's angle update of step T-1 is not
+kept: its output feeds nothing (step T has no bond conv), so it would be dead computation and parameters
+without gradients. Neither are the energy MLP, the magnetic-moment layer and the composition model.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ def blocks_of(model: nn.Module) -> list[Block]:
     n = len(model.atom_conv_layers)
     bond_layers = list(getattr(model, "bond_conv_layers", None) or [None] * (n - 1))
     angle_layers = list(getattr(model, "angle_layers", None) or [None] * (n - 1))
+    # the angle update of step n-1 feeds nothing (step n has no bond conv): left out, so every kept parameter
+    # gets a gradient (DDP needs that) and no time is spent on it
+    if n >= 2:
+        angle_layers[n - 2] = None
     blocks = [Block(model.atom_conv_layers[t], bond_layers[t], angle_layers[t]) for t in range(n - 1)]
     blocks.append(Block(model.atom_conv_layers[n - 1], readout_norm=model.readout_norm))
     return blocks
