@@ -8,7 +8,8 @@ than ``bond_graph_cutoff``, 3 Å). They are built here per structure from the ba
 
 Conversion (a neighbour search and the line graph, in Python/C) costs far more than looking a graph up, so
 converted graphs are kept in :class:`GraphLRU`: keyed by a BLAKE2b digest of the structure's bytes (``z`` as
-int64, ``pos`` and ``cell`` as float32), least recently used evicted first, bounded by a number of graphs.
+int64, ``pos`` and ``cell`` as given: float32 in tlgnn graphs), least recently used evicted first, bounded by a
+number of graphs (a graph takes about 20 KiB for a 9-atom crystal, growing about linearly with the atoms).
 Repeated epochs of fine-tuning then convert each training structure once. The cache lives in the process's
 memory only (not in checkpoints); a cached graph holds no autograd history and no gradient-tracking tensors.
 """
@@ -35,11 +36,14 @@ def check_atomic_numbers(z: np.ndarray | torch.Tensor) -> None:
 
 
 def structure_key(z: np.ndarray, pos: np.ndarray, cell: np.ndarray) -> bytes:
-    """16-byte content digest of one structure: ``z`` [n] (as int64), ``pos`` [n, 3] and ``cell`` [3, 3]
-    (as float32, Å)."""
+    """16-byte content digest of one structure: ``z`` [n] (as int64), ``pos`` [n, 3] and ``cell`` [3, 3] (Å,
+    their bytes in their own float type, which is part of the key)."""
     digest = hashlib.blake2b(digest_size=16)
-    for array, dtype in ((z, np.int64), (pos, np.float32), (cell, np.float32)):
-        digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    digest.update(np.ascontiguousarray(z, dtype=np.int64).tobytes())
+    for array in (pos, cell):
+        array = np.ascontiguousarray(array)
+        digest.update(array.dtype.str.encode())
+        digest.update(array.tobytes())
     return digest.digest()
 
 
