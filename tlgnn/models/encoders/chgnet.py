@@ -27,7 +27,10 @@ Layer groups (fine-tuning freezes the first k): [input embeddings (atom embeddin
 expansions, bond/angle embeddings, bond weights), block 1, ..., block T (atom conv, bond conv, angle update of
 that step; the last block is the last atom conv + readout_norm)]. CHGNet's angle update of step T-1 is not
 kept: its output feeds nothing (step T has no bond conv), so it would be dead computation and parameters
-without gradients. Neither are the energy MLP, the magnetic-moment layer and the composition model.
+without gradients. The energy MLP, the magnetic-moment layer and the composition model are not kept either.
+
+Isolated atoms (no neighbour within the atom-graph cutoff) are allowed (CHGNet's converter refuses them by
+default): such an atom keeps its own embedding through the residual updates.
 """
 
 from __future__ import annotations
@@ -128,8 +131,9 @@ class CHGNetEncoder(Encoder):
     Options: ``version`` ("0.3.0" MPtrj PBE/PBE+U, "r2scan" transfer-learned on MP r2SCAN, "0.2.0"),
     ``pooling`` ("mean" 64 | "sum" 64 | "blocks" 256 wide), ``pretrained`` (True; False: random weights, same
     architecture, for tests of the training plumbing), ``graph_cache_size`` (converted CHGNet graphs kept in
-    memory, least recently used evicted; 0 disables the cache; 20,000 MP-like crystals take about 0.4 GB). ``pretrained`` and ``graph_cache_size`` do not
-    change the function of a loaded checkpoint (``layout_options``).
+    memory, least recently used evicted; 0 disables the cache; 20,000 MP-like crystals take about 0.4 GB).
+    ``pretrained`` and ``graph_cache_size`` do not change the function of a loaded checkpoint
+    (``layout_options``: a checkpoint's weights replace the initial ones).
 
     Graphs are converted on the host; on an accelerator ``forward`` copies ``z``/``pos``/``cell`` to the host
     (a synchronisation) to find them. ``prepare_batch`` converts (and caches) them before the transfer.
@@ -161,7 +165,8 @@ class CHGNetEncoder(Encoder):
         """Host-side checks (atomic numbers 1..94, ``ValueError`` otherwise) and CHGNet graph conversion into
         the cache; tlgnn's edges are left as they are (CHGNet does not read them)."""
         check_atomic_numbers(batch.z)
-        self.graphs.graphs(batch)
+        if self.graphs.cache.max_size:  # without a cache the forward pass converts them
+            self.graphs.graphs(batch)
         return batch
 
     def interact(self, g: Any) -> list[torch.Tensor]:
