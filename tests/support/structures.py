@@ -55,3 +55,25 @@ def labelled_batch(tasks: list[TaskSpec], n: int = 6, seed: int = 0, present: fl
         g.y_mask = torch.tensor([mask])
         g.y = torch.where(g.y_mask, g.y, torch.zeros_like(g.y))
     return Batch.from_data_list(data)
+
+
+MP_STRUCTURES = ROOT / "data" / "mp_structures_sample.jsonl.gz"
+
+
+@lru_cache(maxsize=None)
+def mp_structures(n: int = 150) -> tuple:
+    """The first ``n`` of the 150 Materials Project crystals of data/mp_structures_sample.jsonl.gz (pymatgen),
+    in file order (origin and licence: data/README.md)."""
+    import gzip
+    import json
+
+    from pymatgen.core import Structure
+
+    out = []
+    with gzip.open(MP_STRUCTURES, "rt") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for line in handle:
+            out.append(Structure.from_str(json.loads(line)["cif"], fmt="cif"))
+            if len(out) == n:
+                break
+    return tuple(out)

@@ -5,6 +5,7 @@ Importing this package registers every encoder in ``ENCODERS``.
 
 from tlgnn.models.encoders.base import ENCODERS, Encoder, EncoderOutput, build_encoder, register_encoder
 from tlgnn.models.encoders.cgcnn import CGCNNEncoder
+from tlgnn.models.encoders.chgnet import CHGNetEncoder
 from tlgnn.models.encoders.m3gnet_lite import M3GNetLiteEncoder
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "build_encoder",
     "register_encoder",
     "CGCNNEncoder",
+    "CHGNetEncoder",
     "M3GNetLiteEncoder",
 ]
