@@ -54,10 +54,12 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 def encoder_identity(encoder: torch.nn.Module, spec: Mapping[str, Any], graph: Mapping[str, Any]) -> str:
     """sha256 hex digest naming what an embedding depends on: ``spec`` (the encoder config ``{name, **options}``,
-    defaults filled in, so ``{name: chgnet}`` and ``{name: chgnet, version: "0.3.0"}`` are one encoder), ``graph``
+    defaults filled in, so ``{name: chgnet}`` and ``{name: chgnet, version: "0.3.0"}`` are one encoder; the encoder's
+    ``layout_options`` left out), ``graph``
     (the graph builder settings of its inputs), :data:`CACHE_FORMAT` and the encoder's weights."""
     h = hashlib.sha256(b"tlgnn-embedding\0")
-    full = full_options(ENCODERS, spec)
+    layout = set(getattr(type(encoder), "layout_options", ()))  # how, not what, is computed (cache sizes ...)
+    full = {k: v for k, v in full_options(ENCODERS, spec).items() if k not in layout}
     h.update(json.dumps({"encoder": full, "graph": dict(graph), "format": CACHE_FORMAT},
                         sort_keys=True, default=str).encode())
     for name, value in sorted(encoder.state_dict().items()):
