@@ -183,6 +183,12 @@ class Head(nn.Module):
             names += [f"known_{task}"] if raw else [f"known_{task}", f"known_{task}_present"]
         return names
 
+    def reads_known(self) -> list[str]:
+        """Tasks whose known values (``batch.y`` where ``batch.y_mask``) this head reads besides its own labels in
+        the loss: ``context.known`` (and a difference head's known low values). A predictor says when a table of
+        known values can have no effect."""
+        return list(self.context_spec.known)
+
     def known_values(self, batch: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(values [B], present [B] bool)`` of task ``name`` as the head reads them: the batch's labels, with
         ``known_dropout`` applied in training (hidden values: present False). ``None`` if the batch has no labels."""

@@ -101,6 +101,10 @@ class DifferenceHead(Head):
         return {self.chain[k + 1]: {self.chain[k]: [float(self.delta_mean[k]), float(self.delta_std[k])]}
                 for k in range(len(self.chain) - 1)}
 
+    def reads_known(self) -> list[str]:
+        """``context.known`` plus, with ``use_known_low``, every chain task below the top."""
+        return [*super().reads_known(), *(self.chain[:-1] if self.use_known_low else [])]
+
     def known_lows(self, batch: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{task_{k-1}: (values [B], present [B] bool)}`` of the known low values the head uses (``{}`` without
         ``use_known_low`` or labels); drawn once per forward, so ``known_dropout`` hides a value consistently."""
