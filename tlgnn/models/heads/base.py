@@ -155,6 +155,12 @@ class Head(nn.Module):
         its older behaviour). The base class has none; :func:`tlgnn.training.checkpoint.read_checkpoint` calls it."""
         return dict(options)
 
+    def recorded_options(self) -> dict[str, Any]:
+        """Options whose default depends on other options (or on when the config was written), as this head
+        resolved them; a checkpoint's config records them (:class:`tlgnn.training.module.TransferModule`), so
+        :meth:`upgrade_options` never mistakes a new file for an old one. ``{}`` for the base class."""
+        return {}
+
     # ----------------------------------------------------------------- context
     def _init_context(self, context: Mapping[str, Any] | None, known_dropout: float) -> None:
         head = getattr(type(self), "registry_name", type(self).__name__)

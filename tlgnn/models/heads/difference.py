@@ -85,6 +85,10 @@ class DifferenceHead(Head):
             options["condition_on_known_low"] = False
         return options
 
+    def recorded_options(self) -> dict[str, Any]:
+        """``{"condition_on_known_low": ...}`` with ``use_known_low`` (whose default follows it), else ``{}``."""
+        return {"condition_on_known_low": self.condition_on_known_low} if self.use_known_low else {}
+
     def on_target_stats(self) -> None:
         idx = [self.task_index[n] for n in self.chain]
         with torch.no_grad():
