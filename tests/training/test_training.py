@@ -425,7 +425,9 @@ def test_predict_builds_on_known_low_fidelity_values(tmp_path):
     tasks = [TaskSpec("gap_pbe", unit="eV"), TaskSpec("gap_hse", unit="eV")]
     torch.manual_seed(0)
     module = TransferModule({"encoder": TINY_ENCODER, "head": {"name": "difference", "chain": ["gap_pbe", "gap_hse"],
-                                                                 "use_known_low": True, "hidden": [8]}},
+                                                                 "use_known_low": True, "hidden": [8],
+                                                                 # Δ(g) alone: Δ(g, y_low) is tested with the heads
+                                                                 "condition_on_known_low": False}},
                             tasks, optim={}, loss={}, graph=CrystalGraphBuilder().settings)
     predictor = Predictor(module)
     plain = predictor.predict(files)

@@ -87,6 +87,13 @@ class Registry(dict):
             out[new] = value
         return out
 
+    def upgraded(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` of a config read from a checkpoint, completed by the class's ``upgrade_options`` (options
+        added after the checkpoint was written get the values that rebuild it as it was); unchanged for a class
+        without that hook or an unknown name (reported when the model is built)."""
+        hook = getattr(self.get(name) if isinstance(name, str) else None, "upgrade_options", None)
+        return dict(options) if hook is None else hook(options)
+
     def check(self, name: str, options: Mapping[str, Any]) -> type:
         """The class for ``name`` after checking that every option (old names included) is accepted; clear
         errors otherwise."""

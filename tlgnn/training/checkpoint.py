@@ -233,7 +233,26 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(path, f"not a tlgnn checkpoint (no '{CHECKPOINT_KEY}' section)")
     if not verified:
         _note_unverified(path)  # only for a file that is a tlgnn checkpoint: an error stays one line
+    upgrade_model_config(checkpoint[CHECKPOINT_KEY])
     return checkpoint
+
+
+def upgrade_model_config(meta: dict[str, Any]) -> None:
+    """Complete, in place, the model config of a checkpoint's self-description (``meta["model"]``) for this
+    tlgnn: options added after the checkpoint was written get the values that rebuild the model it was trained
+    as (the registries' ``upgraded``, e.g. a difference head with ``use_known_low`` and no
+    ``condition_on_known_low`` gets ``False``). The one place where checkpoints' model configs are upgraded: every
+    loading path reads through :func:`read_checkpoint`. Old option names are renamed later, when it is built."""
+    from tlgnn.models import ENCODERS, HEADS
+
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        return
+    for part, registry in (("encoder", ENCODERS), ("head", HEADS)):
+        spec = model.get(part)
+        if isinstance(spec, dict) and "name" in spec:
+            options = {k: v for k, v in spec.items() if k != "name"}
+            model[part] = {"name": spec["name"], **registry.upgraded(spec["name"], options)}
 
 
 def _load_failure(path: Path, err: Exception) -> CheckpointError:
@@ -331,4 +350,5 @@ __all__ = [
     "load_module",
     "read_checkpoint",
     "read_pretrained",
+    "upgrade_model_config",
 ]

@@ -89,6 +89,11 @@ class TransferModule(L.LightningModule):
         )
         self.tasks = [TaskSpec.from_dict(t) for t in tasks_plain]
         self.model = build_transfer_model(self.hparams["model"], self.tasks)
+        # defaults that follow other options are recorded as resolved, so that reading the checkpoints never takes
+        # them for files written before the option existed (Head.upgrade_options)
+        head_spec = self.hparams["model"]["head"]
+        for key, value in self.model.head.recorded_options().items():
+            head_spec.setdefault(key, value)
         if target_stats:
             self.set_target_stats(target_stats.get("mean", {}), target_stats.get("std", {}), target_stats.get("pairs"))
         self.outputs = list(self.model.head.outputs)

@@ -66,7 +66,8 @@ class KnownValuesError(TlgnnError, ValueError):
 
 def known_labels(known: Any, tasks: Sequence[TaskSpec]) -> pd.DataFrame:
     """Known values of some tasks per structure id, for a head that uses them at prediction time (a difference
-    head trained with ``use_known_low: true`` takes the known low-fidelity value instead of predicting it).
+    head trained with ``use_known_low: true`` takes the known low-fidelity value instead of predicting it and,
+    with ``condition_on_known_low``, its correction reads it; a head with ``context.known`` reads them as inputs).
 
     ``known``: a DataFrame or a CSV path with an ``id`` column and one column per regression task (the task's
     unit; empty cells = not known), or ``{id: {task: value}}``. Returns float columns indexed by id. Errors
@@ -198,9 +199,12 @@ class Predictor:
         if unmatched:
             notes.append(f"known values for {len(unmatched)} id(s) that match no predicted structure, e.g. "
                          f"{', '.join(unmatched[:3])} (ids are file names without extension)")
-        if not getattr(self.module.model.head, "use_known_low", False):
-            notes.append("this model does not use known values (only a difference head trained with "
-                         "use_known_low: true does); the predictions ignore them")
+        reads = self.module.model.head.reads_known()
+        if not reads:
+            notes.append("this model does not use known values (only a head with context.known or a difference "
+                         "head trained with use_known_low: true does); the predictions ignore them")
+        elif not set(reads) & set(known.columns):
+            notes.append(f"this model uses known values of {', '.join(reads)} only; the table has none of them")
         return notes
 
     # ------------------------------------------------------------------ public

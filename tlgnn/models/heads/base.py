@@ -6,7 +6,9 @@ list (the column order of ``batch.y``; items are :class:`tlgnn.data.TaskSpec` or
 (``head.outputs``). Regression outputs are ``mean + std * raw`` in physical units, with per-task statistics
 set from the training split by :meth:`Head.set_target_stats` and stored as buffers (so checkpoints carry
 them); classification outputs are logits [B, C]. Option ``nonnegative`` (every head) clamps the named
-regression outputs at 0 in physical units, after the head's own arithmetic and before the loss.
+regression outputs at 0 in physical units, after the head's own arithmetic and before the loss. Option
+``context`` (every head, :mod:`tlgnn.models.heads.context`) appends composition features and known values of
+other tasks to the graph embedding that every readout MLP reads (:meth:`Head.inputs`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from tlgnn.models.composition import CompositionFeatures, counts_of
 from tlgnn.models.encoders.base import EncoderOutput
+from tlgnn.models.heads.context import parse_context
 from tlgnn.models.layers import mlp
 from tlgnn.models.registry import Registry, close_matches
 
@@ -60,9 +64,14 @@ class Head(nn.Module):
     ``activation`` ("silu"), ``dropout`` (0.0), ``weighting`` ("fixed" or "uncertainty", see
     :meth:`combine_losses`), ``task_weights`` ({task: weight}, default 1; "fixed" only) and ``nonnegative``
     (regression outputs that cannot be negative, e.g. band gaps: ``max(0, y)`` in physical units, in training
-    and prediction alike; default none, so heads saved before the option behave as they did).
+    and prediction alike; default none, so heads saved before the option behave as they did), ``context``
+    (``{"composition": bool, "known": [tasks]}``, default none: see :mod:`tlgnn.models.heads.context`) and
+    ``known_dropout`` (0.0: in training only, each known value the head reads, context and a difference head's
+    known low alike, is hidden with this probability, as if the crystal had none, so that one model serves
+    crystals with and without it).
     Subclasses call ``super().__init__(in_dim, tasks, outputs, **common)`` with the names they predict,
-    build their networks with :meth:`make_mlp` and return :meth:`physical` values from ``forward``.
+    build their networks with :meth:`make_mlp` (whose default input width is ``in_dim + context_dim``), feed
+    them :meth:`inputs` and return :meth:`physical` values from ``forward``.
     """
 
     def __init__(
@@ -77,6 +86,8 @@ class Head(nn.Module):
         weighting: str = "fixed",
         task_weights: Mapping[str, float] | None = None,
         nonnegative: Sequence[str] = (),
+        context: Mapping[str, Any] | None = None,
+        known_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if int(in_dim) < 1:
@@ -101,6 +112,7 @@ class Head(nn.Module):
         self._pair_stats: dict[tuple[str, str], tuple[float, float]] = {}  # (low, high) -> mean, std of high - low
         self._init_weighting(weighting, task_weights)
         self._init_nonnegative(nonnegative)
+        self._init_context(context, known_dropout)
 
     # ----------------------------------------------------------------- tasks
     def _check_tasks(self) -> None:
@@ -132,8 +144,115 @@ class Head(nn.Module):
         return 1 if task.kind == "regression" else len(task.classes)
 
     def make_mlp(self, out_dim: int, in_dim: int | None = None) -> nn.Sequential:
-        """A readout MLP with the head's ``hidden``/``activation``/``dropout`` settings."""
-        return mlp(self.in_dim if in_dim is None else in_dim, self.hidden, out_dim, self.activation, self.dropout)
+        """A readout MLP with the head's ``hidden``/``activation``/``dropout`` settings; its input width is
+        ``in_dim`` if given, else :attr:`input_dim` (the graph embedding plus the context)."""
+        return mlp(self.input_dim if in_dim is None else in_dim, self.hidden, out_dim, self.activation, self.dropout)
+
+    @classmethod
+    def upgrade_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of a head config read from a checkpoint, completed so that they rebuild the head the
+        checkpoint was trained as (an option added later whose default would change an older head is set to
+        its older behaviour). The base class has none; :func:`tlgnn.training.checkpoint.read_checkpoint` calls it."""
+        return dict(options)
+
+    def recorded_options(self) -> dict[str, Any]:
+        """Options whose default depends on other options (or on when the config was written), as this head
+        resolved them; a checkpoint's config records them (:class:`tlgnn.training.module.TransferModule`), so
+        :meth:`upgrade_options` never mistakes a new file for an old one. ``{}`` for the base class."""
+        return {}
+
+    # ----------------------------------------------------------------- context
+    def _init_context(self, context: Mapping[str, Any] | None, known_dropout: float) -> None:
+        head = getattr(type(self), "registry_name", type(self).__name__)
+        self.context_spec = parse_context(context, self.tasks, self.outputs, head)
+        if not (isinstance(known_dropout, (int, float)) and 0.0 <= float(known_dropout) < 1.0):
+            raise ValueError(f"{head} head option known_dropout must be a number in [0, 1), got {known_dropout!r}")
+        self.known_dropout = float(known_dropout)
+        if self.context_spec.composition:  # a submodule only when used: heads without context keep their state_dict
+            self.composition = CompositionFeatures()
+
+    @property
+    def context_dim(self) -> int:
+        """Width of :meth:`context`: F composition features (if any) + 2 per known task (value, presence)."""
+        width = self.composition.dim if self.context_spec.composition else 0
+        return width + 2 * len(self.context_spec.known)
+
+    @property
+    def input_dim(self) -> int:
+        """Width of :meth:`inputs`: the graph embedding's ``in_dim`` plus :attr:`context_dim`."""
+        return self.in_dim + self.context_dim
+
+    def context_names(self, raw: bool = False) -> list[str]:
+        """Column names of :meth:`context` (``raw=False``) or :meth:`raw_context` (``raw=True``)."""
+        names = list(self.composition.names) if self.context_spec.composition else []
+        for task in self.context_spec.known:
+            names += [f"known_{task}"] if raw else [f"known_{task}", f"known_{task}_present"]
+        return names
+
+    def reads_known(self) -> list[str]:
+        """Tasks whose known values (``batch.y`` where ``batch.y_mask``) this head reads besides its own labels in
+        the loss: ``context.known`` (and a difference head's known low values). A predictor says when a table of
+        known values can have no effect."""
+        return list(self.context_spec.known)
+
+    def known_values(self, batch: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(values [B], present [B] bool)`` of task ``name`` as the head reads them: the batch's labels, with
+        ``known_dropout`` applied in training (hidden values: present False). ``None`` if the batch has no labels."""
+        known = self.known_label(batch, name) if batch is not None else None
+        if known is None or not (self.training and self.known_dropout > 0):
+            return known
+        values, present = known
+        keep = torch.rand(present.shape, device=present.device) >= self.known_dropout
+        return values, present & keep
+
+    def _known_columns(self, batch: Any, n: int, like: torch.Tensor, raw: bool) -> list[torch.Tensor]:
+        columns = []
+        for name in self.context_spec.known:
+            known = self.known_label(batch, name) if raw else self.known_values(batch, name)
+            if known is None:
+                values, present = like.new_zeros(n), torch.zeros(n, dtype=torch.bool, device=like.device)
+            else:
+                values, present = known[0].to(like.dtype), known[1]
+            if raw:
+                columns.append(torch.where(present, values, torch.full_like(values, float("nan"))))
+                continue
+            i = self.task_index[name]
+            scaled = (values - self.target_mean[i]) / self.target_std[i]
+            columns += [torch.where(present, scaled, torch.zeros_like(scaled)), present.to(like.dtype)]
+        return columns
+
+    def _context(self, batch: Any, n: int, like: torch.Tensor, raw: bool) -> torch.Tensor:
+        if self.context_dim == 0:
+            return like.new_zeros(n, 0)
+        if batch is None:
+            raise ValueError(f"this head reads a context ({', '.join(self.context_names(raw))}): pass the batch")
+        parts = []
+        if self.context_spec.composition:
+            counts = counts_of(batch).to(like.device)
+            parts.append(self.composition(counts) if raw else self.composition.standardized(counts))
+        columns = self._known_columns(batch, n, like, raw)
+        if columns:
+            parts.append(torch.stack(columns, 1))
+        return torch.cat([p.to(like.dtype) for p in parts], 1)
+
+    def context(self, batch: Any) -> torch.Tensor:
+        """Standardised context [B, context_dim] for MLP inputs (see :mod:`tlgnn.models.heads.context`): composition
+        features (``CompositionFeatures.standardized``), then per known task its standardised value (0 where
+        absent) and its presence flag. ``known_dropout`` applies in training."""
+        return self._context(batch, _num_graphs(batch), self.target_mean, raw=False)
+
+    def raw_context(self, batch: Any) -> torch.Tensor:
+        """Raw context [B, F + len(known)] for tree heads: composition features in their units, then each known
+        task's value in its unit, NaN where absent (no dropout, no flags)."""
+        return self._context(batch, _num_graphs(batch), self.target_mean, raw=True)
+
+    def inputs(self, enc: EncoderOutput, batch: Any) -> torch.Tensor:
+        """What the readout MLPs read: ``enc.graph_emb`` [B, in_dim], with :meth:`context` appended when the head
+        has one ([B, input_dim])."""
+        g = enc.graph_emb
+        if self.context_dim == 0:
+            return g
+        return torch.cat([g, self._context(batch, g.shape[0], g, raw=False)], 1)
 
     # ----------------------------------------------------------------- statistics
     def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float],
@@ -286,6 +405,16 @@ class Head(nn.Module):
         """The head's learned scalar constants by name (0-dim tensors; the ELV head's ``parameters``), else
         ``{}``."""
         return {}
+
+
+def _num_graphs(batch: Any) -> int:
+    """Number of structures in a batch (``num_graphs``; 0 for ``None``)."""
+    if batch is None:
+        return 0
+    n = getattr(batch, "num_graphs", None)
+    if n is None:
+        raise ValueError(f"{type(batch).__name__} has no num_graphs")
+    return int(n)
 
 
 def _clamp_nonnegative(head: Head, args: Any, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

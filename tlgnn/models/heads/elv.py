@@ -120,9 +120,9 @@ class ELVHead(Head):
                 self.latent_mean[k] = mean
                 self.latent_std[k] = std
 
-    def latents(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
-        """Named latent values [B] in physical units."""
-        z = self.latent_mean + self.latent_std * self.net(enc.graph_emb)
+    def latents(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """Named latent values [B] in physical units (``batch``: needed only by a head with a context)."""
+        z = self.latent_mean + self.latent_std * self.net(self.inputs(enc, batch))
         return {name: z[:, k] for k, name in enumerate(self.latent_names)}
 
     def parameters_dict(self) -> dict[str, torch.Tensor]:
@@ -136,10 +136,10 @@ class ELVHead(Head):
 
     def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
         """``{"latent_<name>": z [B]}`` for every latent (physical units)."""
-        return {f"latent_{name}": value for name, value in self.latents(enc).items()}
+        return {f"latent_{name}": value for name, value in self.latents(enc, batch).items()}
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
-        latents = self.latents(enc)
+        latents = self.latents(enc, batch)
         env = {**latents, **self.parameters_dict()}
         preds = {task: expr(env) for task, expr in self.expressions.items()}
         for name in self.outputs:

@@ -50,10 +50,10 @@ class FidelityHead(Head):
                 )
             self.fidelities.append(fidelity)
         self.embedding = nn.Embedding(len(names), int(embedding_dim))
-        self.net = self.make_mlp(1, in_dim=self.in_dim + int(embedding_dim))
+        self.net = self.make_mlp(1, in_dim=self.input_dim + int(embedding_dim))
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
-        g = enc.graph_emb
+        g = self.inputs(enc, batch)
         b, f = g.shape[0], len(self.outputs)
         emb = self.embedding.weight
         joint = torch.cat([g.unsqueeze(1).expand(b, f, -1), emb.unsqueeze(0).expand(b, f, -1)], dim=-1)

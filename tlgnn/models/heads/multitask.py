@@ -46,7 +46,7 @@ class MultiTaskHead(Head):
             self.nets = nn.ModuleDict({n: self.make_mlp(s) for n, s in zip(self.outputs, sizes)})
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
-        g = enc.graph_emb
+        g = self.inputs(enc, batch)
         if self.shared_hidden:
             raws = dict(zip(self.outputs, self.net(g).split(self.sizes, dim=1)))
         else:

@@ -1,4 +1,4 @@
-"""Single-task head: ``y = mean + std * MLP(g)`` (regression) or logits ``MLP(g)`` (classification)."""
+"""Single-task head: ``y = mean + std * MLP(g)`` (``g``: the graph embedding and the head's context) (regression) or logits ``MLP(g)`` (classification)."""
 
 from __future__ import annotations
 
@@ -29,4 +29,4 @@ class SingleHead(Head):
         self.net = self.make_mlp(self.out_size(task))
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
-        return {self.task: self.physical(self.task, self.net(enc.graph_emb))}
+        return {self.task: self.physical(self.task, self.net(self.inputs(enc, batch)))}
