@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
-from tlgnn.embeddings import (EmbeddingCache, EmbeddingCacheWarning, cached_embeddings, element_counts,
-                              embed_loader, encoder_identity)
+from tlgnn.embeddings import EmbeddingCache, EmbeddingCacheWarning, cached_embeddings, embed_loader, encoder_identity
 from tlgnn.graphs import structure_key
 from tlgnn.models import build_encoder
 
@@ -100,11 +99,3 @@ def test_cached_embeddings_equal_a_direct_pass_and_compute_each_structure_once(t
             expected[el.Z] = amount
         np.testing.assert_array_equal(counts[i], expected)
     np.testing.assert_array_equal(direct_counts, counts[:6])
-
-
-def test_element_counts_of_a_batch():
-    z = torch.tensor([8, 8, 22, 3, 3, 3])
-    batch = torch.tensor([0, 0, 0, 1, 1, 1])
-    counts = element_counts(z, batch, 2)
-    assert counts.shape == (2, 119)
-    assert counts[0, 8] == 2 and counts[0, 22] == 1 and counts[1, 3] == 3 and counts.sum() == 6

@@ -6,7 +6,7 @@ when the encoder is frozen, see :func:`tlgnn.training.run.fit`).
 
 from tlgnn.embeddings.cache import (CACHE_FORMAT, N_ELEMENTS, EmbeddingCache, EmbeddingCacheWarning,
                                     encoder_identity)
-from tlgnn.embeddings.compute import cached_embeddings, element_counts, embed_loader, encoded_batches
+from tlgnn.embeddings.compute import cached_embeddings, embed_loader, encoded_batches
 
 __all__ = ["CACHE_FORMAT", "N_ELEMENTS", "EmbeddingCache", "EmbeddingCacheWarning", "cached_embeddings",
-           "element_counts", "embed_loader", "encoded_batches", "encoder_identity"]
+           "embed_loader", "encoded_batches", "encoder_identity"]

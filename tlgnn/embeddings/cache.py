@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlgnn.models.composition import NUM_ELEMENT_COLUMNS
 from tlgnn.models.encoders.base import ENCODERS
 from tlgnn.models.registry import full_options
 from tlgnn.utils.files import (CorruptFileError, checksum_path, remove_stale_temps, temp_path, verify_checksum,
@@ -39,7 +40,7 @@ from tlgnn.utils.files import (CorruptFileError, checksum_path, remove_stale_tem
 CACHE_FORMAT = 1
 """Version of the shard layout and of what an embedding means; part of every identity."""
 
-N_ELEMENTS = 119
+N_ELEMENTS = NUM_ELEMENT_COLUMNS
 """Columns of ``element_counts``: atoms of element Z in column Z (column 0 unused)."""
 
 

@@ -17,15 +17,8 @@ import numpy as np
 import torch
 
 from tlgnn.embeddings.cache import N_ELEMENTS, EmbeddingCache, encoder_identity
+from tlgnn.models.composition import counts_of
 from tlgnn.models.encoders.base import EncoderOutput
-
-
-def element_counts(z: torch.Tensor, batch: torch.Tensor | None, num_graphs: int) -> torch.Tensor:
-    """Atoms per element of each graph: float32 [B, 119], column = atomic number Z."""
-    counts = torch.zeros((num_graphs, N_ELEMENTS), dtype=torch.float32, device=z.device)
-    index = torch.zeros_like(z) if batch is None else batch
-    counts.index_put_((index, z.long()), torch.ones_like(z, dtype=torch.float32), accumulate=True)
-    return counts
 
 
 def encoded_batches(model: Any, loader: Iterable[Any], device: torch.device | str = "cpu"
@@ -53,7 +46,7 @@ def embed_loader(encoder: Any, loader: Iterable[Any], device: torch.device | str
     try:
         for batch, out in encoded_batches(encoder, loader, device):
             embeddings.append(out.graph_emb.float().cpu().numpy())
-            counts.append(element_counts(batch.z, getattr(batch, "batch", None), int(batch.num_graphs)).cpu().numpy())
+            counts.append(counts_of(batch).cpu().numpy())
             done += int(batch.num_graphs)
             if progress is not None:
                 progress(done)
@@ -115,4 +108,4 @@ def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str,
     return embeddings, counts
 
 
-__all__ = ["cached_embeddings", "element_counts", "embed_loader", "encoded_batches"]
+__all__ = ["cached_embeddings", "embed_loader", "encoded_batches"]
