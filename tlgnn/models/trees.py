@@ -21,6 +21,7 @@ trees resizes them first, so a checkpoint loads into a freshly built model.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -145,24 +146,64 @@ class TreeEnsemble(nn.Module):
             raise ValueError(f"TreeEnsemble: input has shape {tuple(x.shape)}, the trees were grown on "
                              f"{int(self.num_features)} features")
         x = x.to(device=self.root.device, dtype=torch.float64)
-        rows = max(1, chunk_cells // self.num_trees)
-        parts = [self._leaves(x[i:i + rows]) for i in range(0, x.shape[0], rows)]
+        rows, tables = max(1, chunk_cells // self.num_trees), self._tables()
+        parts = [self._leaves(x[i:i + rows], tables) for i in range(0, x.shape[0], rows)]
         leaves = torch.cat(parts) if parts else torch.zeros(0, self.num_trees, dtype=torch.int64, device=x.device)
         return self.leaf_value[leaves].sum(1) + self.init_score
 
-    def _leaves(self, x: torch.Tensor) -> torch.Tensor:
-        """Leaf index [b, T] each row reaches in each tree: one vectorised step per level of depth."""
-        node = self.root.expand(x.shape[0], -1).clone()
-        for _ in range(int(self.depth)):
-            inside = node >= 0
-            if not bool(inside.any()):
-                break
-            i = node.clamp(min=0)
-            value = x.gather(1, self.feature[i])
-            missing = self.missing[i]
-            nan = value.isnan()
-            value = torch.where(nan & (missing != 2), torch.zeros_like(value), value)
-            absent = ((missing == 1) & (value.abs() <= ZERO_THRESHOLD)) | ((missing == 2) & nan)
-            go_left = torch.where(absent, self.default_left[i], value <= self.threshold[i])
-            node = torch.where(inside, torch.where(go_left, self.left[i], self.right[i]), node)
-        return torch.bitwise_not(node)
+    def _tables(self) -> dict[str, Any]:
+        """Node tables for evaluation: every leaf j becomes node ``N + j`` that loops to itself, so each step
+        moves every (row, tree) one level down without masks; ``nan_right``: where a NaN input goes (LightGBM:
+        NaN is 0 for missing type none, the default side otherwise)."""
+        n, leaves = self.feature.numel(), self.leaf_value.numel()
+        device = self.root.device
+        loops = torch.arange(n, n + leaves, device=device)
+
+        def node(ref: torch.Tensor) -> torch.Tensor:
+            return torch.where(ref >= 0, ref, n + torch.bitwise_not(ref))
+
+        nan_left = torch.where(self.missing == 0, self.threshold >= 0.0, self.default_left)
+        tables = {
+            "feature": torch.cat([self.feature, torch.zeros(leaves, dtype=torch.int64, device=device)]),
+            "threshold": torch.cat([self.threshold, torch.full((leaves,), math.inf, dtype=torch.float64,
+                                                               device=device)]),
+            "nan_right": torch.cat([~nan_left, torch.zeros(leaves, dtype=torch.bool, device=device)]),
+            "children": torch.stack([torch.cat([node(self.left), loops]), torch.cat([node(self.right), loops])],
+                                    1).reshape(-1),
+            "root": node(self.root), "first_leaf": n, "zero_right": None,
+        }
+        if bool((self.missing == 1).any()):  # missing type zero: |x| <= 1e-35 (and NaN) take the default side
+            zero = torch.cat([self.missing == 1, torch.zeros(leaves, dtype=torch.bool, device=device)])
+            tables["zero"] = zero
+            tables["zero_right"] = torch.cat([~self.default_left, torch.zeros(leaves, dtype=torch.bool,
+                                                                                device=device)])
+        return tables
+
+    def _leaves(self, x: torch.Tensor, tables: dict[str, Any]) -> torch.Tensor:
+        """Leaf index [b, T] each row reaches in each tree: one vectorised step per level of depth over the
+        (row, tree) cells still inside a tree; cells that reached their leaf are set aside every other step."""
+        rows, trees, width = x.shape[0], tables["root"].numel(), x.shape[1]
+        flat_x = x.reshape(-1)
+        leaf_of = tables["root"].repeat(rows)  # flat [b * T], row-major
+        cell = torch.arange(leaf_of.numel(), device=x.device)
+        offset = torch.div(cell, trees, rounding_mode="floor") * width  # where each cell's row starts in flat_x
+        node = leaf_of.clone()
+        has_nan = bool(x.isnan().any())
+        for step in range(int(self.depth)):
+            value = flat_x.index_select(0, tables["feature"].index_select(0, node).add_(offset))
+            right = value > tables["threshold"].index_select(0, node)
+            if has_nan:
+                right |= value.isnan() & tables["nan_right"].index_select(0, node)
+            if tables["zero_right"] is not None:
+                absent = tables["zero"].index_select(0, node) & ((value.abs() <= ZERO_THRESHOLD) | value.isnan())
+                right = torch.where(absent, tables["zero_right"].index_select(0, node), right)
+            node = tables["children"].index_select(0, node.mul_(2).add_(right))
+            if step % 2 == 1:
+                leaf_of.index_put_((cell,), node)
+                inside = (node < tables["first_leaf"]).nonzero().view(-1)
+                if inside.numel() == 0:
+                    break
+                cell, node, offset = cell.index_select(0, inside), node.index_select(0, inside), \
+                    offset.index_select(0, inside)
+        leaf_of.index_put_((cell,), node)
+        return (leaf_of - tables["first_leaf"]).view(rows, trees)
