@@ -135,6 +135,17 @@ class TreeEnsemble(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moves between devices like any module, but the trees keep their dtypes: ``.half()``/``.to(dtype)`` of a
+        model leaves thresholds and leaf values in float64 (the decisions must stay LightGBM's)."""
+        before = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
     def forward(self, x: torch.Tensor, chunk_cells: int = 1 << 22) -> torch.Tensor:
         """Sum of the trees' leaf values for each row of ``x`` [B, num_features] (float64 [B]).
 

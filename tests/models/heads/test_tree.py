@@ -87,6 +87,9 @@ def test_state_dict_round_trip_into_a_fresh_head(data):
     for name in before:
         assert torch.equal(before[name], after[name])
     assert fresh.boosters == {} and list(fresh.parameters()) == []
+    fresh.half()  # a model cast to another precision keeps the trees' float64 thresholds and leaf values
+    assert fresh.forests["low"].threshold.dtype == torch.float64
+    assert torch.equal(_predict(fresh, x[test])["gap_hse"], after["gap_hse"])
 
 
 def test_known_low_difference_beats_single_on_real_pbe_to_hse(data):
@@ -179,7 +182,8 @@ def test_mode_and_array_errors():
     with pytest.raises(ValueError, match="option task .or chain. is required"):
         build_head("tree", 8, TASKS)
     head = build_head("tree", 8, TASKS[:1], n_estimators=5)
-    assert head.outputs == ["gap_pbe"]
+    assert head.outputs == ["gap_pbe"] and head.fits_directly
+    assert not build_head("single", 8, TASKS, task="gap_pbe").fits_directly
     with pytest.raises(ValueError, match=r"y and mask \[n, 1\]"):
         head.fit_arrays(np.zeros((4, 8)), np.zeros((4, 2)), np.ones((4, 2), bool))
     with pytest.raises(ValueError, match="no training rows"):
