@@ -99,7 +99,8 @@ def _number(name: str, value: Any, low: float, low_open: bool = False, high: flo
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
         raise ValueError(f"tree head option {name} must be a finite number, got {value!r}")
     if value < low or (low_open and value == low) or (high is not None and value > high):
-        span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        upper = f"{high}]" if high is not None else "inf)"
+        span = f"{'(' if low_open else '['}{low}, {upper}"
         raise ValueError(f"tree head option {name} must be in {span}, got {value}")
 
 
@@ -108,7 +109,8 @@ def fit_booster(x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None, y_val: n
     """Fit one LightGBM regressor on ``x`` [n, f] / ``y`` [n] with early stopping on ``(x_val, y_val)``.
 
     Returns ``(booster, info)``: the ``lightgbm.Booster`` and ``best_iteration`` (the rounds to keep:
-    ``booster.dump_model(num_iteration=best_iteration)``), ``n_train``, ``n_val``, ``seconds``. ``what`` names the model in errors ("task 'gap_hse'").
+    ``booster.dump_model(num_iteration=best_iteration)``), ``n_train``, ``n_val``, ``seconds``. ``what`` names
+    the model in errors ("task 'gap_hse'").
     """
     import lightgbm as lgb
 

@@ -91,7 +91,8 @@ class TreeHead(Head):
         return all(forest.num_trees > 0 for forest in self.forests.values())
 
     # ----------------------------------------------------------------- prediction
-    def _evaluate(self, x: torch.Tensor, known_low: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    def _evaluate(self, x: torch.Tensor,
+                  known_low: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """Predictions (float64 [B], physical units) from inputs ``x`` [B, f]; chain mode adds ``"__delta"``.
 
         ``known_low = (values [B], present [B])``: the low labels, used only with ``use_known_low``."""
@@ -111,8 +112,8 @@ class TreeHead(Head):
         return {self.chain[0]: low_hat, self.chain[1]: used + delta, "__delta": delta}
 
     def _predict(self, enc: EncoderOutput, batch: Any) -> dict[str, torch.Tensor]:
-        known = self.known_label(batch, self.chain[0]) if self.chain and self.use_known_low and batch is not None \
-            else None
+        wants_known = self.chain is not None and self.use_known_low and batch is not None
+        known = self.known_label(batch, self.chain[0]) if wants_known else None
         out = self._evaluate(self.tree_inputs(enc, batch), known)
         return {name: value.to(enc.graph_emb.dtype) for name, value in out.items()}
 
@@ -198,7 +199,8 @@ class TreeHead(Head):
         known = None
         if self.chain is not None:
             lo = self.task_index[self.chain[0]]
-            known = (torch.as_tensor(np.nan_to_num(yv[:, lo]), device=device), torch.as_tensor(mv[:, lo], device=device))
+            known = (torch.as_tensor(np.nan_to_num(yv[:, lo]), device=device),
+                     torch.as_tensor(mv[:, lo], device=device))
         with torch.no_grad():
             preds = self._evaluate(torch.as_tensor(xv, device=device), known) if len(xv) else {}
         scores: dict[str, float | None] = {}
