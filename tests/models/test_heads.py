@@ -219,7 +219,7 @@ def test_head_registry_errors():
         build_head("difference", 8, TASKS, chain=["gap_pbe", "is_metal"])
     with pytest.raises(ValueError, match="option task is required"):
         build_head("single", 8, TASKS)
-    assert sorted(HEADS) == ["difference", "elv", "fidelity", "multitask", "single"]
+    assert sorted(HEADS) == ["difference", "elv", "fidelity", "multitask", "single", "tree"]
 
 
 def test_one_mlp_builder_shared_by_all_heads():

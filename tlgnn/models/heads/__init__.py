@@ -10,6 +10,7 @@ from tlgnn.models.heads.expressions import ExpressionError, compile_expression
 from tlgnn.models.heads.fidelity import FidelityHead
 from tlgnn.models.heads.multitask import MultiTaskHead
 from tlgnn.models.heads.single import SingleHead
+from tlgnn.models.heads.tree import TreeHead
 
 __all__ = [
     "HEADS",
@@ -23,4 +24,5 @@ __all__ = [
     "FidelityHead",
     "MultiTaskHead",
     "SingleHead",
+    "TreeHead",
 ]

@@ -74,6 +74,9 @@ class Head(nn.Module):
     them :meth:`inputs` and return :meth:`physical` values from ``forward``.
     """
 
+    #: Whether the head is fitted directly on arrays (``fit_arrays``, the tree head) instead of by gradient descent.
+    fits_directly = False
+
     def __init__(
         self,
         in_dim: int,

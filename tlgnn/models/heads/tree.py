@@ -1,0 +1,236 @@
+"""Tree head: gradient-boosted trees (LightGBM) on the graph embedding, stored as tensors and evaluated in torch.
+
+Two modes, regression only:
+
+- ``task: name``: one booster, ``y = F(x)``;
+- ``chain: [low, high]`` (Δ-learning, as the difference head): ``y_low = F_low(x)`` fitted on the rows with a
+  ``low`` label, ``Δ = F_Δ(x)`` fitted on the rows with both labels (target ``y_high - y_low``), and
+  ``y_high = ŷ_low + Δ``. With ``use_known_low: true``, ``ŷ_low`` is the ``low`` label wherever the batch has it
+  (``batch.y_mask``), else ``F_low(x)``, and ``F_Δ`` also takes ``ŷ_low`` as its last input feature
+  (``Δ(x, y_low)``; trained on the known labels).
+
+``x = head.tree_inputs(enc, batch)``: the graph embedding followed by the head's raw context (Contract A:
+composition features and known values, NaN where absent; the trees send NaN to the side LightGBM learned).
+
+The trees are not learned by gradient descent: the head has no parameters, ``fits_directly`` is True and the
+run calls :meth:`TreeHead.fit_arrays` with the inputs and labels of its training and validation rows. The fitted
+trees live in buffers (:class:`tlgnn.models.trees.TreeEnsemble`), so a checkpoint's ``state_dict`` holds them
+(no pickle) and predicting needs no LightGBM. All values are in physical units (the target statistics of the
+base class are not used).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlgnn.models.boosting import BoosterOptions, fit_booster
+from tlgnn.models.encoders.base import EncoderOutput
+from tlgnn.models.heads.base import Head, find_task, register_head
+from tlgnn.models.trees import TreeEnsemble, lightgbm_arrays
+
+
+@register_head("tree")
+class TreeHead(Head):
+    """Options: ``task`` (one regression task; may be omitted when the dataset has one task) or ``chain``
+    ([low, high] regression tasks), ``use_known_low`` (chain only, False), and the LightGBM options of
+    :class:`tlgnn.models.boosting.BoosterOptions` (``n_estimators`` 2000, ``learning_rate`` 0.03, ``num_leaves``
+    31, ``max_depth`` -1, ``min_child_samples`` 20, ``subsample`` 0.8, ``subsample_freq`` 1, ``colsample`` 0.5,
+    ``reg_lambda`` 1.0, ``early_stopping_rounds`` 100 (validation MAE), ``objective`` "regression" | "l1" |
+    "huber", ``seed`` 0, ``n_jobs`` 0 = LightGBM's own thread count).
+
+    ``boosters`` holds the ``lightgbm.Booster`` objects of the last :meth:`fit_arrays` call (not saved; a loaded
+    head has ``{}``).
+    """
+
+    fits_directly = True
+
+    def __init__(
+        self, in_dim: int, tasks: Sequence[Any], *, task: str | None = None, chain: Sequence[str] | None = None,
+        use_known_low: bool = False, n_estimators: int = 2000, learning_rate: float = 0.03, num_leaves: int = 31,
+        max_depth: int = -1, min_child_samples: int = 20, subsample: float = 0.8, subsample_freq: int = 1,
+        colsample: float = 0.5, reg_lambda: float = 1.0, early_stopping_rounds: int = 100,
+        objective: str = "regression", seed: int = 0, n_jobs: int = 0, **common: Any,
+    ) -> None:
+        tasks = list(tasks)
+        outputs = _outputs(tasks, task, chain, use_known_low)
+        if common.get("weighting", "fixed") == "uncertainty":
+            raise ValueError("tree head option weighting: 'uncertainty' learns loss weights by gradient descent; "
+                             "the tree head is fitted directly (use 'fixed')")
+        self.options = BoosterOptions(
+            n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves, max_depth=max_depth,
+            min_child_samples=min_child_samples, subsample=subsample, subsample_freq=subsample_freq,
+            colsample=colsample, reg_lambda=reg_lambda, early_stopping_rounds=early_stopping_rounds,
+            objective=objective, seed=seed, n_jobs=n_jobs)
+        super().__init__(in_dim, tasks, outputs, **common)
+        self.chain = list(chain) if chain is not None else None
+        self.task = None if self.chain else outputs[0]
+        self.use_known_low = bool(use_known_low)
+        names = ("low", "delta") if self.chain else ("main",)
+        self.forests = nn.ModuleDict({name: TreeEnsemble() for name in names})
+        self.boosters: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- inputs
+    def _raw_context(self, batch: Any, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """STAND-IN for Contract A's ``Head.raw_context(batch)`` (composition features and known values, NaN where
+        absent), which is built in parallel: until the lead connects it, no context, an empty [B, 0] tensor, so
+        the trees see the graph embedding alone. Connect by returning ``self.raw_context(batch)`` here."""
+        return like.new_zeros((rows, 0))
+
+    def tree_inputs(self, enc: EncoderOutput, batch: Any) -> torch.Tensor:
+        """The trees' inputs [B, f]: ``[enc.graph_emb, raw context]`` (what :meth:`fit_arrays` takes as rows)."""
+        g = enc.graph_emb
+        return torch.cat([g, self._raw_context(batch, g.shape[0], g).to(g.dtype)], 1)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether every booster of the head has trees."""
+        return all(forest.num_trees > 0 for forest in self.forests.values())
+
+    # ----------------------------------------------------------------- prediction
+    def _evaluate(self, x: torch.Tensor,
+                  known_low: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Predictions (float64 [B], physical units) from inputs ``x`` [B, f]; chain mode adds ``"__delta"``.
+
+        ``known_low = (values [B], present [B])``: the low labels, used only with ``use_known_low``."""
+        if not self.fitted:
+            raise RuntimeError("tree head is not fitted: its trees are grown by fit_arrays(x, y, mask, x_val, "
+                               "y_val, mask_val) (the run fits tree heads directly), or loaded from a checkpoint")
+        if self.chain is None:
+            return {self.task: self.forests["main"](x)}
+        low_hat = self.forests["low"](x)
+        used = low_hat
+        if self.use_known_low:
+            if known_low is not None:
+                values, present = known_low
+                used = torch.where(present.to(low_hat.device).bool(), values.to(low_hat), low_hat)
+            x = torch.cat([x.to(used.dtype), used[:, None]], 1)
+        delta = self.forests["delta"](x)
+        return {self.chain[0]: low_hat, self.chain[1]: used + delta, "__delta": delta}
+
+    def _predict(self, enc: EncoderOutput, batch: Any) -> dict[str, torch.Tensor]:
+        wants_known = self.chain is not None and self.use_known_low and batch is not None
+        known = self.known_label(batch, self.chain[0]) if wants_known else None
+        out = self._evaluate(self.tree_inputs(enc, batch), known)
+        return {name: value.to(enc.graph_emb.dtype) for name, value in out.items()}
+
+    def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        return {name: value for name, value in self._predict(enc, batch).items() if name != "__delta"}
+
+    def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """``{"delta_<high>": Δ [B]}`` in chain mode (physical units), else ``{}``."""
+        if self.chain is None:
+            return {}
+        return {f"delta_{self.chain[1]}": self._predict(enc, batch)["__delta"]}
+
+    # ----------------------------------------------------------------- fitting
+    def fit_arrays(self, x_train: np.ndarray, y: np.ndarray, mask: np.ndarray, x_val: np.ndarray | None = None,
+                   y_val: np.ndarray | None = None, mask_val: np.ndarray | None = None) -> dict[str, Any]:
+        """Grow the trees on rows ``x_train`` [n, f] (from :meth:`tree_inputs`) with labels ``y`` [n, T] /
+        ``mask`` [n, T] (``batch.y``/``batch.y_mask`` columns in the dataset's task order); the validation rows
+        (optional) drive early stopping and are scored.
+
+        Returns the history: ``best_iteration``, ``n_train``, ``n_val`` and ``seconds`` per booster (named by its
+        task, ``delta_<high>`` for Δ) and ``val_mae`` per output (physical units; ``None`` without labelled
+        validation rows), computed with the stored tensor trees exactly as :meth:`forward` predicts.
+        """
+        x, y, mask = self._checked(x_train, y, mask, "training")
+        if x_val is None or len(x_val) == 0:
+            x_val, y_val, mask_val = x[:0], y[:0], mask[:0]
+        xv, yv, mv = self._checked(x_val, y_val, mask_val, "validation")
+        if xv.shape[1] != x.shape[1]:
+            raise ValueError(f"tree head fit_arrays: validation rows have {xv.shape[1]} features, training rows "
+                             f"{x.shape[1]}")
+        if self.chain is None:
+            info = {self.task: self._grow("main", x, y, mask, xv, yv, mv, self.task, self.task)}
+        else:
+            info = self._grow_chain(x, y, mask, xv, yv, mv)
+        history = {key: {name: item[key] for name, item in info.items()}
+                   for key in ("best_iteration", "n_train", "n_val", "seconds")}
+        history["val_mae"] = self._val_mae(xv, yv, mv)
+        return history
+
+    def _checked(self, x: Any, y: Any, mask: Any, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        y, mask = np.asarray(y, dtype=np.float64), np.asarray(mask).astype(bool)
+        n = x.shape[0] if x.ndim == 2 else -1
+        if n < 0 or y.shape != (n, len(self.tasks)) or mask.shape != y.shape:
+            raise ValueError(f"tree head fit_arrays: {what} arrays must be x [n, f], y and mask [n, "
+                             f"{len(self.tasks)}] (one column per task); got {x.shape}, {y.shape}, {mask.shape}")
+        return x, y, mask
+
+    def _grow(self, forest: str, x: np.ndarray, y: np.ndarray, mask: np.ndarray, xv: np.ndarray, yv: np.ndarray,
+              mv: np.ndarray, task: str, label: str) -> dict[str, Any]:
+        """Fit the booster ``forest`` on the rows labelled with ``task``; store its trees."""
+        col = self.task_index[task]
+        rows, val = mask[:, col], mv[:, col]
+        booster, info = fit_booster(x[rows], y[rows, col], xv[val], yv[val, col], self.options,
+                                    f"tree head {label}")
+        self.forests[forest].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=info["best_iteration"])))
+        self.boosters[forest] = booster
+        return info
+
+    def _grow_chain(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, xv: np.ndarray, yv: np.ndarray,
+                    mv: np.ndarray) -> dict[str, dict[str, Any]]:
+        """Fit the low booster, then Δ on the rows with both labels (target high - low)."""
+        low, high = self.chain
+        lo, hi = self.task_index[low], self.task_index[high]
+        info = {low: self._grow("low", x, y, mask, xv, yv, mv, low, f"task {low!r}")}
+
+        def delta_rows(x_, y_, m_):
+            both = m_[:, lo] & m_[:, hi]
+            feats = np.concatenate([x_[both], y_[both, lo][:, None]], 1) if self.use_known_low else x_[both]
+            return feats, y_[both, hi] - y_[both, lo]
+
+        (xd, yd), (xdv, ydv) = delta_rows(x, y, mask), delta_rows(xv, yv, mv)
+        booster, fit = fit_booster(xd, yd, xdv, ydv, self.options, f"tree head delta_{high} (rows with {low} and "
+                                   f"{high})")
+        self.forests["delta"].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=fit["best_iteration"])))
+        self.boosters["delta"] = booster
+        info[f"delta_{high}"] = fit
+        return info
+
+    def _val_mae(self, xv: np.ndarray, yv: np.ndarray, mv: np.ndarray) -> dict[str, float | None]:
+        """MAE per output on the labelled validation rows, from the stored trees (as :meth:`forward`)."""
+        device = next(iter(self.forests.values())).root.device
+        known = None
+        if self.chain is not None:
+            lo = self.task_index[self.chain[0]]
+            known = (torch.as_tensor(np.nan_to_num(yv[:, lo]), device=device),
+                     torch.as_tensor(mv[:, lo], device=device))
+        with torch.no_grad():
+            preds = self._evaluate(torch.as_tensor(xv, device=device), known) if len(xv) else {}
+        scores: dict[str, float | None] = {}
+        for name in self.outputs:
+            col = self.task_index[name]
+            rows = torch.as_tensor(mv[:, col], device=device)
+            if not len(xv) or not bool(rows.any()):
+                scores[name] = None
+                continue
+            target = torch.as_tensor(yv[:, col], device=device)
+            scores[name] = float((preds[name][rows] - target[rows]).abs().mean())
+        return scores
+
+
+def _outputs(tasks: list[Any], task: str | None, chain: Sequence[str] | None, use_known_low: bool) -> list[str]:
+    """The head's outputs from its mode options (``ValueError`` naming the option)."""
+    if task is not None and chain is not None:
+        raise ValueError("tree head: give option task (one task) or option chain ([low, high]), not both")
+    if chain is None:
+        if use_known_low:
+            raise ValueError("tree head option use_known_low applies to chain mode only (chain: [low, high])")
+        if task is None:
+            if len(tasks) != 1:
+                raise ValueError(f"tree head: option task (or chain) is required when there are {len(tasks)} "
+                                 f"tasks ({', '.join(t.name for t in tasks)})")
+            task = tasks[0].name
+        find_task(tasks, task, "tree head option task", kind="regression")
+        return [task]
+    if isinstance(chain, str) or len(chain) != 2 or chain[0] == chain[1]:
+        raise ValueError(f"tree head option chain must be two different task names [low, high], got {chain!r}")
+    for k, name in enumerate(chain):
+        find_task(tasks, name, f"tree head option chain[{k}]", kind="regression")
+    return list(chain)
