@@ -74,16 +74,13 @@ class TreeHead(Head):
         self.boosters: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- inputs
-    def _raw_context(self, batch: Any, rows: int, like: torch.Tensor) -> torch.Tensor:
-        """STAND-IN for Contract A's ``Head.raw_context(batch)`` (composition features and known values, NaN where
-        absent), which is built in parallel: until the lead connects it, no context, an empty [B, 0] tensor, so
-        the trees see the graph embedding alone. Connect by returning ``self.raw_context(batch)`` here."""
-        return like.new_zeros((rows, 0))
-
     def tree_inputs(self, enc: EncoderOutput, batch: Any) -> torch.Tensor:
-        """The trees' inputs [B, f]: ``[enc.graph_emb, raw context]`` (what :meth:`fit_arrays` takes as rows)."""
+        """The trees' inputs [B, f]: ``[enc.graph_emb, raw context]`` (what :meth:`fit_arrays` takes as rows); the
+        raw context (:meth:`Head.raw_context`) is the composition features and known values, NaN where absent."""
         g = enc.graph_emb
-        return torch.cat([g, self._raw_context(batch, g.shape[0], g).to(g.dtype)], 1)
+        if self.context_dim == 0:
+            return g
+        return torch.cat([g, self.raw_context(batch).to(g.dtype)], 1)
 
     @property
     def fitted(self) -> bool:
