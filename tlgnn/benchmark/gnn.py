@@ -91,6 +91,9 @@ class GNNOptions:
         freeze_encoder: keep the whole encoder frozen (``model.finetune.freeze: encoder``): the head trains on the
             encoder's cached embeddings (:mod:`tlgnn.embeddings`); the frozen-embedding kinds. A pretrained
             encoder either loads its own weights (``chgnet``) or comes from ``encoder_from``.
+        condition_on_known_low: difference kinds in the ``low_fidelity_known`` regime: the Δ nets also read the known
+            ``P`` (Δ(g, y_low), the head's ``condition_on_known_low``); off by default, as when the ``gnn_difference``
+            cells were computed.
         encoder_from: a tlgnn checkpoint (relative to the repository root) whose encoder weights the model starts
             from (``model.init_from``), e.g. the shipped ``data/pretrained/cgcnn_mp_pbe_eform.ckpt``.
         quick: overrides applied with ``--quick``.
@@ -124,6 +127,7 @@ class GNNOptions:
     frame_kind: str = "OH"
     keep_checkpoints: bool = False
     freeze_encoder: bool = False
+    condition_on_known_low: bool = False
     encoder_from: str | None = None
     quick: dict[str, Any] = field(default_factory=dict)
 
@@ -454,7 +458,9 @@ def _head_and_tasks(cell: CellInput, kind: str, opts: GNNOptions) -> tuple[dict[
         extra = [a for a in exp.auxiliary if opts.use_auxiliary]
         head, tasks = {"name": "multitask"}, [p, *extra, t]
     elif kind == "difference":
-        head = {"name": "difference", "chain": [p, t], "use_known_low": cell.regime == "low_fidelity_known"}
+        known = cell.regime == "low_fidelity_known"
+        head = {"name": "difference", "chain": [p, t], "use_known_low": known,
+                "condition_on_known_low": known and opts.condition_on_known_low}
         tasks = [p, t]
     elif kind == "fidelity":
         head, tasks = {"name": "fidelity", "targets": [p, t]}, [p, t]
@@ -465,6 +471,8 @@ def _head_and_tasks(cell: CellInput, kind: str, opts: GNNOptions) -> tuple[dict[
             head = {"name": "elv", "latents": [p, "shift"], "expressions": {t: f"{p} + softplus(shift)"}}
             tasks = [p, t]
     head.update({k: v for k, v in opts.head.items()})
+    if head["name"] != "difference":  # another head in the difference kind's place (the tree head): its own rules
+        head.pop("condition_on_known_low", None)
     if opts.tasks is not None:
         tasks = [c for c in opts.tasks if c != t] + [t]
     elif t not in tasks:
