@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tlgnn.benchmark.best import best_section
 from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
 
 BEGIN = "<!-- BEGIN GENERATED: scripts/benchmarks/transfer.py report -->"
@@ -250,6 +251,9 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
         lines.append(outdated_section(outdated))
     if configs:
         lines.append(coverage_section(coverage(configs, cells, quick=bool(cells["quick"].all()))))
+    headline = best_section(summary)
+    if headline:
+        lines.append(headline)
     for experiment in sorted(cells["experiment"].unique()):
         lines.append(experiment_section(summary, cells, experiment, Path(figures), figures_rel))
     return "\n\n".join(lines)
