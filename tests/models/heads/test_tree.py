@@ -126,6 +126,24 @@ def test_chain_arithmetic_high_is_known_low_plus_delta_else_predicted_low(data):
     assert not torch.equal(moved[known], delta[known]) and torch.equal(moved[~known], delta[~known])
 
 
+def test_structure_only_chain_conditioned_on_the_predicted_low(data):
+    """condition_on_low without known values: Δ reads the low trees' own prediction (training and prediction)."""
+    x, y, mask, (_, _, test) = data
+    plain, _ = _fitted(data, chain=["gap_pbe", "gap_hse"], n_estimators=60)
+    cond, _ = _fitted(data, chain=["gap_pbe", "gap_hse"], condition_on_low=True, n_estimators=60)
+    assert plain.forests["delta"].num_features == x.shape[1]
+    assert cond.forests["delta"].num_features == x.shape[1] + 1
+    enc = EncoderOutput(node_emb=None, graph_emb=torch.as_tensor(x[test]))
+    with torch.no_grad():
+        out, delta = cond(enc, Rows(y[test], mask[test])), cond.extras(enc, None)["delta_gap_hse"]
+        low_pred = cond.forests["low"](torch.as_tensor(x[test])).float()
+        direct = cond.forests["delta"](torch.cat([torch.as_tensor(x[test]), low_pred.double()[:, None]], 1))
+    torch.testing.assert_close(out["gap_hse"], low_pred + delta, atol=1e-5, rtol=0)  # known values unused
+    torch.testing.assert_close(delta, direct.float(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="condition_on_low applies to chain mode"):
+        _fitted(data, task="gap_hse", condition_on_low=True)
+
+
 def test_tree_head_on_real_graph_embeddings_inside_a_transfer_model():
     tasks = TASKS[:2]
     batch = labelled_batch(tasks, n=10, present=0.8)

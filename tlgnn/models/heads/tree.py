@@ -36,7 +36,10 @@ from tlgnn.models.trees import TreeEnsemble, lightgbm_arrays
 @register_head("tree")
 class TreeHead(Head):
     """Options: ``task`` (one regression task; may be omitted when the dataset has one task) or ``chain``
-    ([low, high] regression tasks), ``use_known_low`` (chain only, False), and the LightGBM options of
+    ([low, high] regression tasks), ``use_known_low`` (chain only, False), ``condition_on_low`` (chain only,
+    default ``use_known_low``: Δ also reads the low value it is added to, the known one where given, else the low
+    trees' prediction; in training the known label with ``use_known_low``, else the low trees' in-sample
+    prediction), and the LightGBM options of
     :class:`tlgnn.models.boosting.BoosterOptions` (``n_estimators`` 2000, ``learning_rate`` 0.03, ``num_leaves``
     31, ``max_depth`` -1, ``min_child_samples`` 20, ``subsample`` 0.8, ``subsample_freq`` 1, ``colsample`` 0.5,
     ``reg_lambda`` 1.0, ``early_stopping_rounds`` 100 (validation MAE), ``objective`` "regression" | "l1" |
@@ -50,7 +53,7 @@ class TreeHead(Head):
 
     def __init__(
         self, in_dim: int, tasks: Sequence[Any], *, task: str | None = None, chain: Sequence[str] | None = None,
-        use_known_low: bool = False, n_estimators: int = 2000, learning_rate: float = 0.03, num_leaves: int = 31,
+        use_known_low: bool = False, condition_on_low: bool | None = None, n_estimators: int = 2000, learning_rate: float = 0.03, num_leaves: int = 31,
         max_depth: int = -1, min_child_samples: int = 20, subsample: float = 0.8, subsample_freq: int = 1,
         colsample: float = 0.5, reg_lambda: float = 1.0, early_stopping_rounds: int = 100,
         objective: str = "regression", seed: int = 0, n_jobs: int = 0, **common: Any,
@@ -69,6 +72,9 @@ class TreeHead(Head):
         self.chain = list(chain) if chain is not None else None
         self.task = None if self.chain else outputs[0]
         self.use_known_low = bool(use_known_low)
+        self.condition_on_low = self.use_known_low if condition_on_low is None else bool(condition_on_low)
+        if self.condition_on_low and self.chain is None:
+            raise ValueError("tree head option condition_on_low applies to chain mode only (chain: [low, high])")
         names = ("low", "delta") if self.chain else ("main",)
         self.forests = nn.ModuleDict({name: TreeEnsemble() for name in names})
         self.boosters: dict[str, Any] = {}
@@ -100,10 +106,10 @@ class TreeHead(Head):
             return {self.task: self.forests["main"](x)}
         low_hat = self.forests["low"](x)
         used = low_hat
-        if self.use_known_low:
-            if known_low is not None:
-                values, present = known_low
-                used = torch.where(present.to(low_hat.device).bool(), values.to(low_hat), low_hat)
+        if self.use_known_low and known_low is not None:
+            values, present = known_low
+            used = torch.where(present.to(low_hat.device).bool(), values.to(low_hat), low_hat)
+        if self.condition_on_low:
             x = torch.cat([x.to(used.dtype), used[:, None]], 1)
         delta = self.forests["delta"](x)
         return {self.chain[0]: low_hat, self.chain[1]: used + delta, "__delta": delta}
@@ -179,8 +185,12 @@ class TreeHead(Head):
 
         def delta_rows(x_, y_, m_):
             both = m_[:, lo] & m_[:, hi]
-            feats = np.concatenate([x_[both], y_[both, lo][:, None]], 1) if self.use_known_low else x_[both]
-            return feats, y_[both, hi] - y_[both, lo]
+            if not self.condition_on_low:
+                return x_[both], y_[both, hi] - y_[both, lo]
+            # Δ reads the low value it will be added to: the label where known (use_known_low), else the low
+            # booster's prediction (on its own training rows: in-sample)
+            low_in = y_[both, lo] if self.use_known_low else self._low_prediction(x_[both])
+            return np.concatenate([x_[both], low_in[:, None]], 1), y_[both, hi] - y_[both, lo]
 
         (xd, yd), (xdv, ydv) = delta_rows(x, y, mask), delta_rows(xv, yv, mv)
         booster, fit = fit_booster(xd, yd, xdv, ydv, self.options, f"tree head delta_{high} (rows with {low} and "
@@ -189,6 +199,12 @@ class TreeHead(Head):
         self.boosters["delta"] = booster
         info[f"delta_{high}"] = fit
         return info
+
+    def _low_prediction(self, x: np.ndarray) -> np.ndarray:
+        """The stored low trees' prediction for rows ``x`` (float64 [n])."""
+        forest = self.forests["low"]
+        with torch.no_grad():
+            return forest(torch.as_tensor(x, device=forest.root.device)).cpu().numpy().astype(np.float64)
 
     def _val_mae(self, xv: np.ndarray, yv: np.ndarray, mv: np.ndarray) -> dict[str, float | None]:
         """MAE per output on the labelled validation rows, from the stored trees (as :meth:`forward`)."""
