@@ -69,20 +69,12 @@ def embed_structures(frozen: FrozenEncoder, records: Sequence[Any], cache_root: 
     reported in ``failures`` and left out."""
     from torch_geometric.loader import DataLoader
 
-    from tlgnn.graphs import CrystalGraphBuilder, structure_key
+    from tlgnn.graphs import structure_key
+    from tlgnn.graphs.records import builder_from_settings, record_graphs
 
-    builder = CrystalGraphBuilder(cutoff=float(frozen.graph.get("cutoff", 8.0)),
-                                  max_neighbors=frozen.graph.get("max_neighbors", 12),
-                                  isolated=frozen.graph.get("isolated", "error"))
-    built = builder.build_many([r.structure for r in records], names=[r.id for r in records], on_error="return")
-    graphs, ids, keys, failures = [], [], [], []
-    for record, graph in zip(records, built):
-        if isinstance(graph, ValueError):
-            failures.append((record.path or record.id, f"cannot build a graph: {graph}"))
-            continue
-        graphs.append(graph.to_data())
-        ids.append(record.id)
-        keys.append(structure_key(record.structure))
+    graphs, used, failures = record_graphs(builder_from_settings(frozen.graph), records)
+    ids = [r.id for r in used]
+    keys = [structure_key(r.structure) for r in used]
 
     def loader_for(rows: np.ndarray) -> Any:
         return DataLoader([graphs[i] for i in rows], batch_size=batch_size, shuffle=False)

@@ -18,6 +18,7 @@ import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
+from tlgnn.graphs.records import builder_from_settings, record_graphs
 from tlgnn.training.checkpoint import CHECKPOINT_KEY, describe, load_module
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import TransferModule
@@ -36,27 +37,6 @@ class PredictionResult:
     def report(self) -> str:
         """One line per structure that has no prediction: ``<location>: <reason>``."""
         return "\n".join(f"{where}: {why}" for where, why in [*self.failures, *self.skipped])
-
-
-def graph_builder_from_settings(settings: dict[str, Any]):
-    """A :class:`~tlgnn.graphs.CrystalGraphBuilder` configured as recorded in a checkpoint."""
-    from tlgnn.graphs import CrystalGraphBuilder
-
-    builder = CrystalGraphBuilder(
-        cutoff=float(settings.get("cutoff", 8.0)),
-        max_neighbors=settings.get("max_neighbors", 12),
-        isolated=settings.get("isolated", "error"),
-    )
-    recorded = settings.get("format_version")
-    current = builder.settings.get("format_version")
-    if recorded is not None and recorded != current:
-        warnings.warn(
-            f"the checkpoint's graphs were built with graph format {recorded}, this tlgnn builds format {current}; "
-            "predictions may differ from those of the original run",
-            stacklevel=2,
-        )
-    return builder
-
 
 
 class KnownValuesError(TlgnnError, ValueError):
@@ -127,7 +107,7 @@ class Predictor:
         self.device = _resolve_device(device)
         self.module.to(self.device)
         self.batch_size = int(batch_size)
-        self.builder = graph_builder_from_settings(module.hparams.get("graph") or {})
+        self.builder = builder_from_settings(module.hparams.get("graph") or {})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = "cpu", batch_size: int = 64) -> "Predictor":
@@ -165,16 +145,8 @@ class Predictor:
         return result.records, failures, list(result.skipped)
 
     def _graphs(self, records: Sequence[Any]) -> tuple[list[Any], list[str], list[tuple[str, str]]]:
-        graphs, ids, failures = [], [], []
-        built = self.builder.build_many([rec.structure for rec in records], names=[rec.id for rec in records],
-                                        on_error="return")
-        for rec, graph in zip(records, built):
-            if isinstance(graph, ValueError):
-                failures.append((rec.path or rec.id, f"cannot build a graph: {graph}"))
-                continue
-            graphs.append(graph.to_data())
-            ids.append(rec.id)
-        return graphs, ids, failures
+        graphs, used, failures = record_graphs(self.builder, records)
+        return graphs, [rec.id for rec in used], failures
 
     def _run(self, graphs: list[Any], want: str) -> dict[str, np.ndarray] | np.ndarray:
         """``{task: predictions}`` (``want="predict"``) or the embeddings [n, d] (``"embed"``) of ``graphs``."""
@@ -257,4 +229,4 @@ def _where(err: Any) -> str:
     return f"{where}[{block}]" if block else where
 
 
-__all__ = ["CHECKPOINT_KEY", "PredictionResult", "Predictor", "graph_builder_from_settings", "known_labels"]
+__all__ = ["CHECKPOINT_KEY", "PredictionResult", "Predictor", "known_labels"]
