@@ -124,6 +124,7 @@ def test_chain_arithmetic_high_is_known_low_plus_delta_else_predicted_low(data):
         moved = diff.extras(enc, shifted)["delta_gap_hse"]
     assert diff.forests["delta"].num_features == x.shape[1] + 1
     assert not torch.equal(moved[known], delta[known]) and torch.equal(moved[~known], delta[~known])
+    assert diff.reads_known() == ["gap_pbe"]  # what Predictor checks before saying known values are ignored
 
 
 def test_structure_only_chain_conditioned_on_the_predicted_low(data):

@@ -88,6 +88,10 @@ class TreeHead(Head):
             return g
         return torch.cat([g, self.raw_context(batch).to(g.dtype)], 1)
 
+    def reads_known(self) -> list[str]:
+        """``context.known`` and, with ``use_known_low``, the chain's low task (its known values are used)."""
+        return [*super().reads_known(), *(self.chain[:1] if self.chain is not None and self.use_known_low else [])]
+
     @property
     def fitted(self) -> bool:
         """Whether every booster of the head has trees."""
