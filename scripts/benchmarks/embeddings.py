@@ -119,8 +119,11 @@ def _epoch_config(args: argparse.Namespace, out: Path, cached: bool):
                  f"model.head.task={args.task}", f"model.head.nonnegative=[{args.task}]", f"output_dir={out}",
                  f"trainer.cpu_threads={args.threads}", "logger.kind=csv"]
     if args.encoder != "cgcnn":
-        overrides += [f"model.encoder={json.dumps(ENCODERS[args.encoder])}", "model.init_from=null"]
-    return load_run_config(Path(args.config), overrides)
+        overrides.append("model.init_from=null")
+    config = load_run_config(Path(args.config), overrides)
+    if args.encoder != "cgcnn":  # another encoder, pretrained by its own package: replaces the config's
+        config.model.encoder = dict(ENCODERS[args.encoder])
+    return config
 
 
 def epoch(args: argparse.Namespace) -> int:
