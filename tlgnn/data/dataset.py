@@ -85,8 +85,7 @@ class MaterialDataset(Dataset):
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> "MaterialDataset":
         """The same dataset restricted to table ``rows`` (shares graphs and labels)."""
-        other = object.__new__(MaterialDataset)
-        other.__dict__.update(self.__dict__)
+        other = copy.copy(self)  # a shallow copy: the arrays are shared
         other.rows = np.asarray(rows, dtype=np.int64)
         return other
 

@@ -10,6 +10,7 @@ what a head reads from a graph batch: ``graph_emb`` [B, d] (the encoder output),
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,8 +96,7 @@ class EmbeddedDataset(Dataset):
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> "EmbeddedDataset":
         """The same dataset restricted to table ``rows`` (shares the stored arrays)."""
-        other = object.__new__(EmbeddedDataset)
-        other.__dict__.update(self.__dict__)
+        other = copy.copy(self)  # a shallow copy: the arrays are shared
         other.rows = np.asarray(rows, dtype=np.int64)
         return other
 
