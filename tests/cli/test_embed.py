@@ -42,3 +42,23 @@ def test_embed_option_needs_an_encoder_name(tmp_path, capsys):
             "--output", str(tmp_path / "x.parquet")]
     assert main(args) == 2
     assert "--option applies to --encoder only" in capsys.readouterr().err
+
+
+def test_embed_an_aligned_table(tmp_path):
+    """``--table``: every material of an aligned table, ids from ``material_id``, the same vectors as the
+    checkpoint's own ``embed`` on those structures."""
+    from tlgnn.data import MaterialTable
+    from tlgnn.training.predict import Predictor
+
+    aligned = tmp_path / "aligned"
+    assert main(["align", "--config", str(ROOT / "configs" / "data" / "mp_sample.yaml"), "--out", str(aligned)]) == 0
+    out = tmp_path / "table.parquet"
+    assert main(["embed", "--checkpoint", str(CKPT), "--table", str(aligned), "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    frame = pd.read_parquet(out)
+    table = MaterialTable.load(aligned)
+    assert frame["id"].tolist() == table.frame["material_id"].tolist()
+    assert frame["structure_key"].tolist() == table.frame["structure_key"].tolist()
+    rows = [0, 7, 123]
+    expected = Predictor.from_checkpoint(CKPT).embed([table.structure(i) for i in rows])
+    np.testing.assert_allclose(frame.iloc[rows, 2:].to_numpy(np.float32), expected, rtol=1e-5, atol=1e-5)
