@@ -168,10 +168,12 @@ def _kind(cell: CellInput) -> str:
         kind == "elv" and not cell.model.options.get("head"))
     if needs_low and exp.low is None:
         raise ConfigError(f"models[{cell.model.name}].kind", f"{cell.model.kind} needs the experiment's 'low' column")
-    if cell.regime == "low_fidelity_known" and kind != "difference":
+    known = ((cell.model.options.get("head") or {}).get("context") or {}).get("known") or []
+    if cell.regime == "low_fidelity_known" and kind != "difference" and exp.low not in known:
         raise ConfigError(f"models[{cell.model.name}].regime",
-                          "low_fidelity_known applies to gnn_difference (use_known_low) only: the other heads "
-                          "take no label as input")
+                          "low_fidelity_known applies to gnn_difference (use_known_low) and to heads that read the "
+                          f"low fidelity as context (options.head.context.known: [{exp.low}]); the others take no "
+                          "label as input")
     if exp.kind == "classification" and kind not in ("single", "multitask", "finetune"):
         raise ConfigError(f"models[{cell.model.name}].kind", f"{cell.model.kind} needs a regression target")
     return kind
