@@ -165,3 +165,16 @@ def test_options_are_checked():
     assert random.state_dict().keys() == pretrained.state_dict().keys()
     assert not torch.equal(random.embed.atom_embedding.embedding.weight,
                            pretrained.embed.atom_embedding.embedding.weight)
+
+
+def test_graphs_are_kept_only_while_the_encoder_trains():
+    """A one-off pass in eval mode (embedding every material once) does not fill the graph cache; training does."""
+    enc = build_encoder("chgnet", graph_cache_size=10).eval()
+    batch = mp_batch(4)
+    with torch.no_grad():
+        frozen = enc(enc.prepare_batch(batch)).graph_emb
+    assert len(enc.graphs.cache) == 0
+    enc.train()
+    trained = enc(enc.prepare_batch(batch)).graph_emb
+    assert len(enc.graphs.cache) == 4
+    torch.testing.assert_close(trained, frozen, atol=1e-6, rtol=0)  # no dropout: same function either way

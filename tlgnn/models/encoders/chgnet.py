@@ -130,7 +130,7 @@ class CHGNetEncoder(Encoder):
 
     Options: ``version`` ("0.3.0" MPtrj PBE/PBE+U, "r2scan" transfer-learned on MP r2SCAN, "0.2.0"),
     ``pooling`` ("mean" 64 | "sum" 64 | "blocks" 256 wide), ``pretrained`` (True; False: random weights, same
-    architecture, for tests of the training plumbing), ``graph_cache_size`` (converted CHGNet graphs kept in
+    architecture, for tests of the training plumbing), ``graph_cache_size`` (converted CHGNet graphs kept, while the encoder trains, in
     memory, least recently used evicted; 0 disables the cache; 20,000 MP-like crystals take about 0.4 GB).
     ``pretrained`` and ``graph_cache_size`` do not change the function of a loaded checkpoint
     (``layout_options``: a checkpoint's weights replace the initial ones).
@@ -165,7 +165,7 @@ class CHGNetEncoder(Encoder):
         """Host-side checks (atomic numbers 1..94, ``ValueError`` otherwise) and CHGNet graph conversion into
         the cache; tlgnn's edges are left as they are (CHGNet does not read them)."""
         check_atomic_numbers(batch.z)
-        if self.graphs.cache.max_size:  # without a cache the forward pass converts them
+        if self.graphs.cache.max_size and self.training:  # else the forward pass converts them
             self.graphs.graphs(batch)
         return batch
 
@@ -197,7 +197,7 @@ class CHGNetEncoder(Encoder):
         from chgnet.model.model import BatchedGraph
 
         device = batch.pos.device
-        graphs = self.graphs.on_device(self.graphs.graphs(batch), device)
+        graphs = self.graphs.on_device(self.graphs.graphs(batch, keep=self.training), device)
         g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=self.embed.bond_basis_expansion,
                                      angle_basis_expansion=self.embed.angle_basis_expansion)
         per_block = self.interact(g)

@@ -129,8 +129,10 @@ class CHGNetGraphs:
         graph.lattice = graph.lattice.detach()
         return graph
 
-    def graphs(self, batch: Any) -> list[Any]:
-        """The batch's CHGNet graphs on the host, from the cache where present (Z checked: 1..94)."""
+    def graphs(self, batch: Any, keep: bool = True) -> list[Any]:
+        """The batch's CHGNet graphs on the host, from the cache where present (Z checked: 1..94); graphs converted
+        now are kept in the cache only with ``keep`` (the encoder keeps them while training: epochs come back to the
+        same structures; a one-off pass such as embedding every material once would only fill memory)."""
         check_atomic_numbers(batch.z)
         out = []
         for z, pos, cell in split_structures(batch):
@@ -138,7 +140,8 @@ class CHGNetGraphs:
             graph = self.cache.get(key)
             if graph is None:
                 graph = self.convert(z, pos, cell)
-                self.cache.put(key, graph)
+                if keep:
+                    self.cache.put(key, graph)
             out.append(graph)
         return out
 
