@@ -4,9 +4,9 @@ Between :mod:`tlgnn.models` (the encoders) and :mod:`tlgnn.training` (which trai
 when the encoder is frozen, see :func:`tlgnn.training.run.fit`).
 """
 
-from tlgnn.embeddings.cache import (CACHE_FORMAT, N_ELEMENTS, EmbeddingCache, EmbeddingCacheWarning,
+from tlgnn.embeddings.cache import (CACHE_FORMAT, EmbeddingCache, EmbeddingCacheWarning,
                                     encoder_identity)
 from tlgnn.embeddings.compute import cached_embeddings, embed_loader, encoded_batches
 
-__all__ = ["CACHE_FORMAT", "N_ELEMENTS", "EmbeddingCache", "EmbeddingCacheWarning", "cached_embeddings",
+__all__ = ["CACHE_FORMAT", "EmbeddingCache", "EmbeddingCacheWarning", "cached_embeddings",
            "embed_loader", "encoded_batches", "encoder_identity"]

@@ -40,9 +40,6 @@ from tlgnn.utils.files import (CorruptFileError, checksum_path, remove_stale_tem
 CACHE_FORMAT = 1
 """Version of the shard layout and of what an embedding means; part of every identity."""
 
-N_ELEMENTS = NUM_ELEMENT_COLUMNS
-"""Columns of ``element_counts``: atoms of element Z in column Z (column 0 unused)."""
-
 
 class EmbeddingCacheWarning(UserWarning):
     """A shard of the embedding cache was unreadable or corrupt and has been moved aside (its rows are recomputed)."""
@@ -106,7 +103,7 @@ class EmbeddingCache:
             self._move_aside(shard, str(err))
             return None
         n = len(arrays["keys"])
-        if arrays["embeddings"].shape[0] != n or arrays["element_counts"].shape != (n, N_ELEMENTS):
+        if arrays["embeddings"].shape[0] != n or arrays["element_counts"].shape != (n, NUM_ELEMENT_COLUMNS):
             self._move_aside(shard, "array lengths disagree")
             return None
         return arrays
@@ -119,7 +116,7 @@ class EmbeddingCache:
             wanted.setdefault(key, []).append(i)
         found = np.zeros(len(keys), dtype=bool)
         embeddings: np.ndarray | None = None
-        counts = np.zeros((len(keys), N_ELEMENTS), dtype=np.float32)
+        counts = np.zeros((len(keys), NUM_ELEMENT_COLUMNS), dtype=np.float32)
         for shard in self._shards():
             arrays = self._read_shard(shard)
             if arrays is None:
@@ -140,9 +137,9 @@ class EmbeddingCache:
         keys = [str(k) for k in keys]
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         element_counts = np.ascontiguousarray(element_counts, dtype=np.float32)
-        if embeddings.shape[0] != len(keys) or element_counts.shape != (len(keys), N_ELEMENTS):
+        if embeddings.shape[0] != len(keys) or element_counts.shape != (len(keys), NUM_ELEMENT_COLUMNS):
             raise ValueError(f"{len(keys)} keys, {embeddings.shape[0]} embeddings, element counts "
-                             f"{element_counts.shape}: they must agree (counts [n, {N_ELEMENTS}])")
+                             f"{element_counts.shape}: they must agree (counts [n, {NUM_ELEMENT_COLUMNS}])")
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.folder)
         if self.describe and not (self.folder / "encoder.json").is_file():
@@ -162,4 +159,4 @@ class EmbeddingCache:
         return shard
 
 
-__all__ = ["CACHE_FORMAT", "N_ELEMENTS", "EmbeddingCache", "EmbeddingCacheWarning", "encoder_identity", "tensor_bytes"]
+__all__ = ["CACHE_FORMAT", "EmbeddingCache", "EmbeddingCacheWarning", "encoder_identity", "tensor_bytes"]

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlgnn.embeddings.cache import N_ELEMENTS, EmbeddingCache, encoder_identity
-from tlgnn.models.composition import counts_of
+from tlgnn.embeddings.cache import EmbeddingCache, encoder_identity
+from tlgnn.models.composition import NUM_ELEMENT_COLUMNS, counts_of
 from tlgnn.models.encoders.base import EncoderOutput
 
 
@@ -54,7 +54,7 @@ def embed_loader(encoder: Any, loader: Iterable[Any], device: torch.device | str
         encoder.train(was_training)
     width = int(getattr(encoder, "out_dim", 0))
     return (np.concatenate(embeddings) if embeddings else np.zeros((0, width), np.float32),
-            np.concatenate(counts) if counts else np.zeros((0, N_ELEMENTS), np.float32))
+            np.concatenate(counts) if counts else np.zeros((0, NUM_ELEMENT_COLUMNS), np.float32))
 
 
 def _progress_line(total: int, label: str):
