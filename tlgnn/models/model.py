@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from tlgnn.data.embedded import is_embedded
 from tlgnn.models.encoders import Encoder, EncoderOutput, build_encoder
 from tlgnn.models.heads import Head, build_head
 
@@ -34,9 +35,8 @@ class TransferModel(nn.Module):
     def encode(self, batch: Any) -> EncoderOutput:
         """The encoder's node and graph embeddings; a batch of stored embeddings (``batch.graph_emb``, see
         :mod:`tlgnn.data.embedded`) is used as the encoder's output (``node_emb`` is then ``None``)."""
-        stored = getattr(batch, "graph_emb", None)
-        if stored is not None:
-            return EncoderOutput(node_emb=None, graph_emb=stored)  # type: ignore[arg-type]
+        if is_embedded(batch):
+            return EncoderOutput(node_emb=None, graph_emb=batch.graph_emb)  # type: ignore[arg-type]
         return self.encoder(batch)
 
     def embed(self, batch: Any) -> torch.Tensor:
@@ -46,9 +46,7 @@ class TransferModel(nn.Module):
     def prepare_batch(self, batch: Any) -> Any:
         """The encoder's host-side input checks (:meth:`Encoder.prepare_batch`) for a graph batch; a batch of
         stored embeddings passes unchanged."""
-        if getattr(batch, "graph_emb", None) is not None:
-            return batch
-        return self.encoder.prepare_batch(batch)
+        return batch if is_embedded(batch) else self.encoder.prepare_batch(batch)
 
     def freeze_encoder(self, n_groups: int | None = None) -> None:
         """Freeze the first ``n_groups`` encoder layer groups (``None``: the whole encoder); undo others."""
