@@ -8,13 +8,13 @@ gives the graph embeddings of a dataset's materials, computing only those the :c
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from tlgnn.embeddings.cache import EmbeddingCache, encoder_identity
 from tlgnn.models.composition import NUM_ELEMENT_COLUMNS, counts_of
@@ -39,37 +39,23 @@ def encoded_batches(model: Any, loader: Iterable[Any], device: torch.device | st
 def embed_loader(encoder: Any, loader: Iterable[Any], device: torch.device | str = "cpu",
                  progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """``(graph embeddings float32 [n, d], element counts float32 [n, 119])`` of every graph of ``loader``, in
-    order, with ``encoder`` in eval mode (its mode is restored). ``progress(done)`` is called after each batch."""
+    order, with ``encoder`` in eval mode on ``device`` (its mode and device are restored afterwards).
+    ``progress(n)`` is called with the number of graphs of each batch done."""
     was_training = encoder.training
-    encoder.eval()
-    embeddings, counts, done = [], [], 0
+    home = next(encoder.parameters(), torch.empty(0)).device
+    encoder.eval().to(device)
+    embeddings, counts = [], []
     try:
         for batch, out in encoded_batches(encoder, loader, device):
             embeddings.append(out.graph_emb.float().cpu().numpy())
             counts.append(counts_of(batch).cpu().numpy())
-            done += int(batch.num_graphs)
             if progress is not None:
-                progress(done)
+                progress(int(batch.num_graphs))
     finally:
-        encoder.train(was_training)
+        encoder.train(was_training).to(home)
     width = int(getattr(encoder, "out_dim", 0))
     return (np.concatenate(embeddings) if embeddings else np.zeros((0, width), np.float32),
             np.concatenate(counts) if counts else np.zeros((0, NUM_ELEMENT_COLUMNS), np.float32))
-
-
-def _progress_line(total: int, label: str):
-    start = time.perf_counter()
-    last = [0.0]
-
-    def report(done: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= 10.0 or done == total:
-            last[0] = now
-            rate = done / max(now - start, 1e-9)
-            print(f"\r{label}: {done}/{total} ({rate:.0f}/s)", end="\n" if done == total else "", file=sys.stderr,
-                  flush=True)
-
-    return report
 
 
 def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str, Any], keys: Sequence[str],
@@ -93,8 +79,12 @@ def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str,
         for i in missing.tolist():  # one computation per distinct structure, at its first row
             unique.setdefault(keys[i], i)
         first = np.asarray(list(unique.values()), dtype=np.int64)
-        progress = _progress_line(len(first), "embedding") if verbose else None
-        new, new_counts = embed_loader(encoder, loader_for(first), device, progress)
+        # a bar on a terminal, as the graph cache and the file reader show theirs
+        bar = tqdm(total=len(first), desc="embedding", unit="structure", disable=not (verbose and sys.stderr.isatty()))
+        try:
+            new, new_counts = embed_loader(encoder, loader_for(first), device, bar.update)
+        finally:
+            bar.close()
         cache.add([keys[i] for i in first], new, new_counts)
         if embeddings is None:
             embeddings = np.zeros((len(keys), new.shape[1]), dtype=np.float32)
@@ -102,8 +92,7 @@ def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str,
         rows = np.asarray([by_key[keys[i]] for i in missing], dtype=np.int64)
         embeddings[missing] = new[rows]
         counts[missing] = new_counts[rows]
-    assert embeddings is not None or not len(keys)
-    if embeddings is None:
+    if embeddings is None:  # no keys, nothing cached
         embeddings = np.zeros((0, int(getattr(encoder, "out_dim", 0))), np.float32)
     return embeddings, counts
 

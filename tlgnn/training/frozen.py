@@ -57,14 +57,10 @@ def attach_cached_embeddings(config: Any, module: Any, dm: Any) -> bool:
     def loader_for(rows: Any) -> Any:
         return graph_loader(dataset.subset(rows), batch_size=max(int(config.data.batch_size), 64), shuffle=False)
 
-    device = embedding_device(config)
-    encoder = module.model.encoder
-    home = encoder.to(device) if device.type != "cpu" else encoder
-    embeddings, counts = cached_embeddings(home, module.hparams["model"]["encoder"], module.hparams["graph"], keys,
-                                           loader_for, Path(config.data.cache_dir).expanduser() / "embeddings",
-                                           device)
-    if device.type != "cpu":
-        encoder.to("cpu")
+    embeddings, counts = cached_embeddings(module.model.encoder, module.hparams["model"]["encoder"],
+                                           module.hparams["graph"], keys, loader_for,
+                                           Path(config.data.cache_dir).expanduser() / "embeddings",
+                                           embedding_device(config))
     dm.use_embeddings(embeddings, counts)
     print(f"tlgnn: the encoder is frozen: the head trains on {len(keys)} stored embeddings "
           f"({embeddings.shape[1]} wide); model.cache_embeddings: false runs the encoder every batch", file=sys.stderr)
