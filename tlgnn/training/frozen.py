@@ -87,9 +87,9 @@ def head_arrays(module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray, np.nd
 def fit_head_directly(module: Any, dm: Any) -> dict[str, Any]:
     """Fit a head that is not trained by gradient steps (``head.fits_directly``, e.g. the tree head) on the
     training split's stored embeddings, validated on the validation split; returns the head's fit history."""
+    module.eval()
     x, y, mask = head_arrays(module, dm.train_dataloader())
     x_val, y_val, mask_val = head_arrays(module, dm.val_dataloader())
-    module.eval()
     history = module.model.head.fit_arrays(x, y, mask, x_val, y_val, mask_val)
     print(f"tlgnn: {module.hparams['model']['head']['name']} head fitted on {len(x)} training rows "
           f"({x.shape[1]} inputs), validated on {len(x_val)}", file=sys.stderr)

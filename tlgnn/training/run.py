@@ -24,10 +24,10 @@ from lightning.pytorch.callbacks import Callback
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
-from tlgnn.training.checkpoint import CheckpointError, load_module, read_checkpoint
+from tlgnn.training.checkpoint import CheckpointError, export_checkpoint, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, check_model_options, save_run_config
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
-from tlgnn.training.frozen import attach_cached_embeddings
+from tlgnn.training.frozen import attach_cached_embeddings, fit_head_directly
 from tlgnn.training.loggers import RUN_ID_FILE, build_loggers, close_loggers, log_test_results_to_wandb, wandb_logger_of
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import NonFiniteLossError, TransferModule
@@ -275,9 +275,6 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
 def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path, test: bool) -> FitResult:
     """``fit`` for a head fitted in one go on stored embeddings (a tree head): no epochs; the module is written as
     ``best.ckpt`` (and ``last.ckpt``, the same) with its sidecars, then tested like any run."""
-    from tlgnn.training.checkpoint import export_checkpoint
-    from tlgnn.training.frozen import fit_head_directly
-
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.yaml")
     _report_data(dm, out)
