@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         read = read_structures(list(args.input), on_error="skip", n_jobs=args.workers, recursive=args.recursive)
         result = embed_structures(frozen, read.records, cache_dir / "embeddings", args.batch_size, args.device)
-        problems = [(str(err.path or "<input>"), err.reason) for err in read.failures] + result.failures
+        problems = [(err.location, err.reason) for err in read.failures] + result.failures
     output = Path(args.output)
     errors_path = output.with_name(output.name + ".errors.txt")
     if problems:
