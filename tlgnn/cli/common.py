@@ -1,5 +1,5 @@
-"""What the subcommands share: dotted config overrides, ``--config``/``--set``, loading the run config, and the
-one-line report of an error.
+"""What the subcommands share: dotted config overrides, ``--config``/``--set``, loading the run config, the
+one-line report of an error, and the list of structures a command could not use.
 
 Nothing heavy is imported at module level (``tlgnn --help`` stays fast).
 """
@@ -77,6 +77,23 @@ def load_config(args: argparse.Namespace):
     config = load_run_config(args.config, args.overrides)
     check_model_options(config.model)
     return config
+
+
+def report_unusable(command: str, problems: list[tuple[str, str]], output: Any) -> None:
+    """Say on stderr which structures ``command`` could not use (``(location, reason)`` pairs) and list them in
+    ``OUTPUT.errors.txt`` beside ``output``; with none, remove a stale list from an earlier run."""
+    from pathlib import Path
+
+    output = Path(output)
+    errors_path = output.with_name(output.name + ".errors.txt")
+    if not problems:
+        errors_path.unlink(missing_ok=True)  # a stale list from an earlier run
+        return
+    print(f"tlgnn {command}: {len(problems)} structure(s) could not be used:", file=sys.stderr)
+    for where, why in problems:
+        print(f"  {where}: {why}", file=sys.stderr)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    errors_path.write_text("".join(f"{where}: {why}\n" for where, why in problems))
 
 
 def report_error(command: str, err: BaseException, input_status: int = 1) -> int:

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Embed; 0 on success (even with unreadable files), 1 if nothing could be embedded."""
     from pathlib import Path
 
+    from tlgnn.cli.common import report_unusable
     from tlgnn.data.config import default_cache_dir
     from tlgnn.embeddings.structures import (embed_structures, embed_table, encoder_by_name, encoder_from_checkpoint,
                                              write_embeddings)
@@ -70,15 +71,7 @@ def run(args: argparse.Namespace) -> int:
         result = embed_structures(frozen, read.records, cache_dir / "embeddings", args.batch_size, args.device)
         problems = [(err.location, err.reason) for err in read.failures] + result.failures
     output = Path(args.output)
-    errors_path = output.with_name(output.name + ".errors.txt")
-    if problems:
-        print(f"tlgnn embed: {len(problems)} structure(s) could not be used:", file=sys.stderr)
-        for where, why in problems:
-            print(f"  {where}: {why}", file=sys.stderr)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        errors_path.write_text("".join(f"{where}: {why}\n" for where, why in problems))
-    elif errors_path.exists():
-        errors_path.unlink()
+    report_unusable("embed", problems, output)
     if not result.ids:
         print("tlgnn embed: no structure could be embedded; nothing written", file=sys.stderr)
         return 1

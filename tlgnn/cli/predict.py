@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Predict; 0 on success (even with unreadable files), 1 if nothing could be predicted or on a bad checkpoint."""
     from pathlib import Path
 
+    from tlgnn.cli.common import report_unusable
     from tlgnn.training.predict import Predictor
 
     if args.batch_size < 1:
@@ -56,15 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                       disordered=args.disordered, known=args.known)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    errors_path = output.with_name(output.name + ".errors.txt")
     problems = result.failures
-    if problems:
-        print(f"tlgnn predict: {len(problems)} structure(s) could not be used:", file=sys.stderr)
-        for where, why in problems:
-            print(f"  {where}: {why}", file=sys.stderr)
-        errors_path.write_text("".join(f"{where}: {why}\n" for where, why in problems))
-    elif errors_path.exists():
-        errors_path.unlink()  # stale list from an earlier run
+    report_unusable("predict", problems, output)
     for where, why in result.skipped:
         print(f"tlgnn predict: skipped {where}: {why}", file=sys.stderr)
     for note in result.notes:
