@@ -236,7 +236,7 @@ def cached_structures(data_path: str, ids: list[str], opts: GNNOptions, n_jobs: 
 
 
 def _cache_dir(opts: GNNOptions) -> Path:
-    return _repo_path(str(Path(opts.cache_dir).expanduser()))
+    return _repo_path(Path(opts.cache_dir).expanduser())
 
 
 def _task_specs(cell: CellInput, names: list[str]):
@@ -360,9 +360,10 @@ def run_config(cell: CellInput, opts: GNNOptions, prep: Prepared, head: dict[str
     return load_run_config(raw=raw, cwd=prep.directory)
 
 
-def _repo_path(path: str) -> Path:
+def _repo_path(path: str | Path) -> Path:
     """``path`` as given if absolute, else relative to the repository root."""
-    return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def train(config) -> tuple[Path, int]:
@@ -460,9 +461,7 @@ def _head_and_tasks(cell: CellInput, kind: str, opts: GNNOptions) -> tuple[dict[
         extra = [a for a in exp.auxiliary if opts.use_auxiliary]
         head, tasks = {"name": "multitask"}, [p, *extra, t]
     elif kind == "difference":
-        known = cell.regime == "low_fidelity_known"
-        head = {"name": "difference", "chain": [p, t], "use_known_low": known,
-                "condition_on_known_low": known and opts.condition_on_known_low}
+        head = {"name": "difference", "chain": [p, t], "use_known_low": cell.regime == "low_fidelity_known"}
         tasks = [p, t]
     elif kind == "fidelity":
         head, tasks = {"name": "fidelity", "targets": [p, t]}, [p, t]
@@ -473,8 +472,8 @@ def _head_and_tasks(cell: CellInput, kind: str, opts: GNNOptions) -> tuple[dict[
             head = {"name": "elv", "latents": [p, "shift"], "expressions": {t: f"{p} + softplus(shift)"}}
             tasks = [p, t]
     head.update({k: v for k, v in opts.head.items()})
-    if head["name"] != "difference":  # another head in the difference kind's place (the tree head): its own rules
-        head.pop("condition_on_known_low", None)
+    if head["name"] == "difference":  # not another head in its place (the tree head has its own option)
+        head.setdefault("condition_on_known_low", bool(head["use_known_low"]) and opts.condition_on_known_low)
     if opts.tasks is not None:
         tasks = [c for c in opts.tasks if c != t] + [t]
     elif t not in tasks:

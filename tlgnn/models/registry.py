@@ -130,5 +130,3 @@ def full_options(registry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
             if key not in positional and key not in options and param.default is not inspect.Parameter.empty:
                 options[key] = param.default
     return {"name": name, **options}
-
-
