@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from tlgnn.cli.main import main
@@ -62,3 +63,14 @@ def test_embed_an_aligned_table(tmp_path):
     rows = [0, 7, 123]
     expected = Predictor.from_checkpoint(CKPT).embed([table.structure(i) for i in rows])
     np.testing.assert_allclose(frame.iloc[rows, 2:].to_numpy(np.float32), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--encoder", "chgnett"], "--encoder: unknown encoder 'chgnett' (did you mean 'chgnet'"),
+    (["--encoder", "chgnet", "--option", "pooling=maxx"], "--encoder/--option: chgnet pooling must be one of"),
+])
+def test_a_bad_encoder_or_option_is_one_config_error_line(tmp_path, capsys, extra, message):
+    out = tmp_path / "x.parquet"
+    assert main(["embed", *extra, "--input", str(CIFS), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()

@@ -47,21 +47,31 @@ def _options(pairs: list[str]) -> dict:
     return dict(parse_overrides(pairs))
 
 
+def _named_encoder(args: argparse.Namespace):
+    """The ``--encoder`` with its ``--option`` values; an unknown name or option is a one-line config error."""
+    from tlgnn.embeddings.structures import encoder_by_name
+    from tlgnn.utils.config import ConfigError
+
+    options = _options(args.option)
+    try:
+        return encoder_by_name(args.encoder, options)
+    except (TypeError, ValueError) as err:  # the registry's and the encoder's own messages name the option
+        raise ConfigError("--encoder" if not options else "--encoder/--option", str(err)) from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed; 0 on success (even with unreadable files), 1 if nothing could be embedded."""
     from pathlib import Path
 
     from tlgnn.cli.common import report_unusable
     from tlgnn.data.config import default_cache_dir
-    from tlgnn.embeddings.structures import (embed_structures, embed_table, encoder_by_name, encoder_from_checkpoint,
-                                             write_embeddings)
+    from tlgnn.embeddings.structures import embed_structures, embed_table, encoder_from_checkpoint, write_embeddings
     from tlgnn.io import read_structures
 
     if args.option and not args.encoder:
         print("tlgnn embed: --option applies to --encoder only (a checkpoint's encoder is fixed)", file=sys.stderr)
         return 2
-    frozen = encoder_from_checkpoint(args.checkpoint) if args.checkpoint else \
-        encoder_by_name(args.encoder, _options(args.option))
+    frozen = encoder_from_checkpoint(args.checkpoint) if args.checkpoint else _named_encoder(args)
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     if args.table:
         result = embed_table(frozen, args.table, cache_dir / "embeddings", cache_dir, args.batch_size, args.device)
