@@ -1,0 +1,46 @@
+"""Predictive uncertainty for regression tasks: metrics, recalibration and acquisition scores.
+
+Pure numpy/scipy; nothing here imports the rest of tlgnn.
+"""
+
+from tlgnn.uncertainty.acquisition import ACQUISITIONS, DESCRIPTIONS, acquisition_scores, exceed_probability, rank
+from tlgnn.uncertainty.calibration import (
+    METHODS,
+    Calibration,
+    constant_sigma,
+    fit_calibration,
+    fit_conformal_quantile,
+    fit_std_scale,
+)
+from tlgnn.uncertainty.metrics import (
+    calibration_curve,
+    error_std_spearman,
+    gaussian_interval,
+    gaussian_nll,
+    interval_coverage,
+    miscalibration_area,
+    normal_quantile,
+    uncertainty_metrics,
+)
+
+__all__ = [
+    "ACQUISITIONS",
+    "DESCRIPTIONS",
+    "METHODS",
+    "Calibration",
+    "acquisition_scores",
+    "calibration_curve",
+    "constant_sigma",
+    "error_std_spearman",
+    "exceed_probability",
+    "fit_calibration",
+    "fit_conformal_quantile",
+    "fit_std_scale",
+    "gaussian_interval",
+    "gaussian_nll",
+    "interval_coverage",
+    "miscalibration_area",
+    "normal_quantile",
+    "rank",
+    "uncertainty_metrics",
+]
