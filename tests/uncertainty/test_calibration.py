@@ -1,0 +1,98 @@
+"""Recalibration: the NLL scale, split-conformal quantile (exact index rule, coverage on fresh data), Calibration."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tlgnn.uncertainty import (
+    Calibration,
+    constant_sigma,
+    fit_calibration,
+    fit_conformal_quantile,
+    fit_std_scale,
+    interval_coverage,
+)
+
+N = 20000
+
+
+def _draws(seed: int, heavy: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, mean, std) with errors std·ε, ε standard normal or Student-t with 3 degrees of freedom."""
+    rng = np.random.default_rng(seed)
+    mean = rng.uniform(-2.0, 2.0, N)
+    std = rng.uniform(0.1, 0.8, N)
+    noise = rng.standard_t(3, N) if heavy else rng.standard_normal(N)
+    return mean + std * noise, mean, std
+
+
+def test_fit_std_scale_recovers_the_factor():
+    y, mean, std = _draws(0)
+    assert fit_std_scale(y, mean, std / 2.5) == pytest.approx(2.5, rel=0.02)
+    assert fit_std_scale([1.0], [0.0], [0.0]) == 1.0  # no row with std > 0
+    assert fit_std_scale([], [], []) == 1.0
+
+
+def test_conformal_index_rule_by_hand():
+    # r = |y - mean| / std = [0.5, 1, 1.5, 2, 3] (sorted), n = 5
+    y = np.array([2.0, 1.0, 3.0, 1.5, 6.0])
+    mean = np.zeros(5)
+    std = np.array([1.0, 2.0, 1.0, 0.5, 4.0])  # r = 2, 0.5, 3, 3, 1.5 -> sorted 0.5, 1.5, 2, 3, 3
+    assert fit_conformal_quantile(y, mean, std, level=0.5) == 2.0  # k = ceil(6 * 0.5) = 3
+    assert fit_conformal_quantile(y, mean, std, level=0.6) == 3.0  # k = ceil(3.6) = 4
+    assert fit_conformal_quantile(y, mean, std, level=0.8) == 3.0  # k = ceil(4.8) = 5 = n
+    assert fit_conformal_quantile(y, mean, std, level=0.9) == math.inf  # k = ceil(5.4) = 6 > n
+    # 10 * 0.9 is 9 exactly: the 9th of 9 values, not +inf
+    assert fit_conformal_quantile(np.arange(1.0, 10.0), np.zeros(9), np.ones(9), level=0.9) == 9.0
+    with pytest.raises(ValueError, match="level"):
+        fit_conformal_quantile(y, mean, std, level=1.0)
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_conformal_covers_fresh_data(heavy):
+    cal = fit_calibration(*_draws(1, heavy), level=0.9, method="conformal")
+    y, mean, std = _draws(2, heavy)
+    lower, upper = cal.interval(mean, std)
+    assert interval_coverage(y, lower, upper) == pytest.approx(0.9, abs=0.01)
+
+
+def test_scale_fixes_gaussian_coverage_but_not_heavy_tails():
+    cal = fit_calibration(*_draws(3), method="scale")
+    y, mean, std = _draws(4)
+    assert interval_coverage(y, *cal.interval(mean, std / 3)) < 0.5  # raw std / 3: badly overconfident
+    cal = fit_calibration(y, mean, std / 3, method="scale")
+    assert cal.scale == pytest.approx(3.0, rel=0.02)
+    assert interval_coverage(y, *cal.interval(mean, std / 3)) == pytest.approx(0.9, abs=0.01)
+    np.testing.assert_allclose(cal.std(std / 3), cal.scale * std / 3)
+
+
+def test_constant_sigma_is_the_rmse():
+    assert constant_sigma([1.0, 2.0, np.nan], [0.0, 0.0, 5.0]) == pytest.approx(math.sqrt(2.5))
+    assert math.isnan(constant_sigma([np.nan], [0.0]))
+
+
+def test_fit_calibration_methods_and_round_trip():
+    y, mean, std = _draws(5)
+    none = fit_calibration(y, mean, std, method="none")
+    assert none.scale == 1.0 and none.quantile is None
+    assert none.constant_sigma == pytest.approx(constant_sigma(y, mean))
+    conformal = fit_calibration(y, mean, std, level=0.8, method="conformal")
+    assert conformal.level == 0.8 and conformal.quantile == fit_conformal_quantile(y, mean, std, 0.8)
+    text = json.dumps(conformal.to_dict())
+    assert Calibration.from_dict(json.loads(text)) == conformal
+    assert all(isinstance(v, float) for v in conformal.to_dict().values())
+    with pytest.raises(ValueError, match="'isotonic'"):
+        fit_calibration(y, mean, std, method="isotonic")
+    with pytest.raises(ValueError, match="unknown Calibration keys"):
+        Calibration.from_dict({"scale": 1.0, "bogus": 2.0})
+
+
+def test_infinite_quantile_gives_an_unbounded_interval():
+    cal = Calibration(quantile=math.inf)
+    lower, upper = cal.interval(np.array([1.0, 2.0]), np.array([0.0, 1.0]))
+    assert np.all(np.isneginf(lower)) and np.all(np.isposinf(upper))
+    with pytest.raises(AttributeError):
+        cal.scale = 2.0  # frozen

@@ -1,0 +1,141 @@
+"""Recalibration of predicted standard deviations, fitted on a validation split and applied to new predictions.
+
+Two recalibrations of a raw std (e.g. an ensemble's spread, in the unit of y):
+
+- *scale*: std → s·std with the s of maximum Gaussian likelihood on validation (:func:`fit_std_scale`);
+- *conformal*: the interval mean ± q·std with q the split-conformal quantile of the normalised validation
+  residuals (:func:`fit_conformal_quantile`), which covers a fraction ≥ level of new rows from the same
+  distribution whatever the shape of the errors.
+
+Rows where y, mean or std is NaN are ignored by every fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import stats
+
+METHODS = ("scale", "conformal", "none")
+
+
+def _residual_rows(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|y − mean|, std) over the rows with no NaN and std > 0 (ValueError on unequal lengths)."""
+    y, mean, std = (np.asarray(a, dtype=float).ravel() for a in (y, mean, std))
+    if not y.size == mean.size == std.size:
+        raise ValueError(f"arrays of unequal lengths: {[y.size, mean.size, std.size]}")
+    keep = ~(np.isnan(y) | np.isnan(mean) | np.isnan(std)) & (std > 0)
+    return np.abs(y[keep] - mean[keep]), std[keep]
+
+
+def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """The factor s maximising the likelihood of y under N(mean, (s·std)²): s = √(mean(((y − mean)/std)²)).
+
+    Dimensionless; over the rows with std > 0 (and no NaN); 1.0 when there is none. s > 1 means the raw std was
+    overconfident.
+    """
+    error, std = _residual_rows(y, mean, std)
+    if not error.size:
+        return 1.0
+    return float(np.sqrt(np.mean((error / std) ** 2)))
+
+
+def fit_conformal_quantile(y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9) -> float:
+    """Split-conformal quantile q of the normalised residuals rᵢ = |yᵢ − meanᵢ| / stdᵢ (rows with std > 0).
+
+    q is the k-th smallest r (1-based) with k = ⌈(n + 1)·level⌉, and +inf when k > n. The interval mean ± q·std
+    then covers a new exchangeable row with probability ≥ level (Lei et al. 2018, J. Am. Stat. Assoc. 113, 1094;
+    Angelopoulos & Bates 2021, arXiv:2107.07511). Dimensionless; ``level`` in (0, 1) else ValueError.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    error, std = _residual_rows(y, mean, std)
+    r = np.sort(error / std)
+    k = math.ceil((r.size + 1) * level - 1e-9)  # the tolerance keeps e.g. 10 * 0.9 at 9, not 10
+    return math.inf if k > r.size else float(r[k - 1])
+
+
+def constant_sigma(y: np.ndarray, mean: np.ndarray) -> float:
+    """RMSE of the residuals, √(mean((y − mean)²)), in the unit of y: the σ of the constant-uncertainty baseline
+    fitted on validation. Rows with a NaN are ignored; NaN when none is left."""
+    y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
+    keep = ~(np.isnan(y) | np.isnan(mean))
+    return float(np.sqrt(np.mean((y[keep] - mean[keep]) ** 2))) if keep.any() else math.nan
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted recalibration: ``scale`` multiplies the raw std; ``quantile`` (conformal q, or None) sets the
+    interval mean ± q·raw_std; ``level`` is the nominal coverage; ``constant_sigma`` the baseline σ (unit of y)."""
+
+    scale: float = 1.0
+    quantile: float | None = None
+    level: float = 0.9
+    constant_sigma: float | None = None
+
+    def std(self, raw_std: np.ndarray) -> np.ndarray:
+        """The recalibrated std: scale · raw_std (unit of y)."""
+        return self.scale * np.asarray(raw_std, dtype=float)
+
+    def interval(self, mean: np.ndarray, raw_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) at ``level``: mean ∓ q·raw_std when conformal (±inf when q is inf), else the central
+        Gaussian interval mean ∓ z·scale·raw_std with z = Φ⁻¹((1 + level)/2)."""
+        mean = np.asarray(mean, dtype=float)
+        raw_std = np.asarray(raw_std, dtype=float)
+        if self.quantile is None:
+            half = stats.norm.ppf((1.0 + self.level) / 2.0) * self.std(raw_std)
+        elif math.isinf(self.quantile):
+            half = np.where(np.isnan(raw_std), math.nan, math.inf)
+        else:
+            half = self.quantile * raw_std
+        return mean - half, mean + half
+
+    def to_dict(self) -> dict[str, float | None]:
+        """Plain floats (or None), e.g. for a JSON file; an infinite quantile stays ``inf``."""
+        return {key: None if value is None else float(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """The inverse of :meth:`to_dict` (missing keys take their defaults; unknown keys raise ValueError)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown Calibration keys {unknown}; expected some of {sorted(names)}")
+        return cls(**{key: None if value is None else float(value) for key, value in data.items()})
+
+
+def fit_calibration(
+    y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9, method: str = "scale"
+) -> Calibration:
+    """Fit a :class:`Calibration` on validation arrays with ``method``:
+
+    - ``"scale"``: scale = :func:`fit_std_scale`, quantile None (Gaussian intervals);
+    - ``"conformal"``: quantile = :func:`fit_conformal_quantile` at ``level`` (intervals), scale also fitted so
+      that :meth:`Calibration.std` stays the likelihood-best std;
+    - ``"none"``: scale 1, quantile None.
+
+    ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    sigma = constant_sigma(y, mean)
+    if method == "none":
+        return Calibration(level=float(level), constant_sigma=sigma)
+    scale = fit_std_scale(y, mean, std)
+    quantile = fit_conformal_quantile(y, mean, std, level) if method == "conformal" else None
+    return Calibration(scale=scale, quantile=quantile, level=float(level), constant_sigma=sigma)
+
+
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "constant_sigma",
+    "fit_calibration",
+    "fit_conformal_quantile",
+    "fit_std_scale",
+]
