@@ -1,6 +1,6 @@
-"""Predictive uncertainty for regression tasks: metrics, recalibration and acquisition scores.
+"""Predictive uncertainty for regression tasks: metrics, recalibration, diagnostic plots and acquisition scores.
 
-Pure numpy/scipy; nothing here imports the rest of tlgnn.
+Pure numpy/scipy (matplotlib for the plots); nothing here imports the rest of tlgnn.
 """
 
 from tlgnn.uncertainty.acquisition import ACQUISITIONS, DESCRIPTIONS, acquisition_scores, exceed_probability, rank
@@ -22,6 +22,7 @@ from tlgnn.uncertainty.metrics import (
     normal_quantile,
     uncertainty_metrics,
 )
+from tlgnn.uncertainty.plots import binned_rmse, calibration_plot, error_vs_std_plot
 
 __all__ = [
     "ACQUISITIONS",
@@ -29,9 +30,12 @@ __all__ = [
     "METHODS",
     "Calibration",
     "acquisition_scores",
+    "binned_rmse",
     "calibration_curve",
+    "calibration_plot",
     "constant_sigma",
     "error_std_spearman",
+    "error_vs_std_plot",
     "exceed_probability",
     "fit_calibration",
     "fit_conformal_quantile",
