@@ -66,7 +66,21 @@ def test_scale_fixes_gaussian_coverage_but_not_heavy_tails():
     cal = fit_calibration(y, mean, std / 3, method="scale")
     assert cal.scale == pytest.approx(3.0, rel=0.02)
     assert interval_coverage(y, *cal.interval(mean, std / 3)) == pytest.approx(0.9, abs=0.01)
-    np.testing.assert_allclose(cal.std(std / 3), cal.scale * std / 3)
+    np.testing.assert_allclose(cal.std(std / 3), np.hypot(cal.scale * std / 3, cal.floor))
+    assert cal.floor < 0.1 * float(np.mean(std))  # adds < 0.5 % in quadrature: errors that scale with std need none
+
+
+def test_a_floor_is_fitted_where_members_agree_but_are_wrong():
+    """Half the rows have a raw std of 0 (every member agrees) yet errors of σ = 0.3: the floor takes them, so the
+    likelihood stays finite and the interval covers them."""
+    rng = np.random.default_rng(7)
+    n = 20000
+    std = np.where(np.arange(n) % 2 == 0, 0.0, rng.uniform(0.2, 1.0, n))
+    y = rng.normal(0.0, np.hypot(std, 0.3))
+    cal = fit_calibration(y, np.zeros(n), std, method="scale")
+    assert cal.floor == pytest.approx(0.3, rel=0.05) and cal.scale == pytest.approx(1.0, rel=0.05)
+    zero = std == 0
+    assert interval_coverage(y[zero], *cal.interval(np.zeros(zero.sum()), std[zero])) == pytest.approx(0.9, abs=0.02)
 
 
 def test_constant_sigma_is_the_rmse():
@@ -80,7 +94,8 @@ def test_fit_calibration_methods_and_round_trip():
     assert none.scale == 1.0 and none.quantile is None
     assert none.constant_sigma == pytest.approx(constant_sigma(y, mean))
     conformal = fit_calibration(y, mean, std, level=0.8, method="conformal")
-    assert conformal.level == 0.8 and conformal.quantile == fit_conformal_quantile(y, mean, std, 0.8)
+    assert conformal.level == 0.8
+    assert conformal.quantile == fit_conformal_quantile(y, mean, conformal.std(std), 0.8)
     text = json.dumps(conformal.to_dict())
     assert Calibration.from_dict(json.loads(text)) == conformal
     assert all(isinstance(v, float) for v in conformal.to_dict().values())

@@ -1,4 +1,4 @@
-"""The ``tlgnn`` command line: ``tlgnn align|fit|test|predict|embed``.
+"""The ``tlgnn`` command line: ``tlgnn align|fit|test|predict|rank|embed``.
 
 Each subcommand lives in its own module ``tlgnn/cli/<name>.py`` exposing ``register(subparsers)`` and
 ``run(args) -> int``; what they share is in ``tlgnn/cli/common.py``. Those modules import nothing heavy at module
@@ -18,7 +18,7 @@ import sys
 from tlgnn.cli.common import report_error
 from tlgnn.errors import TlgnnError
 
-COMMANDS = ("align", "fit", "test", "predict", "embed")
+COMMANDS = ("align", "fit", "test", "predict", "rank", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ from torch import nn
 
 from tlgnn.data.embedded import is_embedded
 from tlgnn.models.encoders import Encoder, EncoderOutput, build_encoder
-from tlgnn.models.heads import Head, build_head
+from tlgnn.models.ensemble import build_ensemble, ensemble_spec, member_options
+from tlgnn.models.heads import HEADS, Head, build_head
 
 
 class TransferModel(nn.Module):
@@ -93,18 +94,31 @@ def _prefixed(err: Exception, where: str) -> Exception:
     return err
 
 
-def build_model(encoder: Mapping[str, Any], head: Mapping[str, Any], tasks: Sequence[Any]) -> TransferModel:
-    """A model from config dicts ``{"name": ..., **options}`` and the dataset's ordered task list."""
+def build_model(encoder: Mapping[str, Any], head: Mapping[str, Any], tasks: Sequence[Any],
+                ensemble: Mapping[str, Any] | None = None) -> TransferModel:
+    """A model from config dicts ``{"name": ..., **options}`` and the dataset's ordered task list; with an
+    ``ensemble`` spec of more than one member, the members of :mod:`tlgnn.models.ensemble` as one model."""
     enc_name, enc_options = _split_config(encoder, "encoder")
     head_name, head_options = _split_config(head, "head")
-    try:
-        enc = build_encoder(enc_name, **enc_options)
-    except (TypeError, ValueError) as err:
-        raise _prefixed(err, "model.encoder") from err
-    try:
-        hd = build_head(head_name, enc.out_dim, tasks, **head_options)
-    except (TypeError, ValueError) as err:
-        raise _prefixed(err, "model.head") from err
-    model = TransferModel(enc, hd)
-    model.config = {"encoder": dict(encoder), "head": dict(head)}
+    spec = ensemble_spec(ensemble)
+
+    def one_encoder() -> Encoder:
+        try:
+            return build_encoder(enc_name, **enc_options)
+        except (TypeError, ValueError) as err:
+            raise _prefixed(err, "model.encoder") from err
+
+    def one_head(i: int, in_dim: int) -> Head:
+        try:
+            options = member_options(HEADS.check(head_name, head_options), head_options, i) if spec else head_options
+            return build_head(head_name, in_dim, tasks, **options)
+        except (TypeError, ValueError) as err:
+            raise _prefixed(err, "model.head") from err
+
+    if spec is None:
+        enc = one_encoder()
+        model = TransferModel(enc, one_head(0, enc.out_dim))
+    else:
+        model = TransferModel(*build_ensemble(one_encoder, one_head, spec))
+    model.config = {"encoder": dict(encoder), "head": dict(head), **({"ensemble": spec} if spec else {})}
     return model

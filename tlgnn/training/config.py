@@ -89,6 +89,32 @@ class FinetuneConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """An ensemble trained and saved as one model (:mod:`tlgnn.models.ensemble`; ``docs/uncertainty.md``).
+
+    Attributes:
+        members: how many members (1: a single model, no uncertainty columns).
+        bootstrap: each member trains on its own bootstrap of the training rows, not only its own seed.
+        level: the central interval ``<task>_lower``/``<task>_upper`` covers this share of unseen materials
+            once calibrated (0.9).
+        calibration: how the spread is recalibrated on the validation split after training: ``scale`` (the
+            std is multiplied by the factor that maximises the Gaussian likelihood), ``conformal`` (the interval
+            is mean ± q·std, q the split-conformal quantile of |error| / std) or ``none``.
+    """
+
+    members: int = 1
+    bootstrap: bool = False
+    level: float = 0.9
+    calibration: Literal["scale", "conformal", "none"] = "scale"
+
+    def validate(self) -> None:
+        if self.members < 1:
+            raise ConfigError("members", f"must be >= 1, got {self.members}")
+        if not 0.0 < self.level < 1.0:
+            raise ConfigError("level", f"must be in (0, 1), got {self.level}")
+
+
+@dataclass
 class ModelConfig:
     """Encoder and head, each ``{name: <registered name>, **options}``, and fine-tuning settings.
 
@@ -103,6 +129,7 @@ class ModelConfig:
             (``<data.cache_dir>/embeddings``, :mod:`tlgnn.embeddings`) and train the head on the stored vectors:
             the same model, losses, metrics and checkpoints, epochs in milliseconds. ``false``: run the frozen
             encoder on every batch.
+        ensemble: k members trained as one model with calibrated uncertainty (:class:`EnsembleConfig`).
 
     Fine-tuning is applied by :func:`tlgnn.training.finetune.apply_finetuning` after the model is built.
     """
@@ -112,6 +139,7 @@ class ModelConfig:
     init_from: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     cache_embeddings: bool = True
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def validate(self) -> None:
         for section in ("encoder", "head"):

@@ -166,6 +166,12 @@ def _n_frozen(freeze: int | str, n_groups: int) -> int:
     return k
 
 
+def _members(part: Any) -> list[Any]:
+    """The member modules of an ensemble's encoder or head (:mod:`tlgnn.models.ensemble`), else ``[part]``."""
+    members = getattr(part, "members", None)
+    return list(members) if isinstance(members, nn.ModuleList) else [part]
+
+
 def apply_finetuning(module: Any, init_from: str | Path | None, config: FinetuneConfig | None = None,
                      graph: Mapping[str, Any] | None = None, log: Any = sys.stderr) -> FinetunePlan:
     """Initialise ``module`` (a :class:`~tlgnn.training.module.TransferModule`) from ``init_from`` and freeze.
@@ -194,14 +200,16 @@ def apply_finetuning(module: Any, init_from: str | Path | None, config: Finetune
         check_graph(pretrained, dict(graph if graph is not None else module.hparams.get("graph") or {}))
         check_encoder(pretrained, module.hparams["model"]["encoder"])
         try:
-            model.encoder.load_state_dict(pretrained.encoder_state, strict=True)
+            for encoder in _members(model.encoder):  # an ensemble's members all start from the pretrained weights
+                encoder.load_state_dict(pretrained.encoder_state, strict=True)
         except RuntimeError as err:  # same options but different weights layout (e.g. another tlgnn version)
             raise ConfigError("model.init_from", f"{pretrained.path}: encoder weights do not fit: {err}") from err
         plan.init_from = str(pretrained.path)
         reason = "load_head: never" if config.load_head == "never" else \
             head_mismatch(pretrained, module.hparams["model"]["head"], module.hparams["tasks"])
         if reason is None:
-            model.head.load_state_dict(pretrained.head_state, strict=True)
+            for head in _members(model.head):
+                head.load_state_dict(pretrained.head_state, strict=True)
             # the loaded head keeps the statistics its weights were fit with
             module.set_target_stats(*model.head.target_stats(), model.head.paired_stats())
             plan.head_loaded = True

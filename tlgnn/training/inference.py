@@ -26,6 +26,10 @@ class Inference:
     classification probabilities [n, C]. ``y`` / ``mask``: the batches' labels [n, T] and label masks (zeros /
     all False where the batches carry none). ``extras``: the head's :meth:`~tlgnn.models.heads.base.Head.extras`
     (``{name: [n]}``) when asked for. ``embeddings``: graph embeddings [n, d] when asked for.
+    ``uncertainty`` (an ensemble, :mod:`tlgnn.models.ensemble`): regression ``<task>_std`` (calibrated),
+    ``<task>_std_raw`` (the members' spread), ``<task>_lower`` / ``<task>_upper`` (the calibrated central
+    interval) [n], physical units; classification ``<task>_std`` [n, C] (spread of the class probabilities).
+    ``members``: ``{task: [k, n(, C)]}`` the members' own predictions (an ensemble only).
     """
 
     ids: list[str]
@@ -34,6 +38,8 @@ class Inference:
     mask: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: np.ndarray | None = None
+    uncertainty: dict[str, np.ndarray] = field(default_factory=dict)
+    members: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def task_predictions(tasks: Sequence[TaskSpec], out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,11 +102,21 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
     more: dict[str, list[np.ndarray]] = {}
     embeddings: list[np.ndarray] = []
     ys, masks = [], []
+    ensemble = bool(getattr(model.head, "is_ensemble", False))
+    spread: dict[str, list[np.ndarray]] = {}
+    more_u: dict[str, list[np.ndarray]] = {}
     try:
         for batch, enc in encoded_batches(model, loader, device):  # host-side checks, as in training
             if embed:
                 embeddings.append(enc.graph_emb.float().cpu().numpy())
-            if predict:
+            if predict and ensemble:
+                for name, item in model.head.uncertainty(enc, batch).items():
+                    preds.setdefault(name, []).append(item["mean"].cpu().numpy())
+                    spread.setdefault(name, []).append(item["members"].cpu().numpy())
+                    for key in ("std", "std_raw", "lower", "upper"):
+                        if key in item:
+                            more_u.setdefault(f"{name}_{key}", []).append(item[key].cpu().numpy())
+            elif predict:
                 for name, value in task_predictions(tasks, model.head(enc, batch)).items():
                     preds.setdefault(name, []).append(value.cpu().numpy())
             if extras:
@@ -123,6 +139,8 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
         extras={k: np.concatenate(v) for k, v in more.items()},
         embeddings=(np.concatenate(embeddings) if embeddings else np.zeros((0, model.encoder.out_dim), np.float32))
         if embed else None,
+        uncertainty={k: np.concatenate(v) for k, v in more_u.items()},
+        members={k: np.concatenate(v, axis=1) for k, v in spread.items()},
     )
 
 

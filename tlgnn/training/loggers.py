@@ -106,8 +106,10 @@ def log_test_results_to_wandb(
     columns = ["task", "metric", "value"]
     rows = [[task, name, float(value)] for task, values in scores.items() for name, value in values.items()]
     payload: dict[str, Any] = {"test/metrics": wandb.Table(columns=columns, data=rows)}
-    for task, path in plots.items():
-        payload[f"test/{task}/parity"] = wandb.Image(str(path), caption=f"{task}: predicted vs true")
+    for key, path in plots.items():  # "<task>" (parity) or "<task>/<kind>" (an ensemble's calibration plots)
+        task, _, kind = key.partition("/")
+        caption = f"{task}: predicted vs true" if not kind else f"{task}: {kind.replace('_', ' ')}"
+        payload[f"test/{task}/{kind or 'parity'}"] = wandb.Image(str(path), caption=caption)
     run.log(payload)
     for task, values in scores.items():
         for name, value in values.items():

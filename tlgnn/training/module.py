@@ -43,7 +43,7 @@ def build_transfer_model(model: Mapping[str, Any], tasks: Sequence[TaskSpec]):
     """
     from tlgnn.models import build_model
 
-    return build_model(model["encoder"], model["head"], list(tasks))
+    return build_model(model["encoder"], model["head"], list(tasks), model.get("ensemble"))
 
 
 def _task_dicts(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -129,12 +129,14 @@ class TransferModule(L.LightningModule):
         """Graph embeddings [B, d] from the encoder."""
         return self.model.embed(batch)
 
-    def _losses(self, preds: Mapping[str, torch.Tensor], batch: Any) -> dict[str, torch.Tensor]:
+    def _losses(self, preds: Mapping[str, torch.Tensor], batch: Any,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-task losses of ``preds`` on the batch's labels where ``mask`` (default ``batch.y_mask``)."""
         cfg = self.hparams["loss"]
         return masked_loss(
             preds,
             batch.y,
-            batch.y_mask,
+            batch.y_mask if mask is None else mask,
             self.tasks,
             std=self.loss_std,
             regression=cfg.get("regression", "mse"),
@@ -151,12 +153,15 @@ class TransferModule(L.LightningModule):
         return self.model.prepare_batch(batch)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        preds = self.model(batch)
-        losses = self._losses(preds, batch)
+        head = self.model.head
         size = int(batch.num_graphs)
-        if not losses:
+        if getattr(head, "is_ensemble", False):  # each member learns from its own predictions (and rows)
+            loss, losses = head.training_loss(self.model.encode(batch), batch, self._losses)
+        else:
+            losses = self._losses(self.model(batch), batch)
+            loss = head.combine_losses(losses) if losses else None
+        if loss is None:
             return self._zero_loss()
-        loss = self.model.head.combine_losses(losses)
         self._watch_finite("train", losses, loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         for name, value in losses.items():

@@ -23,6 +23,10 @@ BASELINE_MAE = "mae_of_mean"
 """Test metric of a regression task: the MAE of always predicting the training split's mean (task unit)."""
 
 
+#: An ensemble's test figures shown in the metrics table (``tlgnn.training.calibrate.uncertainty_scores``).
+ENSEMBLE_COLUMNS = ("mae_single", "coverage", "miscalibration_area", "spearman", "nll", "nll_constant")
+
+
 def add_mean_baseline(scores: dict[str, dict[str, float]], frame: Any, train_mean: Mapping[str, float]) -> None:
     """Add ``mae_of_mean`` to each regression task's scores: what a model must beat to have learnt anything.
     ``frame`` holds ``<task>_true`` columns (NaN where unlabelled), ``train_mean`` the training-split means."""
@@ -38,7 +42,7 @@ def add_mean_baseline(scores: dict[str, dict[str, float]], frame: Any, train_mea
 def format_metrics_table(scores: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> str:
     """A plain-text table, one row per task: n and its metrics (regression in the task's unit)."""
     by_name = {t.name: t for t in tasks}
-    columns = (*REGRESSION_METRICS, BASELINE_MAE, *CLASSIFICATION_METRICS)
+    columns = (*REGRESSION_METRICS, BASELINE_MAE, *ENSEMBLE_COLUMNS, *CLASSIFICATION_METRICS)
     rows = [("task", "kind", "unit", "n", *columns)]
 
     def fmt(value: Any) -> str:
@@ -105,11 +109,25 @@ def prediction_frame(
     targets: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     id_column: str = "id",
+    uncertainty: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """One row per structure: ``id_column``, predictions and (with ``targets``/``mask`` [n, T]) ``<task>_true``."""
+    """One row per structure: ``id_column``, predictions, an ensemble's ``uncertainty`` columns (see
+    :class:`tlgnn.training.inference.Inference`) and (with ``targets``/``mask`` [n, T]) ``<task>_true``."""
     frame = pd.DataFrame({id_column: list(ids)})
     for name, column in prediction_columns(preds, tasks).items():
         frame[name] = column
+    for task in tasks:
+        for key in ("std", "std_raw", "lower", "upper"):
+            values = (uncertainty or {}).get(f"{task.name}_{key}")
+            if values is None:
+                continue
+            if task.kind == "classification":  # the spread of each class probability
+                if key != "std":
+                    continue
+                for c, label in enumerate(task.classes):
+                    frame[f"{task.name}_prob_{label}_std"] = values[:, c] if len(values) else np.array([])
+            else:
+                frame[f"{task.name}_{key}"] = values.reshape(-1)
     if targets is not None and mask is not None:
         for j, task in enumerate(tasks):
             if task.name not in preds:

@@ -119,6 +119,11 @@ class Predictor:
         return list(self.module.tasks)
 
     @property
+    def is_ensemble(self) -> bool:
+        """Whether the model is an ensemble: its predictions come with ``<task>_std``, ``_lower``, ``_upper``."""
+        return bool(getattr(self.module.model.head, "is_ensemble", False))
+
+    @property
     def outputs(self) -> list[str]:
         """The tasks the model predicts."""
         return list(self.module.outputs)
@@ -148,14 +153,15 @@ class Predictor:
         graphs, used, failures = record_graphs(self.builder, records)
         return graphs, [rec.id for rec in used], failures
 
-    def _run(self, graphs: list[Any], want: str) -> dict[str, np.ndarray] | np.ndarray:
-        """``{task: predictions}`` (``want="predict"``) or the embeddings [n, d] (``"embed"``) of ``graphs``."""
+    def _run(self, graphs: list[Any], want: str) -> Any:
+        """The :class:`~tlgnn.training.inference.Inference` of ``graphs`` (``want="predict"``; an ensemble's
+        extras too) or their embeddings [n, d] (``"embed"``)."""
         from torch_geometric.loader import DataLoader
 
         loader = DataLoader(graphs, batch_size=self.batch_size, shuffle=False)
         if want == "embed":
             return predict_batches(self.module, loader, embed=True, predict=False).embeddings
-        return predict_batches(self.module, loader).preds
+        return predict_batches(self.module, loader, extras=self.is_ensemble)
 
     def _attach_known(self, graphs: list[Any], ids: list[str], known: pd.DataFrame) -> list[str]:
         """Give every graph ``y`` [1, T] and ``y_mask`` [1, T] from the known values; returns notes."""
@@ -193,8 +199,11 @@ class Predictor:
         records, failures, skipped = self._records(structures, n_jobs, progress, recursive, disordered)
         graphs, ids, graph_failures = self._graphs(records)
         notes = self._attach_known(graphs, ids, table) if table is not None else []
-        preds = self._run(graphs, "predict")
-        frame = prediction_frame(ids, preds, [t for t in self.module.tasks if t.name in self.outputs])
+        got = self._run(graphs, "predict")
+        frame = prediction_frame(ids, got.preds, [t for t in self.module.tasks if t.name in self.outputs],
+                                 uncertainty=got.uncertainty)
+        for name, values in got.extras.items():  # an ensemble's latents / corrections and their spread
+            frame[name] = values
         return PredictionResult(frame=frame, failures=failures + graph_failures, skipped=skipped, notes=notes)
 
     def predict(self, structures: Any, known: Any = None) -> pd.DataFrame:

@@ -24,6 +24,8 @@ from lightning.pytorch.callbacks import Callback
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
+from tlgnn.training.calibrate import (calibrate_module, is_ensemble_module, merge_scores, uncertainty_plots,
+                                     uncertainty_scores)
 from tlgnn.training.checkpoint import CheckpointError, export_checkpoint, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, check_model_options, save_run_config
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
@@ -119,7 +121,7 @@ def build_module(config: RunConfig, dm: Any) -> TransferModule:
     check_model_options(config.model)
     try:
         module = TransferModule(
-            model={"encoder": dict(config.model.encoder), "head": dict(config.model.head)},
+            model={"encoder": dict(config.model.encoder), "head": dict(config.model.head), **ensemble_of(config)},
             tasks=list(dm.tasks),
             optim=_asdict(config.optim),
             loss=_asdict(config.loss),
@@ -134,6 +136,17 @@ def build_module(config: RunConfig, dm: Any) -> TransferModule:
     if config.model.init_from is not None or config.model.finetune.active:
         apply_finetuning(module, config.model.init_from, config.model.finetune)  # pretrained weights, freezing
     return module
+
+
+def ensemble_of(config: RunConfig) -> dict[str, Any]:
+    """``{"ensemble": spec}`` of a config with more than one member (else ``{}``); the members share one encoder
+    when it stays frozen for the whole run (they read the same embedding, stored once per material)."""
+    ensemble = config.model.ensemble
+    if ensemble.members <= 1:
+        return {}
+    finetune = config.model.finetune
+    shared = finetune.freeze == "encoder" and not finetune.unfreeze_every
+    return {"ensemble": {**_asdict(ensemble), "shared_encoder": shared}}
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
@@ -265,11 +278,25 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
     last = out / "checkpoints" / "last.ckpt"
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last if last.exists() else None,
                        epochs=int(trainer.current_epoch), steps=int(trainer.global_step), module=module)
+    calibrated = _calibrated_best(result, dm) if is_ensemble_module(module) else None
     if test:
         ckpt = best or result.last_checkpoint
-        result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
+        if calibrated is not None:  # the calibrated model, as best.ckpt now holds it
+            result.test = _evaluate(trainer, calibrated, dm, out, None, loggers, checkpoint_label=str(best))
+        else:
+            result.test = _evaluate(trainer, module, dm, out, str(ckpt) if ckpt else None, loggers)
     close_loggers(loggers)
     return result
+
+
+def _calibrated_best(result: FitResult, dm: Any) -> TransferModule:
+    """An ensemble's best module recalibrated on the validation split (:func:`calibrate_module`); ``best.ckpt``
+    is rewritten as a compact checkpoint holding the calibration (``last.ckpt`` stays the resume point)."""
+    best = result.best_module()
+    fitted = calibrate_module(best, dm.val_dataloader())
+    if result.best_checkpoint is not None:
+        export_checkpoint(best, result.best_checkpoint, info={"calibration": fitted, "epochs": result.epochs})
+    return best
 
 
 def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path, test: bool) -> FitResult:
@@ -279,6 +306,8 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
     save_run_config(config, out / "config.yaml")
     _report_data(dm, out)
     history = fit_head_directly(module, dm)
+    if is_ensemble_module(module):
+        history["calibration"] = calibrate_module(module, dm.val_dataloader())
     best = export_checkpoint(module, out / "checkpoints" / "best.ckpt", info={"fit": history})
     last = export_checkpoint(module, out / "checkpoints" / "last.ckpt", info={"fit": history})
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last, epochs=0, steps=0, module=module)
@@ -374,11 +403,14 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
         loader = graph_loader(dm.test_set, batch_size=dm.config.batch_size, shuffle=False)
         got = predict_batches(module, loader)
         frame = prediction_frame(got.ids, got.preds, module.tasks, targets=got.y, mask=got.mask,
-                                 id_column="material_id")
+                                 id_column="material_id", uncertainty=got.uncertainty)
         add_mean_baseline(scores, frame, module.model.head.target_stats()[0])
         predictions_path = out / "predictions_test.csv"
         frame.to_csv(predictions_path, index=False)
         plots = parity_plots(frame, tasks, out, scores)
+        if is_ensemble_module(module):
+            merge_scores(scores, uncertainty_scores(module, got))
+            plots.update(uncertainty_plots(module, got, out))
         write_metrics_json(
             metrics_path,
             scores,

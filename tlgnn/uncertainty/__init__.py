@@ -10,6 +10,7 @@ from tlgnn.uncertainty.calibration import (
     constant_sigma,
     fit_calibration,
     fit_conformal_quantile,
+    fit_scale_and_floor,
     fit_std_scale,
 )
 from tlgnn.uncertainty.metrics import (
@@ -39,6 +40,7 @@ __all__ = [
     "exceed_probability",
     "fit_calibration",
     "fit_conformal_quantile",
+    "fit_scale_and_floor",
     "fit_std_scale",
     "gaussian_interval",
     "gaussian_nll",

@@ -1,10 +1,16 @@
 """Recalibration of predicted standard deviations, fitted on a validation split and applied to new predictions.
 
-Two recalibrations of a raw std (e.g. an ensemble's spread, in the unit of y):
+A raw std σ (e.g. an ensemble's spread, in the unit of y) is recalibrated as
 
-- *scale*: std → s·std with the s of maximum Gaussian likelihood on validation (:func:`fit_std_scale`);
-- *conformal*: the interval mean ± q·std with q the split-conformal quantile of the normalised validation
-  residuals (:func:`fit_conformal_quantile`), which covers a fraction ≥ level of new rows from the same
+    σ_cal = √((s·σ)² + f²)
+
+with the scale s and the floor f (unit of y) of maximum Gaussian likelihood on validation
+(:func:`fit_scale_and_floor`; the floor keeps a prediction where every member agrees, σ = 0, from claiming
+certainty). Intervals are then either
+
+- *scale*: the central Gaussian interval mean ± z·σ_cal, z = Φ⁻¹((1 + level)/2);
+- *conformal*: mean ± q·σ_cal with q the split-conformal quantile of the normalised validation residuals
+  |y − mean| / σ_cal (:func:`fit_conformal_quantile`), which covers a fraction ≥ level of new rows from the same
   distribution whatever the shape of the errors.
 
 Rows where y, mean or std is NaN are ignored by every fit.
@@ -43,6 +49,30 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean((error / std) ** 2)))
 
 
+def _nll_terms(error: np.ndarray, std: np.ndarray, log_scale: float, log_floor: float) -> float:
+    var = (math.exp(log_scale) * std) ** 2 + math.exp(2.0 * log_floor)
+    return float(np.mean(0.5 * np.log(2.0 * np.pi * var) + error ** 2 / (2.0 * var)))
+
+
+def fit_scale_and_floor(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[float, float]:
+    """``(s, f)`` maximising the likelihood of y under N(mean, (s·std)² + f²) on the rows without NaN (std may be
+    0 there). s is dimensionless, f in the unit of y. ``(1.0, 0.0)`` when there are fewer than 2 rows."""
+    from scipy.optimize import minimize
+
+    y, mean, std = (np.asarray(a, dtype=float).ravel() for a in (y, mean, std))
+    keep = ~(np.isnan(y) | np.isnan(mean) | np.isnan(std))
+    error, std = np.abs(y[keep] - mean[keep]), std[keep]
+    if error.size < 2:
+        return 1.0, 0.0
+    rmse = float(np.sqrt(np.mean(error ** 2))) or 1e-6
+    s0 = fit_std_scale(error, np.zeros_like(error), std) if (std > 0).any() else 1.0
+    start = np.array([math.log(max(s0, 1e-3)), math.log(0.1 * rmse)])
+    found = minimize(lambda p: _nll_terms(error, std, p[0], p[1]), start, method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000})
+    log_scale, log_floor = (found.x if found.success or found.fun < _nll_terms(error, std, *start) else start)
+    return float(math.exp(log_scale)), float(math.exp(log_floor))
+
+
 def fit_conformal_quantile(y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9) -> float:
     """Split-conformal quantile q of the normalised residuals rᵢ = |yᵢ − meanᵢ| / stdᵢ (rows with std > 0).
 
@@ -68,29 +98,31 @@ def constant_sigma(y: np.ndarray, mean: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted recalibration: ``scale`` multiplies the raw std; ``quantile`` (conformal q, or None) sets the
-    interval mean ± q·raw_std; ``level`` is the nominal coverage; ``constant_sigma`` the baseline σ (unit of y)."""
+    """A fitted recalibration: ``scale`` and ``floor`` give σ_cal = √((scale·raw_std)² + floor²); ``quantile``
+    (conformal q, or None) sets the interval mean ± q·σ_cal; ``level`` is the nominal coverage;
+    ``constant_sigma`` the baseline σ (unit of y)."""
 
     scale: float = 1.0
     quantile: float | None = None
     level: float = 0.9
     constant_sigma: float | None = None
+    floor: float = 0.0
 
     def std(self, raw_std: np.ndarray) -> np.ndarray:
-        """The recalibrated std: scale · raw_std (unit of y)."""
-        return self.scale * np.asarray(raw_std, dtype=float)
+        """The recalibrated std √((scale·raw_std)² + floor²) (unit of y)."""
+        return np.hypot(self.scale * np.asarray(raw_std, dtype=float), self.floor)
 
     def interval(self, mean: np.ndarray, raw_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper) at ``level``: mean ∓ q·raw_std when conformal (±inf when q is inf), else the central
-        Gaussian interval mean ∓ z·scale·raw_std with z = Φ⁻¹((1 + level)/2)."""
+        """(lower, upper) at ``level``: mean ∓ q·σ_cal when conformal (±inf when q is inf), else the central
+        Gaussian interval mean ∓ z·σ_cal with z = Φ⁻¹((1 + level)/2)."""
         mean = np.asarray(mean, dtype=float)
-        raw_std = np.asarray(raw_std, dtype=float)
+        std = self.std(raw_std)
         if self.quantile is None:
-            half = stats.norm.ppf((1.0 + self.level) / 2.0) * self.std(raw_std)
+            half = stats.norm.ppf((1.0 + self.level) / 2.0) * std
         elif math.isinf(self.quantile):
-            half = np.where(np.isnan(raw_std), math.nan, math.inf)
+            half = np.where(np.isnan(std), math.nan, math.inf)
         else:
-            half = self.quantile * raw_std
+            half = self.quantile * std
         return mean - half, mean + half
 
     def to_dict(self) -> dict[str, float | None]:
@@ -112,10 +144,10 @@ def fit_calibration(
 ) -> Calibration:
     """Fit a :class:`Calibration` on validation arrays with ``method``:
 
-    - ``"scale"``: scale = :func:`fit_std_scale`, quantile None (Gaussian intervals);
-    - ``"conformal"``: quantile = :func:`fit_conformal_quantile` at ``level`` (intervals), scale also fitted so
-      that :meth:`Calibration.std` stays the likelihood-best std;
-    - ``"none"``: scale 1, quantile None.
+    - ``"scale"``: scale and floor = :func:`fit_scale_and_floor`, quantile None (Gaussian intervals);
+    - ``"conformal"``: the same scale and floor, and the quantile :func:`fit_conformal_quantile` at ``level`` of
+      the residuals normalised by σ_cal (intervals mean ± q·σ_cal);
+    - ``"none"``: scale 1, floor 0, quantile None.
 
     ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case.
     """
@@ -126,9 +158,12 @@ def fit_calibration(
     sigma = constant_sigma(y, mean)
     if method == "none":
         return Calibration(level=float(level), constant_sigma=sigma)
-    scale = fit_std_scale(y, mean, std)
-    quantile = fit_conformal_quantile(y, mean, std, level) if method == "conformal" else None
-    return Calibration(scale=scale, quantile=quantile, level=float(level), constant_sigma=sigma)
+    scale, floor = fit_scale_and_floor(y, mean, std)
+    fitted = Calibration(scale=scale, floor=floor, level=float(level), constant_sigma=sigma)
+    if method == "conformal":
+        quantile = fit_conformal_quantile(y, mean, fitted.std(std), level)
+        fitted = Calibration(scale=scale, floor=floor, quantile=quantile, level=float(level), constant_sigma=sigma)
+    return fitted
 
 
 __all__ = [
@@ -137,5 +172,6 @@ __all__ = [
     "constant_sigma",
     "fit_calibration",
     "fit_conformal_quantile",
+    "fit_scale_and_floor",
     "fit_std_scale",
 ]

@@ -1,0 +1,293 @@
+"""Deep ensembles as one model: k members that differ by seed (and optionally by bootstrap), one artefact.
+
+``model.ensemble: {members: k, bootstrap: bool, level: 0.9, calibration: scale | conformal | none}`` builds a
+:class:`~tlgnn.models.TransferModel` whose encoder and head hold the k members:
+
+- the **encoder** is shared when it stays frozen (``shared_encoder``: the members read one embedding, so a frozen
+  encoder runs once per material and its stored embeddings serve every member); otherwise an
+  :class:`EnsembleEncoder` holds k encoders and returns their graph embeddings side by side, [B, k * d];
+- the :class:`EnsembleHead` holds k heads of the same kind and options (a tree head's member i gets ``seed + i``);
+  member i reads embedding slice i (or the shared one). Its ``forward`` is the members' mean, so losses, metrics,
+  checkpoints and ``predict`` treat the ensemble as one model.
+
+For regression task t with member predictions ŷ_1..ŷ_k (physical units):
+
+    μ = mean_i ŷ_i,   σ_raw = std_i ŷ_i (population std, 0 for identical members),   σ = √((s_t σ_raw)² + f_t²)
+
+and the central interval at ``level`` (default 90 %) is μ ± z σ with z = Φ⁻¹((1 + level) / 2) (``scale``) or
+μ ± q_t σ (``conformal``: q_t the split-conformal quantile of |y - μ| / σ on the validation split). The
+recalibration (scale s_t, floor f_t, q_t, and the constant σ_c of the baseline, the validation RMSE) is fitted
+after training by :func:`tlgnn.training.calibrate.calibrate_module` (:func:`tlgnn.uncertainty.fit_calibration`)
+and kept in the ``calibration`` buffer [T, 4], so checkpoints carry it. Classification: the mean of the members' probabilities (``forward`` returns its log, which softmax
+maps back to it) and their std per class.
+
+Bootstrap (``bootstrap: true``): member i of a gradient-trained head is trained on a fixed random ~63.2 % of the
+training rows (the rows a bootstrap sample of n out of n contains, 1 - 1/e; chosen by hashing the row index and i),
+a tree member on a bootstrap sample of the rows drawn with replacement.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tlgnn.models.encoders.base import Encoder, EncoderOutput
+
+CALIBRATIONS = ("scale", "conformal", "none")
+#: Columns of :attr:`EnsembleHead.calibration`: std scale s, floor f (task unit), conformal quantile q (NaN:
+#: unused), constant σ_c of the baseline (task unit, NaN: unknown).
+CALIBRATION_COLUMNS = ("scale", "floor", "quantile", "constant_sigma")
+#: Share of the rows a bootstrap sample of n out of n contains (n -> inf): 1 - 1/e.
+BOOTSTRAP_SHARE = 1.0 - math.exp(-1.0)
+
+
+def ensemble_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The checked ensemble spec of a model config (``None`` or ``members <= 1``: no ensemble)."""
+    if not spec:
+        return None
+    known = {"members", "bootstrap", "level", "calibration", "shared_encoder"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"model.ensemble: unknown option {unknown[0]!r}; options: {', '.join(sorted(known))}")
+    members = spec.get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise ValueError(f"model.ensemble.members must be an integer >= 1, got {members!r}")
+    if members == 1:
+        return None
+    level = spec.get("level", 0.9)
+    if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise ValueError(f"model.ensemble.level must be a number in (0, 1), got {level!r}")
+    calibration = spec.get("calibration", "scale")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"model.ensemble.calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+    return {"members": members, "bootstrap": bool(spec.get("bootstrap", False)), "level": float(level),
+            "calibration": calibration, "shared_encoder": bool(spec.get("shared_encoder", False))}
+
+
+class EnsembleEncoder(Encoder):
+    """k encoders whose graph embeddings are concatenated, [B, k * d]; ``layer_groups()`` group j holds every
+    member's group j (so freezing k groups freezes them in every member)."""
+
+    def __init__(self, members: Sequence[Encoder]) -> None:
+        nn.Module.__init__(self)
+        self.members = nn.ModuleList(members)
+        self.member_dim = int(members[0].out_dim)
+        self.out_dim = self.member_dim * len(members)
+
+    def forward(self, batch: Any) -> EncoderOutput:
+        outs = [member(batch) for member in self.members]
+        return EncoderOutput(node_emb=None, graph_emb=torch.cat([o.graph_emb for o in outs], 1))  # type: ignore
+
+    def layer_groups(self) -> list[nn.Module]:
+        groups = [member.layer_groups() for member in self.members]
+        return [nn.ModuleList([g[j] for g in groups]) for j in range(len(groups[0]))]
+
+    def prepare_batch(self, batch: Any) -> Any:
+        return self.members[0].prepare_batch(batch)
+
+
+def member_options(head_cls: type, options: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """Head options of member ``i``: a head with a ``seed`` option (trees) gets ``seed + i``."""
+    options = dict(options)
+    if "seed" in inspect.signature(head_cls).parameters:
+        options["seed"] = int(options.get("seed", 0)) + i
+    return options
+
+
+def bootstrap_mask(idx: torch.Tensor, member: int) -> torch.Tensor:
+    """Whether each row (``idx`` [B], table rows) is in member ``member``'s training rows: a fixed pseudo-random
+    ~63.2 % of the rows (a hash of (row, member), the same every epoch and on every machine)."""
+    h = (idx.long() * 2654435761 + (member + 1) * 97531) % 4294967296
+    h = (h ^ (h >> 13)) * 1274126177 % 4294967296
+    return (h.double() / 4294967296.0) < BOOTSTRAP_SHARE
+
+
+class EnsembleHead(nn.Module):
+    """k heads of one kind predicting together; ``forward`` is their mean (see the module docstring).
+
+    Args:
+        members: the member heads (same kind, tasks and options but the seed).
+        shared_input: whether every member reads the whole embedding (a shared encoder) or its slice.
+        spec: the checked ensemble spec (:func:`ensemble_spec`).
+    """
+
+    is_ensemble = True
+
+    def __init__(self, members: Sequence[nn.Module], shared_input: bool, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        first = self.members[0]
+        self.shared_input = bool(shared_input)
+        self.spec = dict(spec)
+        self.level = float(spec["level"])
+        self.tasks = first.tasks
+        self.outputs = list(first.outputs)
+        self.task_index = first.task_index
+        self.task_by_name = first.task_by_name
+        self.fits_directly = bool(getattr(first, "fits_directly", False))
+        self.in_dim = first.in_dim if shared_input else first.in_dim * len(members)
+        calibration = torch.zeros(len(self.tasks), len(CALIBRATION_COLUMNS))
+        calibration[:, 0] = 1.0
+        calibration[:, 2:] = float("nan")
+        self.register_buffer("calibration", calibration)
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+            # what the members share (output labels, context, known values, options) is read from the first
+            return getattr(self._modules["members"][0], name)
+
+    # ----------------------------------------------------------------- members
+    def member_input(self, enc: EncoderOutput, i: int) -> EncoderOutput:
+        """The encoder output member ``i`` reads: the shared embedding or its slice ``i``."""
+        if self.shared_input:
+            return enc
+        d = self.members[0].in_dim
+        return EncoderOutput(node_emb=enc.node_emb, graph_emb=enc.graph_emb[:, i * d:(i + 1) * d])
+
+    def member_outputs(self, enc: EncoderOutput, batch: Any = None) -> list[dict[str, torch.Tensor]]:
+        """Each member's ``{task: prediction}`` (regression physical units, classification logits)."""
+        return [member(self.member_input(enc, i), batch) for i, member in enumerate(self.members)]
+
+    def member_predictions(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """``{task: [k, B]}`` regression values or ``[k, B, C]`` class probabilities, member by member."""
+        outs = self.member_outputs(enc, batch)
+        stacked = {}
+        for name in self.outputs:
+            values = torch.stack([out[name] for out in outs])
+            stacked[name] = torch.softmax(values.float(), -1) if values.dim() == 3 else values
+        return stacked
+
+    def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """The ensemble's prediction: the members' mean (classification: the log of the mean probability)."""
+        out = {}
+        for name, values in self.member_predictions(enc, batch).items():
+            out[name] = values.mean(0).clamp_min(1e-12).log() if values.dim() == 3 else values.mean(0)
+        return out
+
+    def extras(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
+        """The members' mean of each extra output (Δ, ELV latents) and its spread ``<name>_std``."""
+        outs = [member.extras(self.member_input(enc, i), batch) for i, member in enumerate(self.members)]
+        extras: dict[str, torch.Tensor] = {}
+        for name in outs[0]:
+            values = torch.stack([out[name] for out in outs]).float()
+            extras[name] = values.mean(0)
+            extras[f"{name}_std"] = values.std(0, unbiased=False)
+        return extras
+
+    def uncertainty(self, enc: EncoderOutput, batch: Any = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Per output ``{"mean", "std", "std_raw", "lower", "upper"}`` [B] (regression, physical units) or
+        ``{"mean", "std"}`` [B, C] (classification probabilities), and ``"members"``: [k, B(, C)]."""
+        result = {}
+        for name, values in self.member_predictions(enc, batch).items():
+            values = values.float()
+            mean, raw = values.mean(0), values.std(0, unbiased=False)
+            item = {"mean": mean, "std_raw": raw, "members": values}
+            if values.dim() == 2:
+                item.update(self.interval(name, mean, raw))
+            else:
+                item["std"] = raw
+            result[name] = item
+        return result
+
+    # ----------------------------------------------------------------- calibration
+    def interval(self, name: str, mean: torch.Tensor, raw_std: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The calibrated std and the central interval at ``level`` of regression output ``name``."""
+        scale, floor, quantile, _ = self.calibration[self.task_index[name]].tolist()
+        std = torch.sqrt((raw_std * scale) ** 2 + floor ** 2)
+        if math.isnan(quantile):
+            quantile = float(torch.special.ndtri(torch.tensor((1.0 + self.level) / 2.0, dtype=torch.float64)))
+        lower = mean - quantile * std
+        if name in getattr(self.members[0], "nonnegative", ()):  # the interval stays in the physical range
+            lower = lower.clamp_min(0.0)
+        return {"std": std, "lower": lower, "upper": mean + quantile * std}
+
+    def set_calibration(self, name: str, values: Mapping[str, float | None]) -> None:
+        """Store task ``name``'s recalibration: ``values`` has the keys of :data:`CALIBRATION_COLUMNS` (``None``:
+        unused / unknown; a missing scale is 1, a missing floor 0)."""
+        defaults = {"scale": 1.0, "floor": 0.0}
+        row = self.calibration[self.task_index[name]]
+        for j, key in enumerate(CALIBRATION_COLUMNS):
+            value = values.get(key, defaults.get(key))
+            row[j] = float("nan") if value is None else float(value)
+
+    def calibration_of(self, name: str) -> dict[str, float | None]:
+        """``{"scale", "floor", "quantile", "constant_sigma"}`` of task ``name`` (``None`` where unset)."""
+        values = self.calibration[self.task_index[name]].tolist()
+        return {key: (None if math.isnan(v) else v) for key, v in zip(CALIBRATION_COLUMNS, values)}
+
+    # ----------------------------------------------------------------- training
+    def training_loss(self, enc: EncoderOutput, batch: Any,
+                      losses_of: Callable[[Mapping[str, torch.Tensor], Any, torch.Tensor], dict[str, torch.Tensor]]
+                      ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The mean over members of each member's combined loss (its own predictions; with ``bootstrap`` only
+        its rows), and the members' mean per-task losses. ``losses_of(preds, batch, mask)`` is the run's masked
+        loss. ``(None, {})`` when no member has a labelled row in the batch."""
+        totals, per_task = [], {}
+        for i, (member, preds) in enumerate(zip(self.members, self.member_outputs(enc, batch))):
+            mask = batch.y_mask.bool()
+            if self.spec["bootstrap"]:
+                mask = mask & bootstrap_mask(batch.idx.to(mask.device), i)[:, None]
+            losses = losses_of(preds, batch, mask)
+            if not losses:
+                continue
+            totals.append(member.combine_losses(losses))
+            for name, value in losses.items():
+                per_task.setdefault(name, []).append(value)
+        if not totals:
+            return None, {}
+        return torch.stack(totals).mean(), {name: torch.stack(v).mean() for name, v in per_task.items()}
+
+    def combine_losses(self, per_task_losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.members[0].combine_losses(per_task_losses)
+
+    def fit_arrays(self, x, y, mask, x_val=None, y_val=None, mask_val=None) -> dict[str, Any]:
+        """Fit every member directly (tree heads); with ``bootstrap`` member i on rows drawn with replacement
+        (seeded by its seed). Returns ``{"members": [history, ...]}``."""
+        import numpy as np
+
+        histories = []
+        for i, member in enumerate(self.members):
+            rows = np.arange(len(x))
+            if self.spec["bootstrap"]:
+                rows = np.random.default_rng(1000 + i).integers(0, len(x), len(x))
+            histories.append(member.fit_arrays(x[rows], y[rows], mask[rows], x_val, y_val, mask_val))
+        return {"members": histories}
+
+    # ----------------------------------------------------------------- statistics
+    def set_target_stats(self, mean: Mapping[str, float], std: Mapping[str, float],
+                         pairs: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> None:
+        for member in self.members:
+            member.set_target_stats(mean, std, pairs)
+
+
+def build_ensemble(encoder: Callable[[], Encoder], head: Callable[[int, int], nn.Module],
+                   spec: Mapping[str, Any]) -> tuple[Encoder, EnsembleHead]:
+    """The encoder (one, shared, or an :class:`EnsembleEncoder`) and :class:`EnsembleHead` of ``spec``:
+    ``encoder()`` builds one encoder, ``head(i, in_dim)`` member ``i``'s head."""
+    k = int(spec["members"])
+    if spec["shared_encoder"]:
+        enc = encoder()
+        return enc, EnsembleHead([head(i, enc.out_dim) for i in range(k)], True, spec)
+    encoders = [encoder() for _ in range(k)]
+    return EnsembleEncoder(encoders), EnsembleHead([head(i, encoders[0].out_dim) for i in range(k)], False, spec)
+
+
+def is_ensemble(head: Any) -> bool:
+    """Whether ``head`` is an :class:`EnsembleHead`."""
+    return bool(getattr(head, "is_ensemble", False))
+
+
+__all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "EnsembleEncoder", "EnsembleHead",
+           "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options"]
