@@ -89,6 +89,12 @@ def predict_proba_full(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     return full
 
 
+def tree_spread(model, X: np.ndarray) -> np.ndarray:
+    """The per-tree spread of a fitted forest regressor at ``X`` [n, F]: the std over its trees' predictions
+    (units of the labels; the uncertainty the random-forest transfer models of Hutchinson et al. report)."""
+    return np.stack([tree.predict(X) for tree in model.estimators_]).std(axis=0)
+
+
 class DifferenceForest:
     """``high = low + Δ(x)`` with a forest fitted on the difference ``high − low`` (units of the labels)."""
 
@@ -121,4 +127,4 @@ class DifferenceForest:
         return low + self.predict_delta(X)
 
 
-__all__ = ["DifferenceForest", "ForestConfig", "fit_classifier", "fit_regressor", "predict_proba_full"]
+__all__ = ["DifferenceForest", "ForestConfig", "fit_classifier", "fit_regressor", "predict_proba_full", "tree_spread"]

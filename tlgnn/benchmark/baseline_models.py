@@ -14,7 +14,8 @@ import numpy as np
 
 from tlgnn.baselines.affine import AffineLogit, AffineMap
 from tlgnn.baselines.composition import featurize
-from tlgnn.baselines.forest import DifferenceForest, ForestConfig, fit_classifier, fit_regressor, predict_proba_full
+from tlgnn.baselines.forest import (DifferenceForest, ForestConfig, fit_classifier, fit_regressor, predict_proba_full,
+                                   tree_spread)
 from tlgnn.benchmark.models import CellInput, CellOutput
 from tlgnn.utils.config import ConfigError, from_dict
 
@@ -64,7 +65,12 @@ def _known_low(cell: CellInput, rows: np.ndarray, what: str) -> np.ndarray:
 
 
 def low_forest_predictions(cell: CellInput) -> np.ndarray:
-    """Low-fidelity labels of the test rows predicted by a forest trained on every training-fold low label.
+    """Low-fidelity labels of the test rows predicted by a forest trained on every training-fold low label."""
+    return low_forest(cell)[0]
+
+
+def low_forest(cell: CellInput) -> tuple[np.ndarray, np.ndarray]:
+    """The low forest's test-row predictions and their per-tree spread (:func:`tree_spread`).
 
     Memoised per (experiment, fold, seed, forest settings, training rows): the low forest does not depend on the
     scarce-label training size, so its fit time is counted in the wall time of the first cell of a fold that
@@ -84,8 +90,17 @@ def low_forest_predictions(cell: CellInput) -> np.ndarray:
     if key not in cell.shared:
         features = composition_features(cell)
         model = fit_regressor(features[train_low], cell.low_values(train_low), config, cell.seed)
-        cell.shared[key] = model.predict(features[cell.test_idx])
+        cell.shared[key] = (model.predict(features[cell.test_idx]), tree_spread(model, features[cell.test_idx]))
     return cell.shared[key]
+
+
+def spread_columns(mean: np.ndarray, std: np.ndarray, level: float = 0.9) -> dict[str, np.ndarray]:
+    """A forest's uncertainty columns: ``y_std`` (per-tree spread, uncalibrated) and the Gaussian interval at
+    ``level`` ``y_lower``/``y_upper`` (what ``tlgnn.benchmark.metrics.cell_uncertainty_metrics`` scores)."""
+    from tlgnn.uncertainty import gaussian_interval
+
+    lower, upper = gaussian_interval(mean, std, level)
+    return {"y_std": std, "y_lower": lower, "y_upper": upper}
 
 
 def run_rf_single(cell: CellInput) -> CellOutput:
@@ -105,7 +120,9 @@ def run_rf_single(cell: CellInput) -> CellOutput:
         model = fit_classifier(X_train, y.astype(np.int64), config, cell.seed)
         pred = predict_proba_full(model, X_test, len(cell.experiment.classes or []))
     else:
-        pred = fit_regressor(X_train, y, config, cell.seed).predict(X_test)
+        model = fit_regressor(X_train, y, config, cell.seed)
+        pred = model.predict(X_test)
+        columns.update(spread_columns(pred, tree_spread(model, X_test)))
         if cell.regime == "structure_only" and cell.experiment.low is not None:
             # the "difference of two separately predicted gaps" used by the correction metric
             columns["low_pred"] = low_forest_predictions(cell)
@@ -121,12 +138,15 @@ def run_rf_difference(cell: CellInput) -> CellOutput:
     train, test = cell.train_target_idx, cell.test_idx
     model = DifferenceForest(forest_config(cell), cell.seed)
     model.fit(features[train], cell.target_values(train), _known_low(cell, train, "training"))
+    spread = tree_spread(model.model, features[test])
     if cell.regime == "low_fidelity_known":
         low = _known_low(cell, test, "test")
     else:
-        low = low_forest_predictions(cell)
+        low, low_spread = low_forest(cell)
+        spread = np.hypot(spread, low_spread)  # two independent forests: variances add
     delta = model.predict_delta(features[test])
-    return CellOutput(low + delta, {"low_pred": low, "delta_pred": delta}, {"features": "composition"})
+    columns = {"low_pred": low, "delta_pred": delta, **spread_columns(low + delta, spread)}
+    return CellOutput(low + delta, columns, {"features": "composition"})
 
 
 def run_affine(cell: CellInput) -> CellOutput:

@@ -96,6 +96,8 @@ class GNNOptions:
             cells were computed.
         encoder_from: a tlgnn checkpoint (relative to the repository root) whose encoder weights the model starts
             from (``model.init_from``), e.g. the shipped ``data/pretrained/cgcnn_mp_pbe_eform.ckpt``.
+        ensemble: ``model.ensemble`` of the run (e.g. ``{members: 5, bootstrap: true}``): the cell's predictions
+            get ``y_std``, ``y_std_raw``, ``y_lower``/``y_upper`` and ``member_<i>`` columns (regression).
         quick: overrides applied with ``--quick``.
     """
 
@@ -129,6 +131,7 @@ class GNNOptions:
     freeze_encoder: bool = False
     condition_on_known_low: bool = False
     encoder_from: str | None = None
+    ensemble: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -357,6 +360,8 @@ def run_config(cell: CellInput, opts: GNNOptions, prep: Prepared, head: dict[str
         raw["model"].setdefault("finetune", {})["load_head"] = "never"
     if opts.freeze_encoder:
         raw["model"].setdefault("finetune", {})["freeze"] = "encoder"
+    if opts.ensemble:
+        raw["model"]["ensemble"] = dict(opts.ensemble)
     return load_run_config(raw=raw, cwd=prep.directory)
 
 
@@ -384,11 +389,11 @@ def train(config) -> tuple[Path, int]:
     return best, int(result.epochs)
 
 
-def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
-            rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
-    """Per-task predictions for table ``rows`` of ``prep`` (classification: probabilities), the head's extra
-    outputs (``head.extras``: ``delta_<T>`` of a difference head, ``latent_<name>`` of an ELV head) and its
-    learned scalar parameters (``head.parameters_dict``; ``{}`` for most heads)."""
+def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions, rows: np.ndarray) -> tuple[Any, dict[str, float]]:
+    """The :class:`~tlgnn.training.inference.Inference` for table ``rows`` of ``prep`` (per-task predictions,
+    classification: probabilities; the head's extra outputs: ``delta_<T>`` of a difference head, ``latent_<name>``
+    of an ELV head; an ensemble's uncertainty) and the ensemble's calibration or the head's learned scalar
+    parameters (``head.parameters_dict``; ``{}`` for most heads)."""
     from tlgnn.data.dataset import MaterialDataset
     from tlgnn.data.graphs import graph_cache
     from tlgnn.data.loader import graph_loader
@@ -399,8 +404,18 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions,
     dataset = MaterialDataset(prep.table, graph_cache(_cache_dir(opts), opts.cutoff, opts.max_neighbors),
                               [t.name for t in module.tasks], rows=rows)
     got = predict_batches(module, graph_loader(dataset, batch_size=128, shuffle=False), extras=True)
-    params = {k: float(v.detach()) for k, v in module.model.head.parameters_dict().items()}
-    return got.preds, got.extras, params
+    head = module.model.head
+    if getattr(head, "is_ensemble", False):
+        return got, {name: head.calibration_of(name) for name in module.outputs if name in got.members}
+    return got, {k: float(v.detach()) for k, v in head.parameters_dict().items()}
+
+
+def ensemble_columns(got: Any, target: str) -> dict[str, np.ndarray]:
+    """An ensemble's columns of target ``target``: ``y_std``, ``y_std_raw``, ``y_lower``, ``y_upper`` and each
+    member's prediction ``member_<i>`` (target unit)."""
+    columns = {f"y_{key}": got.uncertainty[f"{target}_{key}"] for key in ("std", "std_raw", "lower", "upper")}
+    columns.update({f"member_{i}": values for i, values in enumerate(got.members[target])})
+    return columns
 
 
 def _finish(prep: Prepared, opts: GNNOptions, keep: bool = False) -> None:
@@ -541,7 +556,8 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     config = run_config(cell, opts, prep, head, monitor, init_from)
     checkpoint, epochs = train(config)
     test_rows = np.arange(len(train_rows) + len(val), len(prep.table))
-    preds, extras, params = predict(checkpoint, prep, opts, test_rows)
+    got, params = predict(checkpoint, prep, opts, test_rows)
+    preds, extras = got.preds, {k: v for k, v in got.extras.items() if not k.endswith("_std")}
     _finish(prep, opts)
 
     columns: dict[str, np.ndarray] = {}
@@ -560,6 +576,10 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
         elif kind in ("single", "union") and opts.low_model and cell.regime == "structure_only":
             test_pred = low_model(cell, opts)[1]
             columns["low_pred"] = np.array([test_pred[str(i)] for i in cell.frame["id"].to_numpy()[cell.test_idx]])
+    if opts.ensemble and exp.kind == "regression":
+        columns.update(ensemble_columns(got, t))
+        info.update(level=float(opts.ensemble.get("level", 0.9)), calibration=params[t],
+                    constant_sigma=params[t]["constant_sigma"])
     if head["name"] == "elv":
         info["parameters"] = params
         for name, values in extras.items():
@@ -571,6 +591,6 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     return CellOutput(y_pred, columns, info)
 
 
-__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "entry_options", "gnn_options", "low_model",
+__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "ensemble_columns", "entry_options", "gnn_options", "low_model",
            "low_only_rows", "paired_shift_stats", "predict", "prepare", "run_config", "run_gnn_cell", "train",
            "validation_rows"]

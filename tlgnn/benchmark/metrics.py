@@ -49,4 +49,25 @@ def correction_metrics(y_true: np.ndarray, y_pred: np.ndarray, low_true: np.ndar
     return {"correction_mae": float(np.abs(error).mean()), "correction_rmse": float(np.sqrt((error**2).mean()))}
 
 
-__all__ = ["classification_metrics", "correction_metrics", "regression_metrics"]
+def cell_uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, columns: dict[str, np.ndarray],
+                             info: dict) -> dict[str, float]:
+    """A regression cell's uncertainty figures (:func:`tlgnn.uncertainty.uncertainty_metrics`) from its columns
+    ``y_std`` (calibrated, target unit), ``y_lower``/``y_upper`` (the interval at ``info["level"]``, default 0.9;
+    Gaussian from ``y_std`` if absent), ``y_std_raw`` (uncalibrated: ``coverage_raw``) and ``member_<i>`` (an
+    ensemble's members: ``mae_single``, their mean MAE); ``nll_constant`` with ``info["constant_sigma"]`` (the
+    validation RMSE; NaN without it)."""
+    from tlgnn.uncertainty import uncertainty_metrics
+
+    level = float(info.get("level", 0.9))
+    std = np.asarray(columns["y_std"], dtype=np.float64)
+    figures = uncertainty_metrics(y_true, y_pred, std, columns.get("y_lower"), columns.get("y_upper"), level=level,
+                                  constant_sigma=info.get("constant_sigma"))
+    if "y_std_raw" in columns:
+        figures["coverage_raw"] = uncertainty_metrics(y_true, y_pred, columns["y_std_raw"], level=level)["coverage"]
+    members = [np.asarray(v, dtype=np.float64) for k, v in columns.items() if k.startswith("member_")]
+    if members:
+        figures["mae_single"] = float(np.mean([np.abs(m - y_true).mean() for m in members]))
+    return {k: v for k, v in figures.items() if k not in ("n", "level")}
+
+
+__all__ = ["cell_uncertainty_metrics", "classification_metrics", "correction_metrics", "regression_metrics"]

@@ -26,7 +26,7 @@ from tlgnn.benchmark.config import ExperimentConfig, ModelEntry, TrainSize
 from tlgnn.benchmark.data import BenchmarkTable, load_table, require_columns
 from tlgnn.benchmark.folds import grouped_folds, learning_curve_order
 from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
-from tlgnn.benchmark.metrics import classification_metrics, correction_metrics
+from tlgnn.benchmark.metrics import cell_uncertainty_metrics, classification_metrics, correction_metrics
 from tlgnn.benchmark.models import CellInput, resolve_model
 from tlgnn.errors import TlgnnError
 from tlgnn.training.scores import regression_metrics
@@ -188,6 +188,8 @@ def _score(config: ExperimentConfig, frame: pd.DataFrame, test_idx: np.ndarray, 
             predictions["low_true"] = low_true
             if "low_pred" in output.columns:
                 metrics.update(correction_metrics(y_true, y_pred, low_true, output.columns["low_pred"]))
+        if "y_std" in output.columns:
+            metrics.update(cell_uncertainty_metrics(y_true, y_pred, output.columns, output.info))
     for name, values in output.columns.items():
         values = np.asarray(values)
         if values.shape[0] != len(test_idx):
