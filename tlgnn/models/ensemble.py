@@ -21,9 +21,18 @@ after training by :func:`tlgnn.training.calibrate.calibrate_module` (:func:`tlgn
 and kept in the ``calibration`` buffer [T, 4], so checkpoints carry it. Classification: the mean of the members' probabilities (``forward`` returns its log, which softmax
 maps back to it) and their std per class.
 
-Bootstrap (``bootstrap: true``): member i of a gradient-trained head is trained on a fixed random ~63.2 % of the
-training rows (the rows a bootstrap sample of n out of n contains, 1 - 1/e; chosen by hashing the row index and i),
-a tree member on a bootstrap sample of the rows drawn with replacement.
+Bootstrap (``bootstrap: true``): member i is trained on a fixed random ~63.2 % of the training rows (the rows a
+bootstrap sample of n out of n contains, 1 - 1/e; chosen by hashing the table row index and i, so the same rows
+every epoch, for gradient-trained and tree members alike). Each training row then has out-of-bag members, whose
+mean is a prediction for a row they never saw; with ``error_model`` (default: on with bootstrap) a small
+gradient-boosted model learns the out-of-bag |error| from the member inputs and the ensemble's mean (the
+"jackknife-after-bootstrap plus a model of the residuals" idea of the random-forest uncertainty in lolo), and
+the std becomes
+
+    σ = √((s_t σ_raw)² + (a_t σ_err(x))² + f_t²),   σ_err = √(π/2) · E|error|(x, μ)
+
+with (s_t, a_t, f_t) fitted on the validation split. σ_err grows where the ensemble erred on similar training
+materials, which the members' spread alone does not say (members that agree can all be wrong).
 """
 
 from __future__ import annotations
@@ -35,12 +44,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from tlgnn.models.boosting import BoosterOptions, fit_booster
 from tlgnn.models.encoders.base import Encoder, EncoderOutput
+from tlgnn.models.trees import TreeEnsemble, lightgbm_arrays
 
 CALIBRATIONS = ("scale", "conformal", "none")
 #: Columns of :attr:`EnsembleHead.calibration`: std scale s, floor f (task unit), conformal quantile q (NaN:
-#: unused), constant σ_c of the baseline (task unit, NaN: unknown).
-CALIBRATION_COLUMNS = ("scale", "floor", "quantile", "constant_sigma")
+#: unused), constant σ_c of the baseline (task unit, NaN: unknown), error-model scale a (0: unused).
+CALIBRATION_COLUMNS = ("scale", "floor", "quantile", "constant_sigma", "error_scale")
+#: LightGBM settings of the error models (small: they learn a smooth |error| surface from out-of-bag rows).
+ERROR_MODEL_OPTIONS = BoosterOptions(n_estimators=500, learning_rate=0.03, num_leaves=15, min_child_samples=20,
+                                     colsample=0.5, early_stopping_rounds=50, objective="regression", n_jobs=1)
 #: Share of the rows a bootstrap sample of n out of n contains (n -> inf): 1 - 1/e.
 BOOTSTRAP_SHARE = 1.0 - math.exp(-1.0)
 
@@ -49,7 +63,7 @@ def ensemble_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The checked ensemble spec of a model config (``None`` or ``members <= 1``: no ensemble)."""
     if not spec:
         return None
-    known = {"members", "bootstrap", "level", "calibration", "shared_encoder"}
+    known = {"members", "bootstrap", "level", "calibration", "shared_encoder", "error_model"}
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValueError(f"model.ensemble: unknown option {unknown[0]!r}; options: {', '.join(sorted(known))}")
@@ -64,8 +78,13 @@ def ensemble_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     calibration = spec.get("calibration", "scale")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"model.ensemble.calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
-    return {"members": members, "bootstrap": bool(spec.get("bootstrap", False)), "level": float(level),
-            "calibration": calibration, "shared_encoder": bool(spec.get("shared_encoder", False))}
+    bootstrap = bool(spec.get("bootstrap", False))
+    error_model = spec.get("error_model")
+    error_model = bootstrap if error_model is None else bool(error_model)
+    if error_model and not bootstrap:
+        raise ValueError("model.ensemble.error_model learns from out-of-bag errors: it needs bootstrap: true")
+    return {"members": members, "bootstrap": bootstrap, "level": float(level), "calibration": calibration,
+            "shared_encoder": bool(spec.get("shared_encoder", False)), "error_model": error_model}
 
 
 class EnsembleEncoder(Encoder):
@@ -132,8 +151,11 @@ class EnsembleHead(nn.Module):
         self.in_dim = first.in_dim if shared_input else first.in_dim * len(members)
         calibration = torch.zeros(len(self.tasks), len(CALIBRATION_COLUMNS))
         calibration[:, 0] = 1.0
-        calibration[:, 2:] = float("nan")
+        calibration[:, 2:4] = float("nan")
         self.register_buffer("calibration", calibration)
+        regression = [n for n in self.outputs if self.task_by_name[n].kind == "regression"]
+        # a model of the out-of-bag |error| per regression output (:mod:`tlgnn.models.trees`, buffers: no pickle)
+        self.error_models = nn.ModuleDict({n: TreeEnsemble() for n in regression} if spec["error_model"] else {})
 
     @property
     def k(self) -> int:
@@ -187,25 +209,61 @@ class EnsembleHead(nn.Module):
         return extras
 
     def uncertainty(self, enc: EncoderOutput, batch: Any = None) -> dict[str, dict[str, torch.Tensor]]:
-        """Per output ``{"mean", "std", "std_raw", "lower", "upper"}`` [B] (regression, physical units) or
-        ``{"mean", "std"}`` [B, C] (classification probabilities), and ``"members"``: [k, B(, C)]."""
+        """Per output ``{"mean", "std", "std_raw", "lower", "upper"}`` [B] (regression, physical units; with an
+        error model also ``"std_error"``, σ_err) or ``{"mean", "std"}`` [B, C] (classification probabilities), and
+        ``"members"``: [k, B(, C)]."""
         result = {}
+        inputs = self.error_inputs(enc, batch) if self.error_models else None
         for name, values in self.member_predictions(enc, batch).items():
             values = values.float()
             mean, raw = values.mean(0), values.std(0, unbiased=False)
             item = {"mean": mean, "std_raw": raw, "members": values}
             if values.dim() == 2:
-                item.update(self.interval(name, mean, raw))
+                error = self.error_std(name, inputs, mean)
+                if error is not None:
+                    item["std_error"] = error
+                item.update(self.interval(name, mean, raw, error))
             else:
                 item["std"] = raw
             result[name] = item
         return result
 
+    # ----------------------------------------------------------------- error model
+    def error_inputs(self, enc: EncoderOutput, batch: Any = None) -> torch.Tensor:
+        """What the error models read besides the ensemble's mean: the members' inputs (the embedding and the raw
+        context, as a tree head reads them), [B, f]."""
+        first = self.members[0]
+        if hasattr(first, "tree_inputs"):
+            return first.tree_inputs(enc, batch).double()
+        g = enc.graph_emb.double()
+        return torch.cat([g, first.raw_context(batch).double()], 1) if first.context_dim else g
+
+    def error_std(self, name: str, inputs: torch.Tensor | None, mean: torch.Tensor) -> torch.Tensor | None:
+        """σ_err of output ``name`` [B] (task unit): √(π/2) times the error model's E|error| at (inputs, μ), or
+        ``None`` without a fitted error model."""
+        model = self.error_models[name] if name in self.error_models else None
+        if model is None or inputs is None or model.num_trees == 0:
+            return None
+        x = torch.cat([inputs, mean.double()[:, None]], 1)
+        return (model(x).clamp_min(0.0) * math.sqrt(math.pi / 2.0)).to(mean.dtype)
+
+    def fit_error_model(self, name: str, x: Any, abs_error: Any, x_val: Any, abs_error_val: Any) -> dict[str, Any]:
+        """Fit output ``name``'s error model on rows ``x`` [n, f + 1] (error inputs and the mean) with targets
+        |error| [n] (out-of-bag), early-stopped on the validation rows."""
+        booster, info = fit_booster(x, abs_error, x_val, abs_error_val, ERROR_MODEL_OPTIONS,
+                                    f"error model of {name!r}")
+        self.error_models[name].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=info["best_iteration"])))
+        return info
+
     # ----------------------------------------------------------------- calibration
-    def interval(self, name: str, mean: torch.Tensor, raw_std: torch.Tensor) -> dict[str, torch.Tensor]:
+    def interval(self, name: str, mean: torch.Tensor, raw_std: torch.Tensor,
+                 error_std: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The calibrated std and the central interval at ``level`` of regression output ``name``."""
-        scale, floor, quantile, _ = self.calibration[self.task_index[name]].tolist()
-        std = torch.sqrt((raw_std * scale) ** 2 + floor ** 2)
+        scale, floor, quantile, _, error_scale = self.calibration[self.task_index[name]].tolist()
+        var = (raw_std * scale) ** 2 + floor ** 2
+        if error_std is not None:
+            var = var + (error_std * error_scale) ** 2
+        std = torch.sqrt(var)
         if math.isnan(quantile):
             quantile = float(torch.special.ndtri(torch.tensor((1.0 + self.level) / 2.0, dtype=torch.float64)))
         lower = mean - quantile * std
@@ -216,14 +274,15 @@ class EnsembleHead(nn.Module):
     def set_calibration(self, name: str, values: Mapping[str, float | None]) -> None:
         """Store task ``name``'s recalibration: ``values`` has the keys of :data:`CALIBRATION_COLUMNS` (``None``:
         unused / unknown; a missing scale is 1, a missing floor 0)."""
-        defaults = {"scale": 1.0, "floor": 0.0}
+        defaults = {"scale": 1.0, "floor": 0.0, "error_scale": 0.0}
         row = self.calibration[self.task_index[name]]
         for j, key in enumerate(CALIBRATION_COLUMNS):
             value = values.get(key, defaults.get(key))
             row[j] = float("nan") if value is None else float(value)
 
     def calibration_of(self, name: str) -> dict[str, float | None]:
-        """``{"scale", "floor", "quantile", "constant_sigma"}`` of task ``name`` (``None`` where unset)."""
+        """``{"scale", "floor", "quantile", "constant_sigma", "error_scale"}`` of task ``name`` (``None`` where
+        unset)."""
         values = self.calibration[self.task_index[name]].tolist()
         return {key: (None if math.isnan(v) else v) for key, v in zip(CALIBRATION_COLUMNS, values)}
 
@@ -252,16 +311,16 @@ class EnsembleHead(nn.Module):
     def combine_losses(self, per_task_losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.members[0].combine_losses(per_task_losses)
 
-    def fit_arrays(self, x, y, mask, x_val=None, y_val=None, mask_val=None) -> dict[str, Any]:
-        """Fit every member directly (tree heads); with ``bootstrap`` member i on rows drawn with replacement
-        (seeded by its seed). Returns ``{"members": [history, ...]}``."""
-        import numpy as np
-
+    def fit_arrays(self, x, y, mask, x_val=None, y_val=None, mask_val=None, idx=None) -> dict[str, Any]:
+        """Fit every member directly (tree heads); with ``bootstrap`` member i on its rows of ``idx`` [n] (table
+        rows, :func:`bootstrap_mask`). Returns ``{"members": [history, ...]}``."""
         histories = []
         for i, member in enumerate(self.members):
-            rows = np.arange(len(x))
+            rows = slice(None)
             if self.spec["bootstrap"]:
-                rows = np.random.default_rng(1000 + i).integers(0, len(x), len(x))
+                if idx is None:
+                    raise ValueError("a bootstrap ensemble of directly fitted heads needs the rows' table index (idx)")
+                rows = bootstrap_mask(torch.as_tensor(idx), i).numpy()
             histories.append(member.fit_arrays(x[rows], y[rows], mask[rows], x_val, y_val, mask_val))
         return {"members": histories}
 

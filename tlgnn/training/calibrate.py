@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.training.inference import Inference, predict_batches
@@ -32,13 +33,87 @@ def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> np.ndarra
     return got.mask[:, j].astype(bool)
 
 
-def calibrate_module(module: Any, loader: Any, log: Any = sys.stderr) -> dict[str, dict[str, float | None]]:
-    """Fit and store the recalibration of every regression output of ensemble ``module`` on ``loader`` (the
-    validation split). Returns ``{task: {"scale", "floor", "quantile", "constant_sigma", "n"}}``; a task without
-    validation labels keeps the raw spread (scale 1, floor 0)."""
+@torch.no_grad()
+def out_of_bag(module: Any, loader: Any) -> dict[str, Any]:
+    """Over ``loader`` (the training split, any order): the error models' inputs ``x`` [n, f], labels ``y`` [n, T]
+    and ``mask`` [n, T], and per regression output the out-of-bag mean ``oob[task]`` [n] (the mean of the
+    members whose bootstrap left the row out; NaN where every member saw it)."""
+    from tlgnn.embeddings import encoded_batches
+    from tlgnn.models.ensemble import bootstrap_mask
+
+    head = module.model.head
+    was_training = module.training
+    module.eval()
+    xs, ys, masks, oob = [], [], [], {}
+    try:
+        for batch, enc in encoded_batches(module.model, loader, module.device):
+            idx = batch.idx.reshape(-1)
+            left_out = ~torch.stack([bootstrap_mask(idx, i) for i in range(head.k)]).to(enc.graph_emb.device)
+            count = left_out.sum(0)
+            for name, values in head.member_predictions(enc, batch).items():
+                if values.dim() != 2:
+                    continue
+                total = (values.double() * left_out).sum(0)
+                mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+                oob.setdefault(name, []).append(mean.cpu().numpy())
+            xs.append(head.error_inputs(enc, batch).cpu().numpy())
+            ys.append(batch.y.float().cpu().numpy())
+            masks.append(batch.y_mask.bool().cpu().numpy())
+    finally:
+        module.train(was_training)
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "mask": np.concatenate(masks),
+            "oob": {k: np.concatenate(v) for k, v in oob.items()}}
+
+
+def fit_error_models(module: Any, train_loader: Any, val_loader: Any) -> dict[str, dict[str, Any]]:
+    """Fit each regression output's error model (:meth:`EnsembleHead.fit_error_model`) on the out-of-bag
+    |error| of the training rows, early-stopped on the validation rows' |error|. Returns the fit info per task."""
+    head = module.model.head
+    tasks = [t.name for t in module.tasks]
+    train, val = out_of_bag(module, train_loader), _validation_arrays(module, val_loader)
+    info = {}
+    for name in head.error_models:
+        j = tasks.index(name)
+        rows = train["mask"][:, j] & np.isfinite(train["oob"][name])
+        vrows = val["mask"][:, j]
+        if rows.sum() < 10:
+            continue
+        x = np.column_stack([train["x"][rows], train["oob"][name][rows]])
+        xv = np.column_stack([val["x"][vrows], val["mean"][name][vrows]])
+        info[name] = head.fit_error_model(name, x, np.abs(train["y"][rows, j] - train["oob"][name][rows]), xv,
+                                          np.abs(val["y"][vrows, j] - val["mean"][name][vrows]))
+    return info
+
+
+@torch.no_grad()
+def _validation_arrays(module: Any, loader: Any) -> dict[str, Any]:
+    """The error models' inputs, labels, mask and the ensemble mean per output over ``loader``."""
+    from tlgnn.embeddings import encoded_batches
+
+    head = module.model.head
+    xs, ys, masks, means = [], [], [], {}
+    for batch, enc in encoded_batches(module.model, loader, module.device):
+        for name, values in head.member_predictions(enc, batch).items():
+            if values.dim() == 2:
+                means.setdefault(name, []).append(values.double().mean(0).cpu().numpy())
+        xs.append(head.error_inputs(enc, batch).cpu().numpy())
+        ys.append(batch.y.float().cpu().numpy())
+        masks.append(batch.y_mask.bool().cpu().numpy())
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "mask": np.concatenate(masks),
+            "mean": {k: np.concatenate(v) for k, v in means.items()}}
+
+
+def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
+                     log: Any = sys.stderr) -> dict[str, dict[str, float | None]]:
+    """Fit and store the recalibration of every regression output of ensemble ``module`` on ``val_loader`` (the
+    validation split), after its error models (``model.ensemble.error_model``) on ``train_loader`` (the
+    training split). Returns ``{task: {"scale", "floor", "quantile", "constant_sigma", "error_scale", "n"}}``; a
+    task without validation labels keeps the raw spread (scale 1, floor 0)."""
     head = module.model.head
     spec = head.spec
-    got = predict_batches(module, loader)
+    if head.error_models and train_loader is not None:
+        fit_error_models(module, train_loader, val_loader)
+    got = predict_batches(module, val_loader)
     tasks = list(module.tasks)
     fitted: dict[str, dict[str, float | None]] = {}
     for name in module.outputs:
@@ -51,12 +126,15 @@ def calibrate_module(module: Any, loader: Any, log: Any = sys.stderr) -> dict[st
             fitted[name] = {**head.calibration_of(name), "n": int(rows.sum())}
             continue
         y = got.y[rows, tasks.index(task)]
+        error = got.uncertainty.get(f"{name}_std_error")
         calibration = fit_calibration(y, got.preds[name][rows], got.uncertainty[f"{name}_std_raw"][rows],
-                                      level=spec["level"], method=spec["calibration"])
+                                      level=spec["level"], method=spec["calibration"],
+                                      error_std=None if error is None else error[rows])
         head.set_calibration(name, calibration.to_dict())
         fitted[name] = {**head.calibration_of(name), "n": int(rows.sum())}
     if log is not None and fitted:
         parts = [f"{name}: scale {v['scale']:.3g}, floor {v['floor']:.3g}"
+                 + (f", error model {v['error_scale']:.3g}" if v["error_scale"] else "")
                  + (f", conformal q {v['quantile']:.3g}" if v["quantile"] else "") for name, v in fitted.items()]
         print(f"tlgnn: ensemble of {head.k} calibrated on {len(got.ids)} validation materials ({'; '.join(parts)})",
               file=log)

@@ -67,30 +67,34 @@ def attach_cached_embeddings(config: Any, module: Any, dm: Any) -> bool:
     return True
 
 
-def head_arrays(module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(inputs [n, f], y [n, T], y_mask [n, T])`` of a directly fitted head (``head.tree_inputs``: the stored
-    embedding and the head's context) over every batch of ``loader``."""
+def head_arrays(module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(inputs [n, f], y [n, T], y_mask [n, T], idx [n])`` of a directly fitted head (``head.tree_inputs``: the
+    stored embedding and the head's context; ``idx``: the rows' table index) over every batch of ``loader``."""
     from tlgnn.embeddings import encoded_batches
 
     head = module.model.head
-    xs, ys, masks = [], [], []
+    xs, ys, masks, rows = [], [], [], []
     for batch, enc in encoded_batches(module.model, loader, module.device):
         xs.append(head.tree_inputs(enc, batch).float().cpu().numpy())
         ys.append(batch.y.float().cpu().numpy())
         masks.append(batch.y_mask.bool().cpu().numpy())
+        rows.append(batch.idx.reshape(-1).cpu().numpy())
     n_tasks = len(module.tasks)
     if not xs:
-        return np.zeros((0, 0), np.float32), np.zeros((0, n_tasks), np.float32), np.zeros((0, n_tasks), bool)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(masks)
+        return (np.zeros((0, 0), np.float32), np.zeros((0, n_tasks), np.float32), np.zeros((0, n_tasks), bool),
+                np.zeros(0, np.int64))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(masks), np.concatenate(rows)
 
 
 def fit_head_directly(module: Any, dm: Any) -> dict[str, Any]:
     """Fit a head that is not trained by gradient steps (``head.fits_directly``, e.g. the tree head) on the
     training split's stored embeddings, validated on the validation split; returns the head's fit history."""
     module.eval()
-    x, y, mask = head_arrays(module, dm.train_dataloader())
-    x_val, y_val, mask_val = head_arrays(module, dm.val_dataloader())
-    history = module.model.head.fit_arrays(x, y, mask, x_val, y_val, mask_val)
+    x, y, mask, idx = head_arrays(module, dm.train_dataloader())
+    x_val, y_val, mask_val, _ = head_arrays(module, dm.val_dataloader())
+    head = module.model.head
+    rows = {"idx": idx} if getattr(head, "is_ensemble", False) else {}  # an ensemble's bootstrap rows
+    history = head.fit_arrays(x, y, mask, x_val, y_val, mask_val, **rows)
     print(f"tlgnn: {module.hparams['model']['head']['name']} head fitted on {len(x)} training rows "
           f"({x.shape[1]} inputs), validated on {len(x_val)}", file=sys.stderr)
     return dict(history or {})

@@ -27,8 +27,8 @@ class Inference:
     all False where the batches carry none). ``extras``: the head's :meth:`~tlgnn.models.heads.base.Head.extras`
     (``{name: [n]}``) when asked for. ``embeddings``: graph embeddings [n, d] when asked for.
     ``uncertainty`` (an ensemble, :mod:`tlgnn.models.ensemble`): regression ``<task>_std`` (calibrated),
-    ``<task>_std_raw`` (the members' spread), ``<task>_lower`` / ``<task>_upper`` (the calibrated central
-    interval) [n], physical units; classification ``<task>_std`` [n, C] (spread of the class probabilities).
+    ``<task>_std_raw`` (the members' spread), ``<task>_std_error`` (the error model's σ, if it has one),
+    ``<task>_lower`` / ``<task>_upper`` (the calibrated central interval) [n], physical units; classification ``<task>_std`` [n, C] (spread of the class probabilities).
     ``members``: ``{task: [k, n(, C)]}`` the members' own predictions (an ensemble only).
     """
 
@@ -113,7 +113,7 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
                 for name, item in model.head.uncertainty(enc, batch).items():
                     preds.setdefault(name, []).append(item["mean"].cpu().numpy())
                     spread.setdefault(name, []).append(item["members"].cpu().numpy())
-                    for key in ("std", "std_raw", "lower", "upper"):
+                    for key in ("std", "std_raw", "std_error", "lower", "upper"):
                         if key in item:
                             more_u.setdefault(f"{name}_{key}", []).append(item[key].cpu().numpy())
             elif predict:

@@ -117,7 +117,7 @@ def prediction_frame(
     for name, column in prediction_columns(preds, tasks).items():
         frame[name] = column
     for task in tasks:
-        for key in ("std", "std_raw", "lower", "upper"):
+        for key in ("std", "std_raw", "std_error", "lower", "upper"):
             values = (uncertainty or {}).get(f"{task.name}_{key}")
             if values is None:
                 continue

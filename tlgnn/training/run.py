@@ -293,7 +293,7 @@ def _calibrated_best(result: FitResult, dm: Any) -> TransferModule:
     """An ensemble's best module recalibrated on the validation split (:func:`calibrate_module`); ``best.ckpt``
     is rewritten as a compact checkpoint holding the calibration (``last.ckpt`` stays the resume point)."""
     best = result.best_module()
-    fitted = calibrate_module(best, dm.val_dataloader())
+    fitted = calibrate_module(best, dm.val_dataloader(), _ordered_training_loader(dm))
     if result.best_checkpoint is not None:
         export_checkpoint(best, result.best_checkpoint, info={"calibration": fitted, "epochs": result.epochs})
     return best
@@ -307,7 +307,7 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
     _report_data(dm, out)
     history = fit_head_directly(module, dm)
     if is_ensemble_module(module):
-        history["calibration"] = calibrate_module(module, dm.val_dataloader())
+        history["calibration"] = calibrate_module(module, dm.val_dataloader(), _ordered_training_loader(dm))
     best = export_checkpoint(module, out / "checkpoints" / "best.ckpt", info={"fit": history})
     last = export_checkpoint(module, out / "checkpoints" / "last.ckpt", info={"fit": history})
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last, epochs=0, steps=0, module=module)
@@ -317,6 +317,13 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
         result.test = _evaluate(trainer, module, dm, out, None, loggers, checkpoint_label=str(best))
     close_loggers(loggers)
     return result
+
+
+def _ordered_training_loader(dm: Any) -> Any:
+    """The training split in table order (no shuffling): what an ensemble's error models learn from."""
+    from tlgnn.data.loader import graph_loader
+
+    return graph_loader(dm.train_set, batch_size=dm.config.batch_size, shuffle=False)
 
 
 def _kept_checkpoints(ckpt_dir: Path) -> str:

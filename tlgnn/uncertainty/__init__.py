@@ -12,6 +12,7 @@ from tlgnn.uncertainty.calibration import (
     fit_conformal_quantile,
     fit_scale_and_floor,
     fit_std_scale,
+    fit_variance,
 )
 from tlgnn.uncertainty.metrics import (
     calibration_curve,
@@ -42,6 +43,7 @@ __all__ = [
     "fit_conformal_quantile",
     "fit_scale_and_floor",
     "fit_std_scale",
+    "fit_variance",
     "gaussian_interval",
     "gaussian_nll",
     "interval_coverage",

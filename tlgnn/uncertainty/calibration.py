@@ -19,13 +19,15 @@ Rows where y, mean or std is NaN are ignored by every fit.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
 
 METHODS = ("scale", "conformal", "none")
+#: Validation rows (with a non-zero error) below which a spread and an error model's σ get one common scale.
+MIN_ROWS_PER_COMPONENT = 50
 
 
 def _residual_rows(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,28 +51,46 @@ def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     return float(np.sqrt(np.mean((error / std) ** 2)))
 
 
-def _nll_terms(error: np.ndarray, std: np.ndarray, log_scale: float, log_floor: float) -> float:
-    var = (math.exp(log_scale) * std) ** 2 + math.exp(2.0 * log_floor)
+def _nll(error: np.ndarray, stds: list[np.ndarray], log_coefs: np.ndarray) -> float:
+    """Mean Gaussian NLL of ``error`` under the variance Σ_j (c_j σ_j)² + f², ``log_coefs`` = log(c..., f)."""
+    coefs = np.exp(log_coefs)
+    var = coefs[-1] ** 2 + sum((c * sd) ** 2 for c, sd in zip(coefs[:-1], stds))
     return float(np.mean(0.5 * np.log(2.0 * np.pi * var) + error ** 2 / (2.0 * var)))
 
 
-def fit_scale_and_floor(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[float, float]:
-    """``(s, f)`` maximising the likelihood of y under N(mean, (s·std)² + f²) on the rows without NaN (std may be
-    0 there). s is dimensionless, f in the unit of y. ``(1.0, 0.0)`` when there are fewer than 2 rows."""
+def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray]) -> tuple[list[float], float]:
+    """``([c_1, ...], f)`` maximising the likelihood of y under N(mean, Σ_j (c_j σ_j)² + f²) on the rows without
+    NaN and with a non-zero error (a σ_j may be 0 there): one dimensionless scale per std component (e.g. an ensemble's spread and an error
+    model's σ) and a floor f in the unit of y. ``([1, ...], 0)`` with fewer than 2 rows."""
     from scipy.optimize import minimize
 
-    y, mean, std = (np.asarray(a, dtype=float).ravel() for a in (y, mean, std))
-    keep = ~(np.isnan(y) | np.isnan(mean) | np.isnan(std))
-    error, std = np.abs(y[keep] - mean[keep]), std[keep]
+    y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
+    stds = [np.asarray(sd, dtype=float).ravel() for sd in stds]
+    keep = ~(np.isnan(y) | np.isnan(mean))
+    for sd in stds:
+        keep &= ~np.isnan(sd)
+    # exact hits (a band gap of a metal predicted exactly 0 by every member) carry no information on the scale and
+    # would reward a variance of 0 without bound: they are left out of the fit
+    keep &= np.abs(y - mean) > 0
+    error, stds = np.abs(y[keep] - mean[keep]), [sd[keep] for sd in stds]
     if error.size < 2:
-        return 1.0, 0.0
+        return [1.0] * len(stds), 0.0
     rmse = float(np.sqrt(np.mean(error ** 2))) or 1e-6
-    s0 = fit_std_scale(error, np.zeros_like(error), std) if (std > 0).any() else 1.0
-    start = np.array([math.log(max(s0, 1e-3)), math.log(0.1 * rmse)])
-    found = minimize(lambda p: _nll_terms(error, std, p[0], p[1]), start, method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 2000})
-    log_scale, log_floor = (found.x if found.success or found.fun < _nll_terms(error, std, *start) else start)
-    return float(math.exp(log_scale)), float(math.exp(log_floor))
+    start = [math.log(max(fit_std_scale(error, np.zeros_like(error), sd), 1e-3)) - math.log(len(stds))
+             if (sd > 0).any() else math.log(1e-3) for sd in stds]
+    start = np.array(start + [math.log(0.1 * rmse)])
+    found = minimize(lambda p: _nll(error, stds, p), start, method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
+    best = found.x if found.fun <= _nll(error, stds, start) else start
+    coefs = np.exp(best)
+    return [float(c) for c in coefs[:-1]], float(coefs[-1])
+
+
+def fit_scale_and_floor(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[float, float]:
+    """``(s, f)`` maximising the likelihood of y under N(mean, (s·std)² + f²) (:func:`fit_variance` with one
+    component): s dimensionless, f in the unit of y; ``(1.0, 0.0)`` with fewer than 2 rows."""
+    scales, floor = fit_variance(y, mean, [std])
+    return scales[0], floor
 
 
 def fit_conformal_quantile(y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9) -> float:
@@ -107,16 +127,21 @@ class Calibration:
     level: float = 0.9
     constant_sigma: float | None = None
     floor: float = 0.0
+    error_scale: float = 0.0
 
-    def std(self, raw_std: np.ndarray) -> np.ndarray:
-        """The recalibrated std √((scale·raw_std)² + floor²) (unit of y)."""
-        return np.hypot(self.scale * np.asarray(raw_std, dtype=float), self.floor)
+    def std(self, raw_std: np.ndarray, error_std: np.ndarray | None = None) -> np.ndarray:
+        """The recalibrated std √((scale·raw_std)² + (error_scale·error_std)² + floor²) (unit of y)."""
+        var = (self.scale * np.asarray(raw_std, dtype=float)) ** 2 + self.floor ** 2
+        if error_std is not None:
+            var = var + (self.error_scale * np.asarray(error_std, dtype=float)) ** 2
+        return np.sqrt(var)
 
-    def interval(self, mean: np.ndarray, raw_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, mean: np.ndarray, raw_std: np.ndarray,
+                 error_std: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) at ``level``: mean ∓ q·σ_cal when conformal (±inf when q is inf), else the central
         Gaussian interval mean ∓ z·σ_cal with z = Φ⁻¹((1 + level)/2)."""
         mean = np.asarray(mean, dtype=float)
-        std = self.std(raw_std)
+        std = self.std(raw_std, error_std)
         if self.quantile is None:
             half = stats.norm.ppf((1.0 + self.level) / 2.0) * std
         elif math.isinf(self.quantile):
@@ -140,14 +165,17 @@ class Calibration:
 
 
 def fit_calibration(
-    y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9, method: str = "scale"
+    y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9, method: str = "scale",
+    error_std: np.ndarray | None = None,
 ) -> Calibration:
     """Fit a :class:`Calibration` on validation arrays with ``method``:
 
-    - ``"scale"``: scale and floor = :func:`fit_scale_and_floor`, quantile None (Gaussian intervals);
-    - ``"conformal"``: the same scale and floor, and the quantile :func:`fit_conformal_quantile` at ``level`` of
-      the residuals normalised by σ_cal (intervals mean ± q·σ_cal);
-    - ``"none"``: scale 1, floor 0, quantile None.
+    - ``"scale"``: scale, floor (and with ``error_std``, a second std component such as an error model's σ, its
+      error_scale) = :func:`fit_variance`, quantile None (Gaussian intervals); with fewer than
+      :data:`MIN_ROWS_PER_COMPONENT` rows the two components share one scale;
+    - ``"conformal"``: the same, and the quantile :func:`fit_conformal_quantile` at ``level`` of the residuals
+      normalised by σ_cal (intervals mean ± q·σ_cal);
+    - ``"none"``: scale 1, floor 0, quantile None (error_scale 1 with ``error_std``).
 
     ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case.
     """
@@ -157,12 +185,20 @@ def fit_calibration(
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     sigma = constant_sigma(y, mean)
     if method == "none":
-        return Calibration(level=float(level), constant_sigma=sigma)
-    scale, floor = fit_scale_and_floor(y, mean, std)
-    fitted = Calibration(scale=scale, floor=floor, level=float(level), constant_sigma=sigma)
+        return Calibration(level=float(level), constant_sigma=sigma, error_scale=0.0 if error_std is None else 1.0)
+    n_fit = int(np.sum(np.isfinite(np.asarray(y, dtype=float)) & (np.abs(np.asarray(y, dtype=float)
+                                                                           - np.asarray(mean, dtype=float)) > 0)))
+    if error_std is not None and n_fit < MIN_ROWS_PER_COMPONENT:
+        # too few rows to weigh the two components apart: one scale for their sum, and the floor
+        scales, floor = fit_variance(y, mean, [np.hypot(std, error_std)])
+        scales = [scales[0], scales[0]]
+    else:
+        scales, floor = fit_variance(y, mean, [std] if error_std is None else [std, error_std])
+    fitted = Calibration(scale=scales[0], floor=floor, level=float(level), constant_sigma=sigma,
+                         error_scale=scales[1] if error_std is not None else 0.0)
     if method == "conformal":
-        quantile = fit_conformal_quantile(y, mean, fitted.std(std), level)
-        fitted = Calibration(scale=scale, floor=floor, quantile=quantile, level=float(level), constant_sigma=sigma)
+        quantile = fit_conformal_quantile(y, mean, fitted.std(std, error_std), level)
+        fitted = replace(fitted, quantile=quantile)
     return fitted
 
 
@@ -174,4 +210,5 @@ __all__ = [
     "fit_conformal_quantile",
     "fit_scale_and_floor",
     "fit_std_scale",
+    "fit_variance",
 ]
