@@ -125,6 +125,15 @@ def bootstrap_mask(idx: torch.Tensor, member: int) -> torch.Tensor:
     return (h.double() / 4294967296.0) < BOOTSTRAP_SHARE
 
 
+def out_of_bag_mean(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The mean over the members whose bootstrap left each row out: ``values`` [k, B] (member predictions),
+    ``idx`` [B] (table rows) -> [B] float64, NaN where every member saw the row."""
+    left_out = ~torch.stack([bootstrap_mask(idx.reshape(-1), i) for i in range(values.shape[0])]).to(values.device)
+    count = left_out.sum(0)
+    total = (values.double() * left_out).sum(0)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
 class EnsembleHead(nn.Module):
     """k heads of one kind predicting together; ``forward`` is their mean (see the module docstring).
 
@@ -349,4 +358,4 @@ def is_ensemble(head: Any) -> bool:
 
 
 __all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "EnsembleEncoder", "EnsembleHead",
-           "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options"]
+           "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options", "out_of_bag_mean"]

@@ -39,7 +39,7 @@ def out_of_bag(module: Any, loader: Any) -> dict[str, Any]:
     and ``mask`` [n, T], and per regression output the out-of-bag mean ``oob[task]`` [n] (the mean of the
     members whose bootstrap left the row out; NaN where every member saw it)."""
     from tlgnn.embeddings import encoded_batches
-    from tlgnn.models.ensemble import bootstrap_mask
+    from tlgnn.models.ensemble import out_of_bag_mean
 
     head = module.model.head
     was_training = module.training
@@ -47,15 +47,9 @@ def out_of_bag(module: Any, loader: Any) -> dict[str, Any]:
     xs, ys, masks, oob = [], [], [], {}
     try:
         for batch, enc in encoded_batches(module.model, loader, module.device):
-            idx = batch.idx.reshape(-1)
-            left_out = ~torch.stack([bootstrap_mask(idx, i) for i in range(head.k)]).to(enc.graph_emb.device)
-            count = left_out.sum(0)
             for name, values in head.member_predictions(enc, batch).items():
-                if values.dim() != 2:
-                    continue
-                total = (values.double() * left_out).sum(0)
-                mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-                oob.setdefault(name, []).append(mean.cpu().numpy())
+                if values.dim() == 2:
+                    oob.setdefault(name, []).append(out_of_bag_mean(values, batch.idx).cpu().numpy())
             xs.append(head.error_inputs(enc, batch).cpu().numpy())
             ys.append(batch.y.float().cpu().numpy())
             masks.append(batch.y_mask.bool().cpu().numpy())
