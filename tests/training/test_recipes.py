@@ -12,6 +12,7 @@ import yaml
 from tlgnn.data import TaskSpec
 from tlgnn.models import build_model
 from tlgnn.training.config import check_model_options, load_run_config
+from tlgnn.training.run import ensemble_of
 
 from support.paths import ROOT
 
@@ -35,9 +36,12 @@ def test_recipe_builds_its_model_on_the_staged_tasks(path):
     assert set(config.data.tasks) <= set(declared), path
     tasks = [TaskSpec(name, "regression", unit="eV", fidelity=declared[name].get("fidelity"))
              for name in config.data.tasks]
-    model = build_model(config.model.encoder, config.model.head, tasks)
-    head = model.head
-    assert head.fits_directly and config.model.finetune.freeze == "encoder"
+    ensemble = ensemble_of(config)["ensemble"]  # a calibrated ensemble by default (issue 17)
+    assert ensemble["members"] >= 5 and ensemble["bootstrap"] and ensemble["shared_encoder"]
+    model = build_model(config.model.encoder, config.model.head, tasks, ensemble)
+    assert model.head.fits_directly and model.head.error_models
+    head = model.head.members[0]
+    assert config.model.finetune.freeze == "encoder"
     assert head.chain == ["gap_pbe_mp", "gap_hse"]
     # the PBE-known recipe reads the known PBE gap (tlgnn predict --known); the structure-only ones do not
     assert head.reads_known() == (["gap_pbe_mp"] if "known" in path.stem else [])

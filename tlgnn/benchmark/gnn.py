@@ -457,7 +457,7 @@ def low_model(cell: CellInput, opts: GNNOptions) -> tuple[Path, dict[str, float]
     config = run_config(cell, opts, prep, {"name": "single", "task": exp.low}, f"val/{exp.low}/mae")
     checkpoint, epochs = train(config)
     test_rows = np.arange(len(train_rows) + len(val), len(prep.table))
-    pred = predict(checkpoint, prep, opts, test_rows)[0][exp.low]
+    pred = predict(checkpoint, prep, opts, test_rows)[0].preds[exp.low]
     ids = prep.table.frame["material_id"].to_numpy()[test_rows]
     test_pred = {str(i): float(v) for i, v in zip(ids, pred)}
     done.write_text(json.dumps({"checkpoint": str(checkpoint), "epochs": epochs, "n_train": int(len(train_rows)),
