@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.benchmark.best import best_section
+from tlgnn.benchmark.uncertainty import uncertainty_section
 from tlgnn.benchmark.kinds import cell_version, is_current, kind_version
 
 BEGIN = "<!-- BEGIN GENERATED: scripts/benchmarks/transfer.py report -->"
@@ -251,9 +252,9 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
         lines.append(outdated_section(outdated))
     if configs:
         lines.append(coverage_section(coverage(configs, cells, quick=bool(cells["quick"].all()))))
-    headline = best_section(summary)
-    if headline:
-        lines.append(headline)
+    for section in (best_section(summary), uncertainty_section(summary)):
+        if section:
+            lines.append(section)
     for experiment in sorted(cells["experiment"].unique()):
         lines.append(experiment_section(summary, cells, experiment, Path(figures), figures_rel))
     return "\n\n".join(lines)

@@ -1,6 +1,6 @@
 """Deep ensembles as one model: k members that differ by seed (and optionally by bootstrap), one artefact.
 
-``model.ensemble: {members: k, bootstrap: bool, level: 0.9, calibration: scale | conformal | none}`` builds a
+``model.ensemble: {members: k, bootstrap: bool, level: 0.9, calibration: conformal | scale | none, error_model}`` builds a
 :class:`~tlgnn.models.TransferModel` whose encoder and head hold the k members:
 
 - the **encoder** is shared when it stays frozen (``shared_encoder``: the members read one embedding, so a frozen
@@ -75,7 +75,7 @@ def ensemble_spec(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     level = spec.get("level", 0.9)
     if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
         raise ValueError(f"model.ensemble.level must be a number in (0, 1), got {level!r}")
-    calibration = spec.get("calibration", "scale")
+    calibration = spec.get("calibration", "conformal")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"model.ensemble.calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     bootstrap = bool(spec.get("bootstrap", False))

@@ -97,15 +97,19 @@ class EnsembleConfig:
         bootstrap: each member trains on its own bootstrap of the training rows, not only its own seed.
         level: the central interval ``<task>_lower``/``<task>_upper`` covers this share of unseen materials
             once calibrated (0.9).
-        calibration: how the spread is recalibrated on the validation split after training: ``scale`` (the
-            std is multiplied by the factor that maximises the Gaussian likelihood), ``conformal`` (the interval
-            is mean ± q·std, q the split-conformal quantile of |error| / std) or ``none``.
+        calibration: how the spread is recalibrated on the validation split after training: the std's scale (and
+            floor, and the error model's weight) of maximum Gaussian likelihood in every case, then the interval
+            ``conformal`` (mean ± q·std, q the split-conformal quantile of |error| / std: covers ``level`` of new
+            materials whatever the shape of the errors, even from a small validation split) or ``scale`` (the
+            Gaussian interval mean ± z·std), or ``none`` (the raw spread).
+        error_model: learn the out-of-bag |error| of the training rows (needs ``bootstrap``; default: on with it).
     """
 
     members: int = 1
     bootstrap: bool = False
     level: float = 0.9
-    calibration: Literal["scale", "conformal", "none"] = "scale"
+    calibration: Literal["conformal", "scale", "none"] = "conformal"
+    error_model: bool | None = None
 
     def validate(self) -> None:
         if self.members < 1:

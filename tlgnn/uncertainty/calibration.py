@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 METHODS = ("scale", "conformal", "none")
-#: Validation rows (with a non-zero error) below which a spread and an error model's σ get one common scale.
+#: Validation rows (with a non-zero error) below which the std components get one common scale and no floor.
 MIN_ROWS_PER_COMPONENT = 50
 
 
@@ -58,10 +58,12 @@ def _nll(error: np.ndarray, stds: list[np.ndarray], log_coefs: np.ndarray) -> fl
     return float(np.mean(0.5 * np.log(2.0 * np.pi * var) + error ** 2 / (2.0 * var)))
 
 
-def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray]) -> tuple[list[float], float]:
+def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray],
+                 floor: bool = True) -> tuple[list[float], float]:
     """``([c_1, ...], f)`` maximising the likelihood of y under N(mean, Σ_j (c_j σ_j)² + f²) on the rows without
-    NaN and with a non-zero error (a σ_j may be 0 there): one dimensionless scale per std component (e.g. an ensemble's spread and an error
-    model's σ) and a floor f in the unit of y. ``([1, ...], 0)`` with fewer than 2 rows."""
+    NaN and with a non-zero error (a σ_j may be 0 there): one dimensionless scale per std component (e.g. an
+    ensemble's spread and an error model's σ) and a floor f in the unit of y (``floor=False``: f = 0, unless
+    every component is 0 on some row). ``([1, ...], 0)`` with fewer than 2 rows."""
     from scipy.optimize import minimize
 
     y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
@@ -78,6 +80,10 @@ def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray]) -> tup
     rmse = float(np.sqrt(np.mean(error ** 2))) or 1e-6
     start = [math.log(max(fit_std_scale(error, np.zeros_like(error), sd), 1e-3)) - math.log(len(stds))
              if (sd > 0).any() else math.log(1e-3) for sd in stds]
+    if not floor and (sum(sd ** 2 for sd in stds) > 0).all():
+        found = minimize(lambda p: _nll(error, stds, np.append(p, -700.0)), np.array(start), method="Nelder-Mead",
+                         options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
+        return [float(c) for c in np.exp(found.x)], 0.0
     start = np.array(start + [math.log(0.1 * rmse)])
     found = minimize(lambda p: _nll(error, stds, p), start, method="Nelder-Mead",
                      options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
@@ -172,7 +178,8 @@ def fit_calibration(
 
     - ``"scale"``: scale, floor (and with ``error_std``, a second std component such as an error model's σ, its
       error_scale) = :func:`fit_variance`, quantile None (Gaussian intervals); with fewer than
-      :data:`MIN_ROWS_PER_COMPONENT` rows the two components share one scale;
+      :data:`MIN_ROWS_PER_COMPONENT` rows the components share one scale and the floor is 0 (unless some row's
+      std is 0: a floor is then fitted too);
     - ``"conformal"``: the same, and the quantile :func:`fit_conformal_quantile` at ``level`` of the residuals
       normalised by σ_cal (intervals mean ± q·σ_cal);
     - ``"none"``: scale 1, floor 0, quantile None (error_scale 1 with ``error_std``).
@@ -188,9 +195,10 @@ def fit_calibration(
         return Calibration(level=float(level), constant_sigma=sigma, error_scale=0.0 if error_std is None else 1.0)
     n_fit = int(np.sum(np.isfinite(np.asarray(y, dtype=float)) & (np.abs(np.asarray(y, dtype=float)
                                                                            - np.asarray(mean, dtype=float)) > 0)))
-    if error_std is not None and n_fit < MIN_ROWS_PER_COMPONENT:
-        # too few rows to weigh the two components apart: one scale for their sum, and the floor
-        scales, floor = fit_variance(y, mean, [np.hypot(std, error_std)])
+    if n_fit < MIN_ROWS_PER_COMPONENT:
+        # too few rows to weigh components apart: one scale for their sum, and no floor unless it is needed
+        combined = std if error_std is None else np.hypot(std, error_std)
+        scales, floor = fit_variance(y, mean, [combined], floor=False)
         scales = [scales[0], scales[0]]
     else:
         scales, floor = fit_variance(y, mean, [std] if error_std is None else [std, error_std])
