@@ -67,7 +67,7 @@ def cell_uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, columns: di
     members = [np.asarray(v, dtype=np.float64) for k, v in columns.items() if k.startswith("member_")]
     if members:
         figures["mae_single"] = float(np.mean([np.abs(m - y_true).mean() for m in members]))
-    return {k: v for k, v in figures.items() if k not in ("n", "level")}
+    return {k: v for k, v in figures.items() if k not in ("n", "level") and np.isfinite(v)}  # NaN: not defined
 
 
 __all__ = ["cell_uncertainty_metrics", "classification_metrics", "correction_metrics", "regression_metrics"]
