@@ -508,6 +508,32 @@ def paired_shift_stats(cell: CellInput, rows: np.ndarray) -> tuple[float, float]
     return mean + math.log(-math.expm1(-mean)), max(float(delta.std()), 0.01)
 
 
+def low_columns(cell: CellInput, kind: str, opts: GNNOptions, tasks: list[str], preds: dict[str, np.ndarray],
+                extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A regression cell's columns about the low fidelity ``P``: ``low_pred`` (the model's own or the fold's
+    ``P`` model's prediction, for the correction metric), ``delta_pred`` and ``low_used`` where the kind has them."""
+    exp = cell.experiment
+    t, p = exp.target, exp.low
+    columns: dict[str, np.ndarray] = {}
+    if exp.kind != "regression" or p is None:
+        return columns
+    if kind == "difference":
+        delta = extras[f"delta_{t}"]
+        columns["delta_pred"] = delta
+        columns["low_used"] = preds[t] - delta
+        if cell.regime == "structure_only":
+            columns["low_pred"] = preds[p]
+    elif kind == "elv" and p in tasks:
+        columns["low_pred"] = preds[p]
+        columns["delta_pred"] = preds[t] - preds[p]
+    elif kind in ("multitask", "fidelity"):
+        columns["low_pred"] = preds[p]
+    elif kind in ("single", "union") and opts.low_model and cell.regime == "structure_only":
+        test_pred = low_model(cell, opts)[1]
+        columns["low_pred"] = np.array([test_pred[str(i)] for i in cell.frame["id"].to_numpy()[cell.test_idx]])
+    return columns
+
+
 def run_gnn_cell(cell: CellInput) -> CellOutput:
     """Train the cell's GNN kind on the training folds and predict the scarce target of ``cell.test_idx``."""
     kind = _kind(cell)
@@ -560,22 +586,7 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     preds, extras = got.preds, {k: v for k, v in got.extras.items() if not k.endswith("_std")}
     _finish(prep, opts)
 
-    columns: dict[str, np.ndarray] = {}
-    if exp.kind == "regression" and p is not None:
-        if kind == "difference":
-            delta = extras[f"delta_{t}"]
-            columns["delta_pred"] = delta
-            columns["low_used"] = preds[t] - delta
-            if cell.regime == "structure_only":
-                columns["low_pred"] = preds[p]
-        elif kind == "elv" and p in tasks:
-            columns["low_pred"] = preds[p]
-            columns["delta_pred"] = preds[t] - preds[p]
-        elif kind in ("multitask", "fidelity"):
-            columns["low_pred"] = preds[p]
-        elif kind in ("single", "union") and opts.low_model and cell.regime == "structure_only":
-            test_pred = low_model(cell, opts)[1]
-            columns["low_pred"] = np.array([test_pred[str(i)] for i in cell.frame["id"].to_numpy()[cell.test_idx]])
+    columns = low_columns(cell, kind, opts, tasks, preds, extras)
     if opts.ensemble and exp.kind == "regression":
         columns.update(ensemble_columns(got, t))
         info.update(level=float(opts.ensemble.get("level", 0.9)), calibration=params[t],
@@ -591,6 +602,6 @@ def run_gnn_cell(cell: CellInput) -> CellOutput:
     return CellOutput(y_pred, columns, info)
 
 
-__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "ensemble_columns", "entry_options", "gnn_options", "low_model",
-           "low_only_rows", "paired_shift_stats", "predict", "prepare", "run_config", "run_gnn_cell", "train",
+__all__ = ["GNNOptions", "KINDS", "cached_structures", "cell_table", "ensemble_columns", "entry_options", "gnn_options",
+           "low_columns", "low_model", "low_only_rows", "paired_shift_stats", "predict", "prepare", "run_config", "run_gnn_cell", "train",
            "validation_rows"]
