@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure", default="docs/figures/campaign_hse.png")
     p.add_argument("--data", default=None, help="the experiment's data (default: its config's data.path)")
     p.add_argument("--cache-dir", default=os.environ.get("TLGNN_CACHE_DIR", str(REPO / "runs" / "cache")),
-                   help="cache root: benchmark_structures/ and embeddings/ (default: $TLGNN_CACHE_DIR, else runs/cache)")
+                   help="cache root: benchmark_structures/ and embeddings/ (default: $TLGNN_CACHE_DIR, else "
+                        "runs/cache)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--initial", type=int, default=None)
@@ -89,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": round(time.perf_counter() - start, 1)}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(compact_json(result) + "\n")
+    seeds = f"{len(config.seeds)} seed{'s' * (len(config.seeds) > 1)}"
     title = (f"{args.experiment} fold {args.fold}, {args.encoder} + composition: top {config.top_fraction:.0%} "
-             f"({summary['n_top'][0]} of {len(pool.ids)}), {len(config.seeds)} seeds")
+             f"({summary['n_top'][0]} of {len(pool.ids)}), {seeds}")
     campaign_figure(summary, args.figure, title)
     for name, item in summary.get("speedup", {}).items():
         print(speedup_line(name, summary["curves"][name]["mean"][-1], item), file=sys.stderr)
