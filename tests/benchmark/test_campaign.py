@@ -3,6 +3,8 @@ data/benchmark_sample, composition features only, a short campaign (20 initial, 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,8 +20,8 @@ from tlgnn.benchmark.runner import prepare
 from tlgnn.models.boosting import BoosterOptions
 
 SAMPLE = ROOT / "data" / "benchmark_sample"
-#: Seed of the short campaign: on this data, model-guided picks beat random at seeds 0, 1, 3-9 (not at 2 for UCB,
-#: whose 20 initial crystals hold no top one and whose 4 rounds then explore metals).
+#: Seed of the short campaign. Over seeds 0-9 of this setting, mean / ucb / exceed / random found 55 / 57 / 59 / 10
+#: top crystals beyond the initial ones in all; ucb beat random at every seed but 2 (0 vs 1 found).
 SEED = 1
 SHORT = CampaignConfig(initial=20, batch=5, rounds=4, members=3, seeds=(SEED,),
                        booster=BoosterOptions(n_estimators=50, min_child_samples=5, n_jobs=1))
@@ -67,7 +69,7 @@ def test_mean_and_ucb_find_more_top_crystals_than_random(campaign):
 def test_hidden_labels_never_enter_the_choice(pool, campaign):
     """Garbage in every label the campaign never acquired changes no choice (only the counting of top crystals)."""
     x, y = pool
-    config = CampaignConfig(**{**SHORT.__dict__, "acquisitions": ("exceed", "ucb")})
+    config = replace(SHORT, acquisitions=("exceed", "ucb"))
     acquired = set(campaign["acquisitions"]["exceed"]["acquired"]) | set(campaign["acquisitions"]["ucb"]["acquired"])
     hidden = np.setdiff1d(np.arange(len(y)), sorted(acquired))
     garbage = y.copy()
