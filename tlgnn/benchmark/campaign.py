@@ -13,8 +13,9 @@ members (seeds 0..k-1) on bootstrap rows (:func:`tlgnn.models.ensemble.bootstrap
 positions), early-stopped on a held-out tenth of the labelled set (at least 5 rows); an error model of the
 out-of-bag |error| (:meth:`EnsembleHead.fit_error_model`, features: the inputs then the mean as the last column,
 as :func:`tlgnn.training.calibrate.fit_error_models` builds them); and the recalibration of the std (scale,
-floor, error-model scale) fitted on the held-out rows with :func:`tlgnn.uncertainty.fit_calibration`, as
-:func:`tlgnn.training.calibrate.calibrate_module` does. The acquisition reads the calibrated mean and std.
+floor, error-model scale, and the interval's conformal quantile) fitted on the held-out rows: the functions a run
+calibrates with (:func:`tlgnn.training.calibrate.fit_task_error_model`, :func:`~tlgnn.training.calibrate.
+calibrate_task`). The acquisition reads the calibrated mean and std.
 
 No hidden label is ever read by the choice: :func:`select_batch` receives only the labelled rows and their
 labels; the ``exceed`` threshold is the ``1 - top_fraction`` quantile of the labels seen so far.
@@ -42,10 +43,9 @@ from tlgnn.models.boosting import BoosterOptions
 from tlgnn.models.encoders.base import EncoderOutput
 from tlgnn.models.ensemble import EnsembleHead, ensemble_spec, out_of_bag_mean
 from tlgnn.models.heads.tree import TreeHead
-from tlgnn.uncertainty import ACQUISITIONS, acquisition_scores, fit_calibration, rank
+from tlgnn.training.calibrate import calibrate_task, fit_task_error_model
+from tlgnn.uncertainty import ACQUISITIONS, acquisition_scores, rank
 
-#: Fewest out-of-bag training rows for an error model (as :func:`tlgnn.training.calibrate.fit_error_models`).
-MIN_ERROR_MODEL_ROWS = 10
 #: Encoders of the campaign features: the shipped CGCNN checkpoint, or a registered encoder by name.
 CAMPAIGN_ENCODERS: dict[str, dict[str, Any]] = {
     "cgcnn": {"checkpoint": "data/pretrained/cgcnn_mp_pbe_eform.ckpt"},
@@ -167,34 +167,21 @@ def _encoded(x: np.ndarray) -> EncoderOutput:
 @torch.no_grad()
 def fit_error_model_arrays(head: EnsembleHead, x: np.ndarray, y: np.ndarray, idx: np.ndarray, x_val: np.ndarray,
                            y_val: np.ndarray, name: str) -> dict[str, Any] | None:
-    """Fit output ``name``'s error model on the training rows' out-of-bag |error| (features: inputs, then the
-    out-of-bag mean), early-stopped on the held-out rows' |error| of the ensemble mean (:func:`tlgnn.training.
-    calibrate.fit_error_models` on arrays). ``None`` (no error model) with fewer than
-    :data:`MIN_ERROR_MODEL_ROWS` out-of-bag rows."""
-    values = head.member_predictions(_encoded(x))[name]
-    oob = out_of_bag_mean(values, torch.as_tensor(idx)).numpy()
-    rows = np.isfinite(oob)
-    if rows.sum() < MIN_ERROR_MODEL_ROWS:
-        return None
+    """Output ``name``'s error model from the training rows' out-of-bag means (:func:`tlgnn.training.calibrate.
+    fit_task_error_model`, as a run fits it); ``None`` with too few out-of-bag rows."""
+    oob = out_of_bag_mean(head.member_predictions(_encoded(x))[name], torch.as_tensor(idx)).numpy()
     mean_val = head.member_predictions(_encoded(x_val))[name].double().mean(0).numpy()
-    features = np.column_stack([x[rows], oob[rows]])
-    features_val = np.column_stack([x_val, mean_val])
-    return head.fit_error_model(name, features, np.abs(y[rows] - oob[rows]), features_val,
-                                np.abs(y_val - mean_val))
+    return fit_task_error_model(head, name, x, y, oob, x_val, y_val, mean_val)
 
 
 @torch.no_grad()
 def calibrate_arrays(head: EnsembleHead, x_val: np.ndarray, y_val: np.ndarray, name: str) -> dict[str, Any]:
-    """Fit and store the recalibration of output ``name`` on the held-out rows (``scale`` method with the error
-    model's σ when there is one), as :func:`tlgnn.training.calibrate.calibrate_module`. Returns the stored
-    values."""
+    """Fit and store the recalibration of output ``name`` on the held-out rows (:func:`tlgnn.training.calibrate.
+    calibrate_task`, as a run does). Returns the stored values."""
     got = head.uncertainty(_encoded(x_val))[name]
     error = got.get("std_error")
-    calibration = fit_calibration(y_val, got["mean"].double().numpy(), got["std_raw"].double().numpy(),
-                                  level=head.level, method="scale",
-                                  error_std=None if error is None else error.double().numpy())
-    head.set_calibration(name, calibration.to_dict())
-    return head.calibration_of(name)
+    return calibrate_task(head, name, y_val, got["mean"].double().numpy(), got["std_raw"].double().numpy(),
+                          None if error is None else error.double().numpy())
 
 
 def fit_round_model(x: np.ndarray, y: np.ndarray, idx: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -437,7 +424,7 @@ def load_pool(experiment_yaml: str | Path, fold: int, encoder: str, cache_dir: s
                         frame[experiment.target].to_numpy(dtype=np.float64), describe)
 
 
-__all__ = ["CAMPAIGN_ENCODERS", "CampaignConfig", "CampaignPool", "MIN_ERROR_MODEL_ROWS", "build_head",
+__all__ = ["CAMPAIGN_ENCODERS", "CampaignConfig", "CampaignPool", "build_head",
            "calibrate_arrays", "campaign_figure", "default_booster", "exceed_threshold", "first_reaching",
            "fit_error_model_arrays", "fit_round_model", "fold_pool_rows", "frozen_encoder", "initial_rows",
            "load_pool", "predict", "run_acquisition", "run_campaign", "select_batch", "speedup", "split_validation",

@@ -59,23 +59,51 @@ def out_of_bag(module: Any, loader: Any) -> dict[str, Any]:
             "oob": {k: np.concatenate(v) for k, v in oob.items()}}
 
 
+#: Fewest out-of-bag training rows an error model is fitted on.
+MIN_ERROR_MODEL_ROWS = 10
+
+
+def fit_task_error_model(head: Any, name: str, x: np.ndarray, y: np.ndarray, oob: np.ndarray, x_val: np.ndarray,
+                         y_val: np.ndarray, mean_val: np.ndarray) -> dict[str, Any] | None:
+    """Fit output ``name``'s error model on the training rows' out-of-bag |error| (features: the error inputs
+    ``x`` [n, f], then the out-of-bag mean ``oob`` [n]; rows without a label (NaN ``y``) or an out-of-bag member
+    are skipped), early-stopped on the validation rows' |error| of the ensemble mean. ``None`` with fewer than
+    :data:`MIN_ERROR_MODEL_ROWS` usable rows. The one place both runs and the campaign fit error models."""
+    rows = np.isfinite(oob) & np.isfinite(y)
+    if rows.sum() < MIN_ERROR_MODEL_ROWS:
+        return None
+    vrows = np.isfinite(y_val) & np.isfinite(mean_val)
+    return head.fit_error_model(name, np.column_stack([x[rows], oob[rows]]), np.abs(y[rows] - oob[rows]),
+                                np.column_stack([x_val[vrows], mean_val[vrows]]),
+                                np.abs(y_val[vrows] - mean_val[vrows]))
+
+
+def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
+                   std_error: np.ndarray | None) -> dict[str, float | None]:
+    """Fit (``tlgnn.uncertainty.fit_calibration`` with the head's ``level`` and ``calibration`` method) and store
+    output ``name``'s recalibration from validation labels ``y`` and the ensemble's ``mean``, raw spread and error
+    model σ (all [n]); returns the stored values."""
+    calibration = fit_calibration(y, mean, std_raw, level=head.spec["level"], method=head.spec["calibration"],
+                                  error_std=std_error)
+    head.set_calibration(name, calibration.to_dict())
+    return head.calibration_of(name)
+
+
 def fit_error_models(module: Any, train_loader: Any, val_loader: Any) -> dict[str, dict[str, Any]]:
-    """Fit each regression output's error model (:meth:`EnsembleHead.fit_error_model`) on the out-of-bag
-    |error| of the training rows, early-stopped on the validation rows' |error|. Returns the fit info per task."""
+    """Fit each regression output's error model (:func:`fit_task_error_model`) on the out-of-bag |error| of the
+    training rows, early-stopped on the validation rows' |error|. Returns the fit info per task."""
     head = module.model.head
     tasks = [t.name for t in module.tasks]
     train, val = out_of_bag(module, train_loader), _validation_arrays(module, val_loader)
     info = {}
     for name in head.error_models:
         j = tasks.index(name)
-        rows = train["mask"][:, j] & np.isfinite(train["oob"][name])
-        vrows = val["mask"][:, j]
-        if rows.sum() < 10:
-            continue
-        x = np.column_stack([train["x"][rows], train["oob"][name][rows]])
-        xv = np.column_stack([val["x"][vrows], val["mean"][name][vrows]])
-        info[name] = head.fit_error_model(name, x, np.abs(train["y"][rows, j] - train["oob"][name][rows]), xv,
-                                          np.abs(val["y"][vrows, j] - val["mean"][name][vrows]))
+        y = np.where(train["mask"][:, j], train["y"][:, j], np.nan)
+        y_val = np.where(val["mask"][:, j], val["y"][:, j], np.nan)
+        fitted = fit_task_error_model(head, name, train["x"], y, train["oob"][name], val["x"], y_val,
+                                      val["mean"][name])
+        if fitted is not None:
+            info[name] = fitted
     return info
 
 
@@ -104,7 +132,6 @@ def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
     training split). Returns ``{task: {"scale", "floor", "quantile", "constant_sigma", "error_scale", "n"}}``; a
     task without validation labels keeps the raw spread (scale 1, floor 0)."""
     head = module.model.head
-    spec = head.spec
     if head.error_models and train_loader is not None:
         fit_error_models(module, train_loader, val_loader)
     got = predict_batches(module, val_loader)
@@ -119,13 +146,10 @@ def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
             head.set_calibration(name, {})
             fitted[name] = {**head.calibration_of(name), "n": int(rows.sum())}
             continue
-        y = got.y[rows, tasks.index(task)]
         error = got.uncertainty.get(f"{name}_std_error")
-        calibration = fit_calibration(y, got.preds[name][rows], got.uncertainty[f"{name}_std_raw"][rows],
-                                      level=spec["level"], method=spec["calibration"],
-                                      error_std=None if error is None else error[rows])
-        head.set_calibration(name, calibration.to_dict())
-        fitted[name] = {**head.calibration_of(name), "n": int(rows.sum())}
+        values = calibrate_task(head, name, got.y[rows, tasks.index(task)], got.preds[name][rows],
+                                got.uncertainty[f"{name}_std_raw"][rows], None if error is None else error[rows])
+        fitted[name] = {**values, "n": int(rows.sum())}
     if log is not None and fitted:
         parts = [f"{name}: scale {v['scale']:.3g}, floor {v['floor']:.3g}"
                  + (f", error model {v['error_scale']:.3g}" if v["error_scale"] else "")
@@ -191,4 +215,5 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
         scores.setdefault(name, {}).update(figures)
 
 
-__all__ = ["calibrate_module", "is_ensemble_module", "merge_scores", "uncertainty_plots", "uncertainty_scores"]
+__all__ = ["MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
+           "out_of_bag", "is_ensemble_module", "merge_scores", "uncertainty_plots", "uncertainty_scores"]
