@@ -252,7 +252,7 @@ def render(results: str | Path, figures: str | Path, figures_rel: str = "results
         lines.append(outdated_section(outdated))
     if configs:
         lines.append(coverage_section(coverage(configs, cells, quick=bool(cells["quick"].all()))))
-    for section in (best_section(summary), uncertainty_section(summary)):
+    for section in (best_section(summary), uncertainty_section(summary, results)):
         if section:
             lines.append(section)
     for experiment in sorted(cells["experiment"].unique()):
