@@ -111,3 +111,20 @@ def test_infinite_quantile_gives_an_unbounded_interval():
     assert np.all(np.isneginf(lower)) and np.all(np.isposinf(upper))
     with pytest.raises(AttributeError):
         cal.scale = 2.0  # frozen
+
+
+def test_the_floor_never_falls_below_a_share_of_the_rmse():
+    """A component that explains every error (and is 0 on one row with a small error) would drive the floor to 0
+    and the likelihood of that row to infinity; the fitted std keeps at least 1 % of the errors' RMSE."""
+    from tlgnn.uncertainty.calibration import MIN_FLOOR_SHARE, fit_variance
+
+    rng = np.random.default_rng(3)
+    std = rng.uniform(0.2, 1.0, 500)
+    y = rng.normal(0.0, std)
+    std[0], y[0] = 0.0, 0.01
+    scales, floor = fit_variance(y, np.zeros(500), [std])
+    rmse = float(np.sqrt(np.mean(y ** 2)))
+    assert floor >= MIN_FLOOR_SHARE * rmse - 1e-12
+    assert scales[0] == pytest.approx(1.0, rel=0.1)
+    _, small = fit_variance(y[1:21], np.zeros(20), [std[1:21]], floor=False)  # no zero std: the least floor only
+    assert small == pytest.approx(MIN_FLOOR_SHARE * float(np.sqrt(np.mean(y[1:21] ** 2))))

@@ -26,6 +26,9 @@ import numpy as np
 from scipy import stats
 
 METHODS = ("scale", "conformal", "none")
+#: The least floor of a fitted std, as a share of the validation errors' RMSE: without it one crystal whose spread
+#: and error-model σ both reach 0 makes the likelihood unbounded (seen once in 80 benchmark cells).
+MIN_FLOOR_SHARE = 0.01
 #: Validation rows (with a non-zero error) below which the std components get one common scale and no floor.
 MIN_ROWS_PER_COMPONENT = 50
 
@@ -62,8 +65,9 @@ def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray],
                  floor: bool = True) -> tuple[list[float], float]:
     """``([c_1, ...], f)`` maximising the likelihood of y under N(mean, Σ_j (c_j σ_j)² + f²) on the rows without
     NaN and with a non-zero error (a σ_j may be 0 there): one dimensionless scale per std component (e.g. an
-    ensemble's spread and an error model's σ) and a floor f in the unit of y (``floor=False``: f = 0, unless
-    every component is 0 on some row). ``([1, ...], 0)`` with fewer than 2 rows."""
+    ensemble's spread and an error model's σ) and a floor f in the unit of y, at least :data:`MIN_FLOOR_SHARE` of
+    the errors' RMSE (``floor=False``: exactly that least floor, unless every component is 0 on some row).
+    ``([1, ...], 0)`` with fewer than 2 rows."""
     from scipy.optimize import minimize
 
     y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
@@ -80,16 +84,17 @@ def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray],
     rmse = float(np.sqrt(np.mean(error ** 2))) or 1e-6
     start = [math.log(max(fit_std_scale(error, np.zeros_like(error), sd), 1e-3)) - math.log(len(stds))
              if (sd > 0).any() else math.log(1e-3) for sd in stds]
+    least = MIN_FLOOR_SHARE * rmse  # no prediction claims to be surer than this (an error model's σ can reach 0)
     if not floor and (sum(sd ** 2 for sd in stds) > 0).all():
-        found = minimize(lambda p: _nll(error, stds, np.append(p, -700.0)), np.array(start), method="Nelder-Mead",
-                         options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
-        return [float(c) for c in np.exp(found.x)], 0.0
+        found = minimize(lambda p: _nll(error, stds, np.append(p, math.log(least))), np.array(start),
+                         method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
+        return [float(c) for c in np.exp(found.x)], least
     start = np.array(start + [math.log(0.1 * rmse)])
-    found = minimize(lambda p: _nll(error, stds, p), start, method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
+    found = minimize(lambda p: _nll(error, stds, np.append(p[:-1], max(p[-1], math.log(least)))), start,
+                     method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
     best = found.x if found.fun <= _nll(error, stds, start) else start
     coefs = np.exp(best)
-    return [float(c) for c in coefs[:-1]], float(coefs[-1])
+    return [float(c) for c in coefs[:-1]], max(float(coefs[-1]), least)
 
 
 def fit_scale_and_floor(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[float, float]:
@@ -212,6 +217,7 @@ def fit_calibration(
 
 __all__ = [
     "METHODS",
+    "MIN_FLOOR_SHARE",
     "Calibration",
     "constant_sigma",
     "fit_calibration",
