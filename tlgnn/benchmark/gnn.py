@@ -397,6 +397,7 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions, rows: np.ndarray
     from tlgnn.data.dataset import MaterialDataset
     from tlgnn.data.graphs import graph_cache
     from tlgnn.data.loader import graph_loader
+    from tlgnn.models.ensemble import is_ensemble
     from tlgnn.training.checkpoint import load_module
     from tlgnn.training.inference import predict_batches
 
@@ -405,7 +406,7 @@ def predict(checkpoint: Path, prep: Prepared, opts: GNNOptions, rows: np.ndarray
                               [t.name for t in module.tasks], rows=rows)
     got = predict_batches(module, graph_loader(dataset, batch_size=128, shuffle=False), extras=True)
     head = module.model.head
-    if getattr(head, "is_ensemble", False):
+    if is_ensemble(head):
         return got, {name: head.calibration_of(name) for name in module.outputs if name in got.members}
     return got, {k: float(v.detach()) for k, v in head.parameters_dict().items()}
 

@@ -22,11 +22,6 @@ from tlgnn.training.inference import Inference, predict_batches
 from tlgnn.uncertainty import calibration_plot, error_vs_std_plot, fit_calibration, uncertainty_metrics
 
 
-def is_ensemble_module(module: Any) -> bool:
-    """Whether ``module``'s model is an ensemble (:mod:`tlgnn.models.ensemble`)."""
-    return bool(getattr(module.model.head, "is_ensemble", False))
-
-
 def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> np.ndarray:
     """Rows of ``got`` with a label of task ``name``."""
     j = [t.name for t in tasks].index(name)
@@ -216,4 +211,4 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
 
 
 __all__ = ["MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
-           "out_of_bag", "is_ensemble_module", "merge_scores", "uncertainty_plots", "uncertainty_scores"]
+           "out_of_bag", "merge_scores", "uncertainty_plots", "uncertainty_scores"]

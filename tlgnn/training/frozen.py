@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tlgnn.embeddings import cached_embeddings
+from tlgnn.models.ensemble import is_ensemble
 
 
 def encoder_frozen_throughout(module: Any) -> bool:
@@ -93,7 +94,7 @@ def fit_head_directly(module: Any, dm: Any) -> dict[str, Any]:
     x, y, mask, idx = head_arrays(module, dm.train_dataloader())
     x_val, y_val, mask_val, _ = head_arrays(module, dm.val_dataloader())
     head = module.model.head
-    rows = {"idx": idx} if getattr(head, "is_ensemble", False) else {}  # an ensemble's bootstrap rows
+    rows = {"idx": idx} if is_ensemble(head) else {}  # an ensemble's bootstrap rows
     history = head.fit_arrays(x, y, mask, x_val, y_val, mask_val, **rows)
     print(f"tlgnn: {module.hparams['model']['head']['name']} head fitted on {len(x)} training rows "
           f"({x.shape[1]} inputs), validated on {len(x_val)}", file=sys.stderr)

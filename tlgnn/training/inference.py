@@ -16,6 +16,7 @@ import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.embeddings.compute import encoded_batches
+from tlgnn.models.ensemble import is_ensemble
 
 
 @dataclass
@@ -102,7 +103,7 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
     more: dict[str, list[np.ndarray]] = {}
     embeddings: list[np.ndarray] = []
     ys, masks = [], []
-    ensemble = bool(getattr(model.head, "is_ensemble", False))
+    ensemble = is_ensemble(model.head)
     spread: dict[str, list[np.ndarray]] = {}
     more_u: dict[str, list[np.ndarray]] = {}
     try:

@@ -22,6 +22,7 @@ import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
+from tlgnn.models.ensemble import is_ensemble
 from tlgnn.training.losses import masked_loss
 from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskMetrics
 
@@ -155,7 +156,7 @@ class TransferModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         head = self.model.head
         size = int(batch.num_graphs)
-        if getattr(head, "is_ensemble", False):  # each member learns from its own predictions (and rows)
+        if is_ensemble(head):  # each member learns from its own predictions (and rows)
             loss, losses = head.training_loss(self.model.encode(batch), batch, self._losses)
         else:
             losses = self._losses(self.model(batch), batch)

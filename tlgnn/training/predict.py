@@ -19,6 +19,7 @@ import torch
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
 from tlgnn.graphs.records import builder_from_settings, record_graphs
+from tlgnn.models.ensemble import is_ensemble
 from tlgnn.training.checkpoint import CHECKPOINT_KEY, describe, load_module
 from tlgnn.training.inference import predict_batches
 from tlgnn.training.module import TransferModule
@@ -121,7 +122,7 @@ class Predictor:
     @property
     def is_ensemble(self) -> bool:
         """Whether the model is an ensemble: its predictions come with ``<task>_std``, ``_lower``, ``_upper``."""
-        return bool(getattr(self.module.model.head, "is_ensemble", False))
+        return is_ensemble(self.module.model.head)
 
     @property
     def outputs(self) -> list[str]:

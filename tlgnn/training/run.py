@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import Callback
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.errors import TlgnnError
-from tlgnn.training.calibrate import (calibrate_module, is_ensemble_module, merge_scores, uncertainty_plots,
-                                     uncertainty_scores)
+from tlgnn.models.ensemble import is_ensemble
+from tlgnn.training.calibrate import calibrate_module, merge_scores, uncertainty_plots, uncertainty_scores
 from tlgnn.training.checkpoint import CheckpointError, export_checkpoint, load_module, read_checkpoint
 from tlgnn.training.config import RunConfig, check_model_options, save_run_config
 from tlgnn.training.finetune import apply_finetuning, plan_callbacks
@@ -278,7 +278,7 @@ def fit(config: RunConfig, *, datamodule: Any = None, callbacks: Sequence[Callba
     last = out / "checkpoints" / "last.ckpt"
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last if last.exists() else None,
                        epochs=int(trainer.current_epoch), steps=int(trainer.global_step), module=module)
-    calibrated = _calibrated_best(result, dm) if is_ensemble_module(module) else None
+    calibrated = _calibrated_best(result, dm) if is_ensemble(module.model.head) else None
     if test:
         ckpt = best or result.last_checkpoint
         if calibrated is not None:  # the calibrated model, as best.ckpt now holds it
@@ -306,7 +306,7 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
     save_run_config(config, out / "config.yaml")
     _report_data(dm, out)
     history = fit_head_directly(module, dm)
-    if is_ensemble_module(module):
+    if is_ensemble(module.model.head):
         history["calibration"] = calibrate_module(module, dm.val_dataloader(), _ordered_training_loader(dm))
     best = export_checkpoint(module, out / "checkpoints" / "best.ckpt", info={"fit": history})
     last = export_checkpoint(module, out / "checkpoints" / "last.ckpt", info={"fit": history})
@@ -415,7 +415,7 @@ def _evaluate(trainer: L.Trainer, module: TransferModule, dm: Any, out: Path, ck
         predictions_path = out / "predictions_test.csv"
         frame.to_csv(predictions_path, index=False)
         plots = parity_plots(frame, tasks, out, scores)
-        if is_ensemble_module(module):
+        if is_ensemble(module.model.head):
             merge_scores(scores, uncertainty_scores(module, got))
             plots.update(uncertainty_plots(module, got, out))
         write_metrics_json(
