@@ -22,36 +22,44 @@ from tlgnn.training.inference import Inference, predict_batches
 from tlgnn.uncertainty import calibration_plot, error_vs_std_plot, fit_calibration, uncertainty_metrics
 
 
-def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> np.ndarray:
-    """Rows of ``got`` with a label of task ``name``."""
+def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, y)``: which rows of ``got`` have a label of task ``name``, and those labels."""
     j = [t.name for t in tasks].index(name)
-    return got.mask[:, j].astype(bool)
+    rows = got.mask[:, j].astype(bool)
+    return rows, got.y[rows, j]
+
+
+def regression_outputs(module: Any) -> list[str]:
+    """The regression outputs of ``module`` (those with an interval and uncertainty figures)."""
+    head = module.model.head
+    return [n for n in module.outputs if head.task_by_name[n].kind == "regression"]
 
 
 @torch.no_grad()
-def out_of_bag(module: Any, loader: Any) -> dict[str, Any]:
-    """Over ``loader`` (the training split, any order): the error models' inputs ``x`` [n, f], labels ``y`` [n, T]
-    and ``mask`` [n, T], and per regression output the out-of-bag mean ``oob[task]`` [n] (the mean of the
-    members whose bootstrap left the row out; NaN where every member saw it)."""
+def ensemble_arrays(module: Any, loader: Any, out_of_bag: bool = False) -> dict[str, Any]:
+    """Over ``loader``: the error models' inputs ``x`` [n, f], labels ``y`` [n, T] and ``mask`` [n, T], and per
+    regression output ``mean[task]`` [n]: the ensemble's mean, or with ``out_of_bag`` (the training split) the
+    mean of the members whose bootstrap left the row out (NaN where every member saw it)."""
     from tlgnn.embeddings import encoded_batches
     from tlgnn.models.ensemble import out_of_bag_mean
 
     head = module.model.head
     was_training = module.training
     module.eval()
-    xs, ys, masks, oob = [], [], [], {}
+    xs, ys, masks, means = [], [], [], {}
     try:
         for batch, enc in encoded_batches(module.model, loader, module.device):
             for name, values in head.member_predictions(enc, batch).items():
                 if values.dim() == 2:
-                    oob.setdefault(name, []).append(out_of_bag_mean(values, batch.idx).cpu().numpy())
+                    mean = out_of_bag_mean(values, batch.idx) if out_of_bag else values.double().mean(0)
+                    means.setdefault(name, []).append(mean.cpu().numpy())
             xs.append(head.error_inputs(enc, batch).cpu().numpy())
             ys.append(batch.y.float().cpu().numpy())
             masks.append(batch.y_mask.bool().cpu().numpy())
     finally:
         module.train(was_training)
     return {"x": np.concatenate(xs), "y": np.concatenate(ys), "mask": np.concatenate(masks),
-            "oob": {k: np.concatenate(v) for k, v in oob.items()}}
+            "mean": {k: np.concatenate(v) for k, v in means.items()}}
 
 
 #: Fewest out-of-bag training rows an error model is fitted on.
@@ -89,35 +97,17 @@ def fit_error_models(module: Any, train_loader: Any, val_loader: Any) -> dict[st
     training rows, early-stopped on the validation rows' |error|. Returns the fit info per task."""
     head = module.model.head
     tasks = [t.name for t in module.tasks]
-    train, val = out_of_bag(module, train_loader), _validation_arrays(module, val_loader)
+    train, val = ensemble_arrays(module, train_loader, out_of_bag=True), ensemble_arrays(module, val_loader)
     info = {}
     for name in head.error_models:
         j = tasks.index(name)
         y = np.where(train["mask"][:, j], train["y"][:, j], np.nan)
         y_val = np.where(val["mask"][:, j], val["y"][:, j], np.nan)
-        fitted = fit_task_error_model(head, name, train["x"], y, train["oob"][name], val["x"], y_val,
+        fitted = fit_task_error_model(head, name, train["x"], y, train["mean"][name], val["x"], y_val,
                                       val["mean"][name])
         if fitted is not None:
             info[name] = fitted
     return info
-
-
-@torch.no_grad()
-def _validation_arrays(module: Any, loader: Any) -> dict[str, Any]:
-    """The error models' inputs, labels, mask and the ensemble mean per output over ``loader``."""
-    from tlgnn.embeddings import encoded_batches
-
-    head = module.model.head
-    xs, ys, masks, means = [], [], [], {}
-    for batch, enc in encoded_batches(module.model, loader, module.device):
-        for name, values in head.member_predictions(enc, batch).items():
-            if values.dim() == 2:
-                means.setdefault(name, []).append(values.double().mean(0).cpu().numpy())
-        xs.append(head.error_inputs(enc, batch).cpu().numpy())
-        ys.append(batch.y.float().cpu().numpy())
-        masks.append(batch.y_mask.bool().cpu().numpy())
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "mask": np.concatenate(masks),
-            "mean": {k: np.concatenate(v) for k, v in means.items()}}
 
 
 def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
@@ -132,18 +122,15 @@ def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
     got = predict_batches(module, val_loader)
     tasks = list(module.tasks)
     fitted: dict[str, dict[str, float | None]] = {}
-    for name in module.outputs:
-        task = head.task_by_name[name]
-        if task.kind != "regression":
-            continue
-        rows = _labelled(got, tasks, name)
+    for name in regression_outputs(module):
+        rows, y = _labelled(got, tasks, name)
         if rows.sum() < 2:
             head.set_calibration(name, {})
             fitted[name] = {**head.calibration_of(name), "n": int(rows.sum())}
             continue
         error = got.uncertainty.get(f"{name}_std_error")
-        values = calibrate_task(head, name, got.y[rows, tasks.index(task)], got.preds[name][rows],
-                                got.uncertainty[f"{name}_std_raw"][rows], None if error is None else error[rows])
+        values = calibrate_task(head, name, y, got.preds[name][rows], got.uncertainty[f"{name}_std_raw"][rows],
+                                None if error is None else error[rows])
         fitted[name] = {**values, "n": int(rows.sum())}
     if log is not None and fitted:
         parts = [f"{name}: scale {v['scale']:.3g}, floor {v['floor']:.3g}"
@@ -162,13 +149,10 @@ def uncertainty_scores(module: Any, got: Inference) -> dict[str, dict[str, float
     head = module.model.head
     tasks = list(module.tasks)
     scores: dict[str, dict[str, float]] = {}
-    for name in module.outputs:
-        if head.task_by_name[name].kind != "regression":
-            continue
-        rows = _labelled(got, tasks, name)
+    for name in regression_outputs(module):
+        rows, y = _labelled(got, tasks, name)
         if not rows.any():
             continue
-        y = got.y[rows, [t.name for t in tasks].index(name)]
         u = {key: got.uncertainty[f"{name}_{key}"][rows] for key in ("std", "std_raw", "lower", "upper")}
         mean = got.preds[name][rows]
         figures = uncertainty_metrics(y, mean, u["std"], u["lower"], u["upper"], level=head.level,
@@ -185,23 +169,16 @@ def uncertainty_plots(module: Any, got: Inference, out_dir: str | Path) -> dict[
     ``<task>/calibration`` and ``<task>/error_vs_std``."""
     tasks = list(module.tasks)
     plots: dict[str, Path] = {}
-    for name in uncertainty_scores_names(module):
-        rows = _labelled(got, tasks, name)
+    for name in regression_outputs(module):
+        rows, y = _labelled(got, tasks, name)
         if not rows.any():
             continue
-        y = got.y[rows, [t.name for t in tasks].index(name)]
         mean, std = got.preds[name][rows], got.uncertainty[f"{name}_std"][rows]
         plots[f"{name}/calibration"] = calibration_plot(y, mean, std, Path(out_dir) / f"calibration_{name}.png",
                                                         f"{name}: calibration (test)")
         plots[f"{name}/error_vs_std"] = error_vs_std_plot(y, mean, std, Path(out_dir) / f"error_std_{name}.png",
                                                           f"{name}: |error| vs std (test)")
     return plots
-
-
-def uncertainty_scores_names(module: Any) -> list[str]:
-    """The regression outputs of ``module`` (those with uncertainty figures)."""
-    head = module.model.head
-    return [n for n in module.outputs if head.task_by_name[n].kind == "regression"]
 
 
 def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mapping[str, float]]) -> None:
@@ -211,4 +188,4 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
 
 
 __all__ = ["MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
-           "out_of_bag", "merge_scores", "uncertainty_plots", "uncertainty_scores"]
+           "ensemble_arrays", "merge_scores", "regression_outputs", "uncertainty_plots", "uncertainty_scores"]
