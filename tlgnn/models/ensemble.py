@@ -1,7 +1,7 @@
 """Deep ensembles as one model: k members that differ by seed (and optionally by bootstrap), one artefact.
 
-``model.ensemble: {members: k, bootstrap: bool, level: 0.9, calibration: conformal | scale | none, error_model}`` builds a
-:class:`~tlgnn.models.TransferModel` whose encoder and head hold the k members:
+``model.ensemble: {members: k, bootstrap: bool, level: 0.9, calibration: conformal | scale | none, error_model}``
+builds a :class:`~tlgnn.models.TransferModel` whose encoder and head hold the k members:
 
 - the **encoder** is shared when it stays frozen (``shared_encoder``: the members read one embedding, so a frozen
   encoder runs once per material and its stored embeddings serve every member); otherwise an
@@ -14,12 +14,14 @@ For regression task t with member predictions ŷ_1..ŷ_k (physical units):
 
     μ = mean_i ŷ_i,   σ_raw = std_i ŷ_i (population std, 0 for identical members),   σ = √((s_t σ_raw)² + f_t²)
 
-and the central interval at ``level`` (default 90 %) is μ ± z σ with z = Φ⁻¹((1 + level) / 2) (``scale``) or
-μ ± q_t σ (``conformal``: q_t the split-conformal quantile of |y - μ| / σ on the validation split). The
-recalibration (scale s_t, floor f_t, q_t, and the constant σ_c of the baseline, the validation RMSE) is fitted
-after training by :func:`tlgnn.training.calibrate.calibrate_module` (:func:`tlgnn.uncertainty.fit_calibration`)
-and kept in the ``calibration`` buffer [T, 4], so checkpoints carry it. Classification: the mean of the members' probabilities (``forward`` returns its log, which softmax
-maps back to it) and their std per class.
+(with an error model, σ gains a third term: see below), and the central interval at ``level`` (default 90 %) is
+μ ± z σ with z = Φ⁻¹((1 + level) / 2) (``scale``) or μ ± q_t σ (``conformal``, the default: q_t the
+split-conformal quantile of |y - μ| / σ on the validation split). The recalibration (scale s_t, floor f_t, q_t,
+the constant σ_c of the baseline, i.e. the validation RMSE, and the error-model scale a_t) is fitted after
+training by :func:`tlgnn.training.calibrate.calibrate_module` (:func:`tlgnn.uncertainty.fit_calibration`) and
+kept in the ``calibration`` buffer [T, 5] (:data:`CALIBRATION_COLUMNS`), so checkpoints carry it.
+Classification: the mean of the members' probabilities (``forward`` returns its log, which softmax maps back to
+it) and their std per class.
 
 Bootstrap (``bootstrap: true``): member i is trained on a fixed random ~63.2 % of the training rows (the rows a
 bootstrap sample of n out of n contains, 1 - 1/e; chosen by hashing the table row index and i, so the same rows
@@ -55,6 +57,9 @@ CALIBRATION_COLUMNS = ("scale", "floor", "quantile", "constant_sigma", "error_sc
 #: LightGBM settings of the error models (small: they learn a smooth |error| surface from out-of-bag rows).
 ERROR_MODEL_OPTIONS = BoosterOptions(n_estimators=500, learning_rate=0.03, num_leaves=15, min_child_samples=20,
                                      colsample=0.5, early_stopping_rounds=50, objective="regression", n_jobs=1)
+#: What :meth:`EnsembleHead.uncertainty` gives per regression output besides the mean (task unit), in the order
+#: prediction tables write them as ``<task>_<key>``.
+UNCERTAINTY_KEYS = ("std", "std_raw", "std_error", "lower", "upper")
 #: Share of the rows a bootstrap sample of n out of n contains (n -> inf): 1 - 1/e.
 BOOTSTRAP_SHARE = 1.0 - math.exp(-1.0)
 
@@ -357,5 +362,5 @@ def is_ensemble(head: Any) -> bool:
     return bool(getattr(head, "is_ensemble", False))
 
 
-__all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "EnsembleEncoder", "EnsembleHead",
+__all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "UNCERTAINTY_KEYS", "EnsembleEncoder", "EnsembleHead",
            "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options", "out_of_bag_mean"]

@@ -16,7 +16,7 @@ import torch
 
 from tlgnn.data.tasks import TaskSpec
 from tlgnn.embeddings.compute import encoded_batches
-from tlgnn.models.ensemble import is_ensemble
+from tlgnn.models.ensemble import UNCERTAINTY_KEYS, is_ensemble
 
 
 @dataclass
@@ -114,7 +114,7 @@ def predict_batches(module: Any, loader: Iterable[Any], *, extras: bool = False,
                 for name, item in model.head.uncertainty(enc, batch).items():
                     preds.setdefault(name, []).append(item["mean"].cpu().numpy())
                     spread.setdefault(name, []).append(item["members"].cpu().numpy())
-                    for key in ("std", "std_raw", "std_error", "lower", "upper"):
+                    for key in UNCERTAINTY_KEYS:
                         if key in item:
                             more_u.setdefault(f"{name}_{key}", []).append(item[key].cpu().numpy())
             elif predict:

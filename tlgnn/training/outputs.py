@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.models.ensemble import UNCERTAINTY_KEYS
 from tlgnn.training.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 
@@ -117,7 +118,7 @@ def prediction_frame(
     for name, column in prediction_columns(preds, tasks).items():
         frame[name] = column
     for task in tasks:
-        for key in ("std", "std_raw", "std_error", "lower", "upper"):
+        for key in UNCERTAINTY_KEYS:
             values = (uncertainty or {}).get(f"{task.name}_{key}")
             if values is None:
                 continue
