@@ -25,6 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats
 
+from tlgnn.uncertainty.metrics import finite_rows
+
 METHODS = ("scale", "conformal", "none")
 #: The least floor of a fitted std, as a share of the validation errors' RMSE: without it one crystal whose spread
 #: and error-model σ both reach 0 makes the likelihood unbounded (seen once in 80 benchmark cells).
@@ -35,10 +37,8 @@ MIN_ROWS_PER_COMPONENT = 50
 
 def _residual_rows(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(|y − mean|, std) over the rows with no NaN and std > 0 (ValueError on unequal lengths)."""
-    y, mean, std = (np.asarray(a, dtype=float).ravel() for a in (y, mean, std))
-    if not y.size == mean.size == std.size:
-        raise ValueError(f"arrays of unequal lengths: {[y.size, mean.size, std.size]}")
-    keep = ~(np.isnan(y) | np.isnan(mean) | np.isnan(std)) & (std > 0)
+    y, mean, std = finite_rows(y, mean, std)
+    keep = std > 0
     return np.abs(y[keep] - mean[keep]), std[keep]
 
 
@@ -70,14 +70,10 @@ def fit_variance(y: np.ndarray, mean: np.ndarray, stds: list[np.ndarray],
     ``([1, ...], 0)`` with fewer than 2 rows."""
     from scipy.optimize import minimize
 
-    y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
-    stds = [np.asarray(sd, dtype=float).ravel() for sd in stds]
-    keep = ~(np.isnan(y) | np.isnan(mean))
-    for sd in stds:
-        keep &= ~np.isnan(sd)
+    y, mean, *stds = finite_rows(y, mean, *stds)
     # exact hits (a band gap of a metal predicted exactly 0 by every member) carry no information on the scale and
     # would reward a variance of 0 without bound: they are left out of the fit
-    keep &= np.abs(y - mean) > 0
+    keep = np.abs(y - mean) > 0
     error, stds = np.abs(y[keep] - mean[keep]), [sd[keep] for sd in stds]
     if error.size < 2:
         return [1.0] * len(stds), 0.0
@@ -122,9 +118,8 @@ def fit_conformal_quantile(y: np.ndarray, mean: np.ndarray, std: np.ndarray, lev
 def constant_sigma(y: np.ndarray, mean: np.ndarray) -> float:
     """RMSE of the residuals, √(mean((y − mean)²)), in the unit of y: the σ of the constant-uncertainty baseline
     fitted on validation. Rows with a NaN are ignored; NaN when none is left."""
-    y, mean = np.asarray(y, dtype=float).ravel(), np.asarray(mean, dtype=float).ravel()
-    keep = ~(np.isnan(y) | np.isnan(mean))
-    return float(np.sqrt(np.mean((y[keep] - mean[keep]) ** 2))) if keep.any() else math.nan
+    y, mean = finite_rows(y, mean)
+    return float(np.sqrt(np.mean((y - mean) ** 2))) if y.size else math.nan
 
 
 @dataclass(frozen=True)

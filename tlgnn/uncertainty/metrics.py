@@ -17,7 +17,7 @@ DEFAULT_LEVELS = np.linspace(0.01, 0.99, 99)
 MIN_STD = 1e-6
 
 
-def _rows(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+def finite_rows(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """The arrays as 1-D floats, restricted to the rows where none of them is NaN (ValueError on unequal lengths)."""
     arrays = tuple(np.asarray(a, dtype=float).ravel() for a in arrays)
     if len({a.size for a in arrays}) > 1:
@@ -49,7 +49,7 @@ def gaussian_interval(mean: np.ndarray, std: np.ndarray, level: float = 0.9) -> 
 
 def interval_coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """Fraction of rows with lower ≤ y ≤ upper, ignoring rows where y, lower or upper is NaN (NaN when none)."""
-    y, lower, upper = _rows(y, lower, upper)
+    y, lower, upper = finite_rows(y, lower, upper)
     if not y.size:
         return math.nan
     return float(np.mean((lower <= y) & (y <= upper)))
@@ -64,7 +64,7 @@ def calibration_curve(
     y, mean or std are ignored; observed is all NaN when no row is left.
     """
     p = DEFAULT_LEVELS.copy() if levels is None else np.asarray(levels, dtype=float).ravel()
-    y, mean, std = _rows(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     if not y.size:
         return p, np.full(p.shape, math.nan)
     z = np.array([normal_quantile(float(level)) for level in p])
@@ -89,7 +89,7 @@ def miscalibration_area(y: np.ndarray, mean: np.ndarray, std: np.ndarray, levels
 def error_std_spearman(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     """Spearman rank correlation between the absolute error |y − mean| and std (does a larger std flag a larger
     error?). NaN with fewer than 3 rows or a constant std (or constant error); NaN rows are ignored."""
-    y, mean, std = _rows(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     error = np.abs(y - mean)
     if y.size < 3 or np.ptp(std) == 0 or np.ptp(error) == 0:
         return math.nan
@@ -106,7 +106,7 @@ def gaussian_nll(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     Lower is better; it depends on the unit of y (a shift of log(unit ratio)). NaN rows are ignored; NaN when none
     is left.
     """
-    y, mean, std = _rows(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     if not y.size:
         return math.nan
     s2 = np.maximum(std, MIN_STD) ** 2
@@ -131,7 +131,7 @@ def _interval_rows(
 
 def _mean_width(lower: np.ndarray, upper: np.ndarray) -> float:
     """Mean of upper − lower over the rows where neither is NaN (NaN when none; +inf for an unbounded interval)."""
-    lower, upper = _rows(lower, upper)
+    lower, upper = finite_rows(lower, upper)
     return float(np.mean(upper - lower)) if lower.size else math.nan
 
 
@@ -155,7 +155,7 @@ def uncertainty_metrics(
     """
     normal_quantile(level)
     y_in, lower, upper = _interval_rows(y, mean, std, lower, upper, level)
-    y, mean, std = _rows(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     constant = math.nan
     if constant_sigma is not None:
         constant = gaussian_nll(y, mean, np.full(y.shape, float(constant_sigma)))

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlgnn.uncertainty.metrics import calibration_curve, error_std_spearman, miscalibration_area
-
-
-def _clean(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three arrays as 1-D floats without the rows that hold a NaN."""
-    y, mean, std = (np.asarray(a, dtype=float).ravel() for a in (y, mean, std))
-    keep = ~(np.isnan(y) | np.isnan(mean) | np.isnan(std))
-    return y[keep], mean[keep], std[keep]
+from tlgnn.uncertainty.metrics import calibration_curve, error_std_spearman, finite_rows, miscalibration_area
 
 
 def binned_rmse(
@@ -25,7 +18,7 @@ def binned_rmse(
 
     Both in the unit of y; for a calibrated std, RMSE ≈ mean std in every bin. Empty arrays when no row is left.
     """
-    y, mean, std = _clean(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     order = np.argsort(std, kind="stable")
     groups = [g for g in np.array_split(order, max(1, min(int(bins), y.size))) if g.size]
     mean_std = np.array([std[g].mean() for g in groups])
@@ -68,7 +61,7 @@ def calibration_plot(y: np.ndarray, mean: np.ndarray, std: np.ndarray, path: str
     ax.set_ylim(0, 1)
     ax.set_xlabel("expected coverage (interval level)")
     ax.set_ylabel("observed coverage")
-    ax.text(0.04, 0.96, f"miscalibration area = {area:.3f}\nn = {len(_clean(y, mean, std)[0])}",
+    ax.text(0.04, 0.96, f"miscalibration area = {area:.3f}\nn = {len(finite_rows(y, mean, std)[0])}",
             transform=ax.transAxes, va="top", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
     return _save(plt, fig, path, title)
@@ -80,7 +73,7 @@ def error_vs_std_plot(
     """Scatter of |y − mean| against std, with the RMSE of std-quantile bins against their mean std and the line
     y = x (where a calibrated model's bins lie); the Spearman rank correlation of |error| and std is written on it."""
     plt, fig, ax, path = _figure(path)
-    y, mean, std = _clean(y, mean, std)
+    y, mean, std = finite_rows(y, mean, std)
     error = np.abs(y - mean)
     ax.scatter(std, error, s=8, alpha=0.4, edgecolors="none", label="|error|")
     if y.size:
