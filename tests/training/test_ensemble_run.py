@@ -79,6 +79,13 @@ def test_the_checkpoint_alone_predicts_and_ranks_new_cifs(trees, tmp_path):
     np.testing.assert_allclose(ranked["score"], expected.to_numpy()[:4], rtol=1e-5)
 
 
+def test_rank_offers_every_acquisition_of_the_package():
+    from tlgnn.cli.rank import CHOICES
+    from tlgnn.uncertainty import ACQUISITIONS
+
+    assert CHOICES == ACQUISITIONS
+
+
 def test_rank_refuses_an_uncertainty_acquisition_for_a_single_model(tmp_path, capsys):
     single = ROOT / "data" / "pretrained" / "cgcnn_mp_pbe_eform.ckpt"
     out = tmp_path / "r.csv"

@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: tlgnn.uncertainty.ACQUISITIONS, written out: importing that package (scipy) here would slow ``tlgnn --help``
+#: by ~0.7 s; tests/training/test_ensemble_run.py checks that the two lists agree.
+CHOICES = ("mean", "ucb", "exceed", "std", "random")
 NEEDS_STD = ("ucb", "exceed", "std")
 
 
@@ -30,7 +33,7 @@ def register(subparsers) -> None:
     add_prediction_arguments(p)
     p.add_argument("--task", default=None, help="the regression task to rank by (default: the model's only "
                                                 "regression output)")
-    p.add_argument("--acquisition", default="ucb", choices=("mean", "ucb", "exceed", "std", "random"),
+    p.add_argument("--acquisition", default="ucb", choices=CHOICES,
                    help="how candidates are scored (default ucb)")
     p.add_argument("--kappa", type=float, default=2.0, help="ucb: mean + kappa * std (default 2)")
     p.add_argument("--threshold", type=float, default=None, help="exceed: the value to exceed (task unit)")
