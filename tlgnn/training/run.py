@@ -293,7 +293,7 @@ def _calibrated_best(result: FitResult, dm: Any) -> TransferModule:
     """An ensemble's best module recalibrated on the validation split (:func:`calibrate_module`); ``best.ckpt``
     is rewritten as a compact checkpoint holding the calibration (``last.ckpt`` stays the resume point)."""
     best = result.best_module()
-    fitted = calibrate_module(best, dm.val_dataloader(), _ordered_training_loader(dm))
+    fitted = _calibrate(best, dm)
     if result.best_checkpoint is not None:
         export_checkpoint(best, result.best_checkpoint, info={"calibration": fitted, "epochs": result.epochs})
     return best
@@ -307,7 +307,7 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
     _report_data(dm, out)
     history = fit_head_directly(module, dm)
     if is_ensemble(module.model.head):
-        history["calibration"] = calibrate_module(module, dm.val_dataloader(), _ordered_training_loader(dm))
+        history["calibration"] = _calibrate(module, dm)
     best = export_checkpoint(module, out / "checkpoints" / "best.ckpt", info={"fit": history})
     last = export_checkpoint(module, out / "checkpoints" / "last.ckpt", info={"fit": history})
     result = FitResult(output_dir=out, best_checkpoint=best, last_checkpoint=last, epochs=0, steps=0, module=module)
@@ -319,11 +319,13 @@ def _fit_directly(config: RunConfig, module: TransferModule, dm: Any, out: Path,
     return result
 
 
-def _ordered_training_loader(dm: Any) -> Any:
-    """The training split in table order (no shuffling): what an ensemble's error models learn from."""
+def _calibrate(module: TransferModule, dm: Any) -> dict[str, Any]:
+    """:func:`calibrate_module` of an ensemble on ``dm``'s validation split, its error models on the training
+    split (in table order, no shuffling); returns the fitted values."""
     from tlgnn.data.loader import graph_loader
 
-    return graph_loader(dm.train_set, batch_size=dm.config.batch_size, shuffle=False)
+    train = graph_loader(dm.train_set, batch_size=dm.config.batch_size, shuffle=False)
+    return calibrate_module(module, dm.val_dataloader(), train)
 
 
 def _kept_checkpoints(ckpt_dir: Path) -> str:
