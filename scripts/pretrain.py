@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Pretrain a shipped encoder: PBE band gap + formation energy of Materials Project crystals (multi-task head).
+"""Pretrain a shipped encoder on the dense PBE-level labels of Materials Project crystals (one masked multi-task run).
 
 Data: source A of ``../shared/data/mp_multifidelity_bandgap`` (``labels.csv.gz`` + ``structures.jsonl.gz``; see
 its SOURCE.md), aligned by ``configs/pretrain_data.yaml`` through the project's data layer (structures parsed and
-graphs built in parallel on all cores, both cached). Targets: ``gap_pbe_mp`` (``band_gap_pbe``, eV) and
-``e_form_mp`` (``formation_energy_per_atom``, eV/atom).
+graphs built in parallel on all cores, both cached). Targets (``--tasks``, default all four dense labels):
+``gap_pbe_mp`` (``band_gap_pbe``, eV), ``e_form_mp`` (``formation_energy_per_atom``, eV/atom), ``efermi_mp``
+(``efermi``, the PBE Fermi level, eV) and ``magmom_mp`` (``total_magnetization`` divided by the cell's number of
+sites: magnetisation per atom, μB/atom; per atom because the encoder's embedding is a mean over atoms). A crystal
+missing a label is masked out of that task's loss only.
 
 Leakage: every crystal that carries a label a benchmark scores is EXCLUDED from pretraining (not only from its
 test split): any HSE06, GLLB-SC or SCAN gap, or a formula-matched experimental gap / metal class
@@ -14,7 +17,7 @@ formation energy, nor those of their polymorphs. The remaining crystals are spli
 train / val / test (90 / 5 / 5 %); the model card reports the test (held-out) metrics of the best-validation
 checkpoint.
 
-Output (``--out``, default ``data/pretrained/``): ``<encoder>_mp_pbe_eform.ckpt`` (compact: fp32 weights and the
+Output (``--out``, default ``data/pretrained/``): ``<encoder>_mp_dense.ckpt`` (``--name``) (compact: fp32 weights and the
 self-description, no optimiser state; loads with ``tlgnn.load_model`` and ``model.init_from``), its metadata
 ``<name>.json`` and ``MODEL_CARD.md`` (rendered from every ``*.json`` there). The best model so far is exported
 after every improving epoch, so an interrupted run still leaves a usable checkpoint. Full Lightning checkpoints
@@ -45,7 +48,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mp_multifidelity_bandgap"
 DATA_CONFIG = ROOT / "configs" / "pretrain_data.yaml"
-TASKS = ["gap_pbe_mp", "e_form_mp"]
+#: the dense source-A labels (configs/pretrain_data.yaml); ``magmom_mp`` is derived here (see derive_tasks)
+TASKS = ["gap_pbe_mp", "e_form_mp", "efermi_mp", "magmom_mp"]
+#: per-atom tasks made from a per-cell label of the source config: task -> (per-cell task, unit)
+PER_ATOM = {"magmom_mp": ("magmom_cell_mp", "μB/atom")}
 #: labels a benchmark scores: a crystal carrying any of them is excluded from pretraining
 EXCLUDE_TASKS = ["gap_hse", "gap_gllbsc", "gap_scan"]
 EXCLUDE_FILES = ["expt_gap_formula_matched.csv.gz", "expt_is_metal_formula_matched.csv.gz"]
@@ -60,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="cgcnn")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--name", default=None, help="file stem of the published checkpoint (default <encoder>_mp_dense)")
+    p.add_argument("--hidden-channels", type=int, default=None, help="encoder width (default 64)")
+    p.add_argument("--num-layers", type=int, default=None, help="message-passing layers (default 3)")
+    p.add_argument("--out-channels", type=int, default=None, help="embedding size (default 128)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder of labels.csv.gz + structures.jsonl.gz")
     p.add_argument("--out", default=str(ROOT / "data" / "pretrained"), help="where the shipped checkpoint goes")
     p.add_argument("--work-dir", default=None, help="full checkpoints and logs (default runs/pretrain/<encoder>)")
@@ -77,7 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoints/last.ckpt")
     p.add_argument("--export-only", action="store_true",
                    help="no training: evaluate WORK_DIR/checkpoints/best.ckpt and export it with its model card")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown or not args.tasks:
+        p.error(f"--tasks: unknown {unknown}; choose from {TASKS}")
+    args.name = args.name or f"{args.encoder}_mp_dense"
+    args.encoder_spec = dict(ENCODERS[args.encoder])
+    for key in ("hidden_channels", "num_layers", "out_channels"):
+        if getattr(args, key) is not None:
+            args.encoder_spec[key] = getattr(args, key)
+    return args
 
 
 def log(msg: str) -> None:
@@ -112,13 +133,27 @@ def excluded_ids(table: Any, data_dir: Path) -> tuple[set[str], dict[str, int]]:
     return out | mates, counts
 
 
+def derive_tasks(table: Any) -> Any:
+    """The aligned table with the :data:`PER_ATOM` tasks added: the per-cell label divided by the crystal's number
+    of sites (``n_sites`` of its structure), NaN where the label is missing."""
+    from tlgnn.data.table import MaterialTable
+    from tlgnn.data.tasks import TaskSpec
+
+    frame, tasks = table.frame.copy(), list(table.tasks)
+    for name, (cell_task, unit) in PER_ATOM.items():
+        spec = next(t for t in tasks if t.name == cell_task)
+        frame[name] = frame[cell_task].to_numpy(dtype=float) / frame["n_sites"].to_numpy(dtype=float)
+        tasks.append(TaskSpec(name=name, unit=unit, source=spec.source))
+    return MaterialTable(frame, tasks, table.structure_file, table.structure_rows)
+
+
 def data_config(args: argparse.Namespace, work: Path):
     from tlgnn.data.config import DataConfig, SplitConfig, default_cache_dir
 
     cfg = DataConfig(
         sources=str(DATA_CONFIG),
         source_overrides=[f"root={Path(args.data_dir).expanduser().resolve()}"],
-        tasks=list(TASKS),
+        tasks=list(args.tasks),
         split=SplitConfig(kind="formula", seed=args.seed, val_fraction=0.05, test_fraction=0.05,
                           file=str(work / "split.json")),
         cache_dir=args.cache_dir or default_cache_dir(),
@@ -138,6 +173,7 @@ def load_pretraining_table(cfg: Any, args: argparse.Namespace) -> tuple[Any, dic
 
     t0 = time.time()
     table, _ = load_table(cfg, log=log)
+    table = derive_tasks(table)
     excluded, counts = excluded_ids(table, Path(args.data_dir))
     keep = ~table.frame["material_id"].isin(excluded).to_numpy()
     rows = np.flatnonzero(keep)
@@ -163,7 +199,7 @@ def run_config(args: argparse.Namespace, data_cfg: Any, work: Path):
 
     return RunConfig(
         data=data_cfg,
-        model=ModelConfig(encoder=dict(ENCODERS[args.encoder]), head=dict(HEAD)),
+        model=ModelConfig(encoder=dict(args.encoder_spec), head=dict(HEAD)),
         optim=OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=1e-5, scheduler="cosine", warmup_epochs=1.0,
                           min_lr=args.lr * 0.01),
         trainer=TrainerConfig(
@@ -211,10 +247,6 @@ def hardware() -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- export
-def card_name(encoder: str) -> str:
-    return f"{encoder}_mp_pbe_eform"
-
-
 # ---------------------------------------------------------------------------------------------------- main
 def settle_devices(args: argparse.Namespace) -> str | None:
     """Fill in the device-dependent defaults of ``args``; a message if the device asked for is missing."""
@@ -238,6 +270,8 @@ class Session:
     """One invocation: the selected data (set up), the run config and what the model card records."""
 
     def __init__(self, args: argparse.Namespace, command: str, work: Path) -> None:
+        import numpy as np
+
         from tlgnn.data import TransferDataModule
 
         self.args, self.command, self.work = args, command, work
@@ -252,12 +286,16 @@ class Session:
         log(f"graphs ready, split {self.facts['split']} ({self.setup_s:.0f} s incl. alignment)")
         mean, _ = self.dm.target_stats()
         rows = self.dm.split.test
-        self.baseline = {t: float(abs(self.dm.table.frame[t].to_numpy()[rows] - mean[t]).mean()) for t in TASKS}
+        self.baseline = {t: float(np.nanmean(abs(self.dm.table.frame[t].to_numpy()[rows] - mean[t])))
+                         for t in args.tasks}
         self.units = {t.name: t.unit for t in self.dm.tasks}
         self.progress_path = work / "progress.json"
         self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.is_file() and (
             args.resume or args.export_only) else {"train_s": 0.0, "sessions": 0}
         self.fit_start: float | None = None
+        from tlgnn.training.console import EpochLog
+
+        self.epoch_log = EpochLog(len(self.dm.split.train), args.tasks, log, self.progress.get("curve"))
 
     def make_info(self, module: Any, epochs: int, metrics: dict, status: str, best_epoch: int | None = None) -> dict:
         """The JSON metadata of a published checkpoint (what the model card shows)."""
@@ -273,11 +311,12 @@ class Session:
                     "train_wall_min": elapsed / 60.0, "setup_s": self.setup_s, "hardware": hardware(),
                     "torch": torch.__version__}
         return {
-            "kind": CARD_KIND, "status": status, "encoder": ENCODERS[args.encoder], "head": HEAD, "tasks": TASKS,
+            "kind": CARD_KIND, "status": status, "encoder": args.encoder_spec, "head": HEAD, "tasks": args.tasks,
             "units": self.units, "graph": dict(module.hparams["graph"]),
             "optim": {"lr": args.lr, "weight_decay": self.config.optim.weight_decay},
             "n_parameters": int(sum(p.numel() for p in module.parameters())), "data": self.facts,
             "metrics": {**metrics, "mean_baseline_mae": self.baseline}, "training": training,
+            "curve": self.epoch_log.history,
             "command": self.command, "tlgnn_version": __version__,
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
@@ -285,7 +324,6 @@ class Session:
 
 def train(session: Session, out: Path) -> str:
     """Train through :func:`tlgnn.training.run.fit` (resuming with ``--resume``); returns the card's status."""
-    from tlgnn.training.console import EpochLog
     from tlgnn.training.model_card import PublishBest
     from tlgnn.training.run import fit
 
@@ -305,14 +343,15 @@ def train(session: Session, out: Path) -> str:
         + (f", resuming from {last}" if resuming else ""))
     session.fit_start = time.time()
     dm = session.dm
-    callbacks = [EpochLog(len(dm.split.train), TASKS, log),
-                 PublishBest(out, card_name(args.encoder), lambda: (dm.test_dataloader(), dm.val_dataloader()),
+    callbacks = [session.epoch_log,
+                 PublishBest(out, args.name, lambda: (dm.test_dataloader(), dm.val_dataloader()),
                              session.make_info)]
     result = fit(config, datamodule=session.dm, callbacks=callbacks, resume="last" if resuming else None, test=False)
     progress = session.progress
     progress["train_s"] += time.time() - session.fit_start
     progress["sessions"] += 1
     progress["epochs"] = result.epochs
+    progress["curve"] = session.epoch_log.history
     session.progress_path.write_text(json.dumps(progress))
     session.fit_start = None
     return "finished" if result.epochs >= args.max_epochs else "stopped early (time budget or early stopping)"
@@ -332,7 +371,7 @@ def publish(session: Session, out: Path, status: str) -> Path:
                "val": task_scores(best, session.dm.val_dataloader())}
     info = session.make_info(best, int(session.progress.get("epochs", raw.get("epoch", 0))), metrics, status,
                              best_epoch=int(raw.get("epoch", -1)))
-    path = write_pretrained(best.cpu(), out, card_name(session.args.encoder), info)
+    path = write_pretrained(best.cpu(), out, session.args.name, info)
     for task, s in metrics["test"].items():
         log(f"held-out test {task}: MAE {s['mae']:.4f} RMSE {s['rmse']:.4f} R2 {s['r2']:.3f} (n={s['n']}); "
             f"mean-baseline MAE {session.baseline[task]:.4f}")

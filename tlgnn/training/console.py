@@ -75,10 +75,14 @@ class StderrProgressBar(TQDMProgressBar):
 
 class EpochLog(L.Callback):
     """One line per epoch through ``log``: mean training loss, ``val/loss``, validation MAE of ``tasks`` and
-    throughput (``n_train`` graphs per epoch) — for long runs without a progress bar (``scripts/pretrain.py``)."""
+    throughput (``n_train`` graphs per epoch) — for long runs without a progress bar (``scripts/pretrain.py``).
+    ``history`` keeps the same figures, one dict per epoch (the learning curve of a model card); pass an
+    earlier run's to continue it."""
 
-    def __init__(self, n_train: int, tasks: Sequence[str], log: Callable[[str], None]) -> None:
+    def __init__(self, n_train: int, tasks: Sequence[str], log: Callable[[str], None],
+                 history: list[dict[str, Any]] | None = None) -> None:
         self.n_train, self.tasks, self.write = int(n_train), list(tasks), log  # not .log: Lightning sets that
+        self.history: list[dict[str, Any]] = list(history or [])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.t0 = time.time()
@@ -96,8 +100,11 @@ class EpochLog(L.Callback):
             return
         m = trainer.callback_metrics
         dt = time.time() - self.t0
-        maes = ", ".join(f"{t} {float(m[f'val/{t}/mae']):.3f}" for t in self.tasks if f"val/{t}/mae" in m)
+        mae = {t: float(m[f"val/{t}/mae"]) for t in self.tasks if f"val/{t}/mae" in m}
+        maes = ", ".join(f"{t} {v:.3f}" for t, v in mae.items())
         train_loss = self.loss_sum / self.batches if self.batches else math.nan
+        self.history.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
+                             "val_loss": float(m.get("val/loss", math.nan)), "val_mae": mae, "seconds": dt})
         self.write(f"epoch {trainer.current_epoch}: train/loss {train_loss:.4f} "
                    f"val/loss {float(m.get('val/loss', math.nan)):.4f} | val MAE {maes} | {dt:.0f} s, "
                    f"{self.n_train / max(dt, 1e-9):.0f} graphs/s")

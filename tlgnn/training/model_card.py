@@ -108,8 +108,10 @@ def _introduction(count: str) -> list[str]:
         "",
         "* Structures and labels: source A of `mp_multifidelity_bandgap` — Materials Project crystals (CC BY 4.0) as",
         "  distributed by `kdmsit/mt-cgcnn` (MIT), commit bdfaf106; MP ~2019-20 labels `band_gap_pbe` (PBE/GGA(+U)",
-        "  gap, eV) -> task `gap_pbe_mp`, `formation_energy_per_atom` (eV/atom) -> task `e_form_mp`. Cite Sanyal et",
-        "  al., arXiv:1811.05660; Jain et al., APL Mater. 1, 011002 (2013). The dataset's 6,613-row held-back slice",
+        "  gap, eV) -> task `gap_pbe_mp`, `formation_energy_per_atom` (eV/atom) -> task `e_form_mp`, `efermi` (PBE",
+        "  Fermi level, eV) -> task `efermi_mp`, `total_magnetization` (μB per cell) / number of sites -> task",
+        "  `magmom_mp` (μB/atom); each checkpoint lists the tasks it was trained on. Cite Sanyal et al.,",
+        "  arXiv:1811.05660; Jain et al., APL Mater. 1, 011002 (2013). The dataset's 6,613-row held-back slice",
         "  was never available here.",
         "* **Leakage control:** every crystal with an HSE06, GLLB-SC or SCAN gap (MEGNet multi-fidelity set, Chen et",
         "  al., Nat. Comput. Sci. 1, 46 (2021)) or a formula-matched experimental gap / metal class (matbench",
@@ -160,7 +162,26 @@ def _checkpoint_section(c: dict[str, Any]) -> list[str]:
         f"* Command: `{c['command']}`",
         "",
     ]
-    return lines
+    return lines + _curve_section(c.get("curve") or [], list(c["metrics"]["test"]))
+
+
+#: rows of a learning-curve table in a model card (epochs spread evenly, the last always shown)
+CURVE_ROWS = 12
+
+
+def _curve_section(curve: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """The learning curve (validation MAE per task and the losses, by epoch) of a checkpoint's run, if recorded."""
+    if not curve:
+        return []
+    step = max(1, math.ceil(len(curve) / CURVE_ROWS))
+    rows = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
+    lines = ["Learning curve (validation split; losses on normalised targets):", "",
+             "| epoch | train loss | val loss | " + " | ".join(f"val MAE {t}" for t in tasks) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in tasks) + " |"]
+    for r in rows:
+        lines.append(f"| {r['epoch'] + 1} | {_fmt(r['train_loss'], 4)} | {_fmt(r['val_loss'], 4)} | "
+                     + " | ".join(_fmt(r["val_mae"].get(t)) for t in tasks) + " |")
+    return lines + [""]
 
 
 #: what the shipped checkpoint does outside the physical range (measured with tlgnn.load_model, 2026-12-06)
