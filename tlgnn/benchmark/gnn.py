@@ -95,7 +95,8 @@ class GNNOptions:
             ``P`` (Δ(g, y_low), the head's ``condition_on_known_low``); off by default, as when the ``gnn_difference``
             cells were computed.
         encoder_from: a tlgnn checkpoint (relative to the repository root) whose encoder weights the model starts
-            from (``model.init_from``), e.g. the shipped ``data/pretrained/cgcnn_mp_pbe_eform.ckpt``.
+            from (``model.init_from``), e.g. the shipped ``data/pretrained/cgcnn_mp_pbe_eform.ckpt``; for a
+            ``stack`` encoder a list, one checkpoint (or ``null``) per stacked encoder.
         ensemble: ``model.ensemble`` of the run (e.g. ``{members: 5, bootstrap: true}``): the cell's predictions
             get ``y_std``, ``y_std_raw``, ``y_lower``/``y_upper`` and ``member_<i>`` columns (regression).
         quick: overrides applied with ``--quick``.
@@ -130,7 +131,7 @@ class GNNOptions:
     keep_checkpoints: bool = False
     freeze_encoder: bool = False
     condition_on_known_low: bool = False
-    encoder_from: str | None = None
+    encoder_from: str | list[str | None] | None = None
     ensemble: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
 
@@ -356,7 +357,8 @@ def run_config(cell: CellInput, opts: GNNOptions, prep: Prepared, head: dict[str
         raw["model"]["init_from"] = init_from
         raw["model"]["finetune"] = dict(opts.finetune)
     if opts.encoder_from is not None:
-        raw["model"]["init_from"] = str(_repo_path(opts.encoder_from))
+        raw["model"]["init_from"] = [None if p is None else str(_repo_path(p)) for p in opts.encoder_from] \
+            if isinstance(opts.encoder_from, list) else str(_repo_path(opts.encoder_from))
         raw["model"].setdefault("finetune", {})["load_head"] = "never"
     if opts.freeze_encoder:
         raw["model"].setdefault("finetune", {})["freeze"] = "encoder"

@@ -126,7 +126,9 @@ class ModelConfig:
         encoder: encoder name and options, e.g. ``{name: cgcnn, hidden: 64, num_layers: 3}``.
         head: head name and options, e.g. ``{name: difference, chain: [band_gap_pbe, gap_hse]}``.
         init_from: a tlgnn checkpoint (``.ckpt``) whose encoder (and head, see ``finetune.load_head``)
-            initialises this model; its graph settings and encoder options must equal this config's.
+            initialises this model; its graph settings and encoder options must equal this config's. For a
+            ``stack`` encoder: a list, one checkpoint per stacked encoder (``null``: that encoder keeps its own
+            initial weights, e.g. CHGNet's pretrained ones).
         finetune: freezing, per-part learning rates, gradual unfreezing (:class:`FinetuneConfig`).
         cache_embeddings: when the whole encoder is frozen for the whole run (``finetune.freeze: encoder``
             without ``unfreeze_every``), run it once per material, keep the graph embeddings in the on-disk cache
@@ -140,7 +142,7 @@ class ModelConfig:
 
     encoder: dict[str, Any] = field(default_factory=lambda: {"name": "cgcnn"})
     head: dict[str, Any] = field(default_factory=lambda: {"name": "multitask"})
-    init_from: str | None = None
+    init_from: str | list[str | None] | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     cache_embeddings: bool = True
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
@@ -379,7 +381,10 @@ class RunConfig:
 
 
 def _absolute(value: Any, base: Path) -> Any:
-    """A non-empty string as an absolute path (:func:`resolve_path`); anything else unchanged (checked later)."""
+    """A non-empty string as an absolute path (:func:`resolve_path`), each of a list's too; anything else unchanged
+    (checked later)."""
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
     if not isinstance(value, str) or not value:
         return value
     return str(resolve_path(value, base))

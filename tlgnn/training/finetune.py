@@ -23,7 +23,8 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 from torch import nn
@@ -172,7 +173,47 @@ def _members(part: Any) -> list[Any]:
     return list(members) if isinstance(members, nn.ModuleList) else [part]
 
 
-def apply_finetuning(module: Any, init_from: str | Path | None, config: FinetuneConfig | None = None,
+def _load_encoder(encoder: nn.Module, pretrained: Pretrained) -> None:
+    """``pretrained``'s encoder weights into ``encoder`` (strict), or ``ConfigError("model.init_from")``."""
+    try:
+        encoder.load_state_dict(pretrained.encoder_state, strict=True)
+    except RuntimeError as err:  # same options but different weights layout (e.g. another tlgnn version)
+        raise ConfigError("model.init_from", f"{pretrained.path}: encoder weights do not fit: {err}") from err
+
+
+def _load_head(module: Any, pretrained: Pretrained, config: FinetuneConfig, plan: FinetunePlan) -> None:
+    """Reuse ``pretrained``'s head when ``load_head`` allows and it fits (recorded in ``plan``)."""
+    reason = "load_head: never" if config.load_head == "never" else \
+        head_mismatch(pretrained, module.hparams["model"]["head"], module.hparams["tasks"])
+    if reason is None:
+        for head in _members(module.model.head):
+            head.load_state_dict(pretrained.head_state, strict=True)
+        # the loaded head keeps the statistics its weights were fit with
+        module.set_target_stats(*module.model.head.target_stats(), module.model.head.paired_stats())
+        plan.head_loaded = True
+    elif config.load_head == "always":
+        raise ConfigError("model.finetune.load_head", f"cannot reuse the head of {pretrained.path}: {reason}")
+    plan.head_reason = reason
+
+
+def _init_stacked(model: Any, paths: Sequence[str | Path | None], spec: Mapping[str, Any],
+                  graph: Mapping[str, Any]) -> None:
+    """Load checkpoint ``paths[i]`` into stacked encoder ``i`` (``None``: leave it); every ensemble member alike."""
+    specs = spec.get("encoders") if spec.get("name") == "stack" else None
+    if not specs or len(specs) != len(paths):
+        raise ConfigError("model.init_from", f"a list of checkpoints needs a stack encoder with as many encoders "
+                                             f"({len(paths)} given, encoder {spec.get('name')!r})")
+    for i, path in enumerate(paths):
+        if path is None:
+            continue
+        pretrained = read_pretrained(path)
+        check_graph(pretrained, graph)
+        check_encoder(pretrained, specs[i])
+        for stack in _members(model.encoder):
+            _load_encoder(stack.encoders[i], pretrained)
+
+
+def apply_finetuning(module: Any, init_from: str | Path | Sequence[str | Path | None] | None, config: FinetuneConfig | None = None,
                      graph: Mapping[str, Any] | None = None, log: Any = sys.stderr) -> FinetunePlan:
     """Initialise ``module`` (a :class:`~tlgnn.training.module.TransferModule`) from ``init_from`` and freeze.
 
@@ -195,27 +236,21 @@ def apply_finetuning(module: Any, init_from: str | Path | None, config: Finetune
     model = module.model
     n_groups = len(model.encoder.layer_groups())
     plan = FinetunePlan(config=config, n_groups=n_groups, initial_frozen=_n_frozen(config.freeze, n_groups))
-    if init_from is not None:
+    graph = dict(graph if graph is not None else module.hparams.get("graph") or {})
+    if isinstance(init_from, (list, tuple)):  # one checkpoint per stacked encoder
+        if config.load_head == "always":
+            raise ConfigError("model.finetune.load_head", "a list of checkpoints (a stack) initialises encoders only")
+        _init_stacked(model, init_from, module.hparams["model"]["encoder"], graph)
+        plan.init_from = ", ".join(str(p) for p in init_from)
+        plan.head_reason = "a stack's checkpoints give encoder weights only"
+    elif init_from is not None:
         pretrained = read_pretrained(init_from)
-        check_graph(pretrained, dict(graph if graph is not None else module.hparams.get("graph") or {}))
+        check_graph(pretrained, graph)
         check_encoder(pretrained, module.hparams["model"]["encoder"])
-        try:
-            for encoder in _members(model.encoder):  # an ensemble's members all start from the pretrained weights
-                encoder.load_state_dict(pretrained.encoder_state, strict=True)
-        except RuntimeError as err:  # same options but different weights layout (e.g. another tlgnn version)
-            raise ConfigError("model.init_from", f"{pretrained.path}: encoder weights do not fit: {err}") from err
+        for encoder in _members(model.encoder):  # an ensemble's members all start from the pretrained weights
+            _load_encoder(encoder, pretrained)
         plan.init_from = str(pretrained.path)
-        reason = "load_head: never" if config.load_head == "never" else \
-            head_mismatch(pretrained, module.hparams["model"]["head"], module.hparams["tasks"])
-        if reason is None:
-            for head in _members(model.head):
-                head.load_state_dict(pretrained.head_state, strict=True)
-            # the loaded head keeps the statistics its weights were fit with
-            module.set_target_stats(*model.head.target_stats(), model.head.paired_stats())
-            plan.head_loaded = True
-        elif config.load_head == "always":
-            raise ConfigError("model.finetune.load_head", f"cannot reuse the head of {pretrained.path}: {reason}")
-        plan.head_reason = reason
+        _load_head(module, pretrained, config, plan)
     if plan.initial_frozen:
         model.freeze_encoder(plan.initial_frozen)
     module.finetune_plan = plan

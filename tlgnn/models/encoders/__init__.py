@@ -7,6 +7,7 @@ from tlgnn.models.encoders.base import ENCODERS, Encoder, EncoderOutput, build_e
 from tlgnn.models.encoders.cgcnn import CGCNNEncoder
 from tlgnn.models.encoders.chgnet import CHGNetEncoder
 from tlgnn.models.encoders.m3gnet_lite import M3GNetLiteEncoder
+from tlgnn.models.encoders.stack import StackedEncoder
 
 __all__ = [
     "ENCODERS",
@@ -17,4 +18,5 @@ __all__ = [
     "CGCNNEncoder",
     "CHGNetEncoder",
     "M3GNetLiteEncoder",
+    "StackedEncoder",
 ]
