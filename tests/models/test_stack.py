@@ -86,7 +86,16 @@ def test_a_frozen_stack_loads_one_checkpoint_per_encoder_and_predicts_from_struc
     shipped = read_pretrained(CKPT).encoder_state
     for key, value in shipped.items():  # encoder 0 is the shipped CGCNN, untouched by the frozen run
         torch.testing.assert_close(state[f"model.encoder.encoders.0.{key}"], value)
-    assert list((tmp_path / "cache" / "embeddings").glob("*/shard-*.npz"))  # the head trained on stored vectors
+    # the head trained on stored vectors, each encoder's under its own identity (shared with single-encoder runs)
+    folders = sorted(p.parent.name for p in (tmp_path / "cache" / "embeddings").glob("*/shard-*.npz"))
+    assert len(folders) == 2
+    from tlgnn.embeddings.cache import encoder_identity
+    from tlgnn.models import build_encoder as build
+
+    alone = build(**SHIPPED)
+    alone.load_state_dict(shipped)
+    graph = read_checkpoint(result.best_checkpoint)["hyper_parameters"]["graph"]
+    assert encoder_identity(alone, SHIPPED, graph)[:16] in folders
     frame = pd.read_csv(result.test.predictions_path).head(6)
     dm = TransferDataModule(_config(tmp_path, "stack", [str(CKPT), None]).data)
     dm.setup("test")

@@ -65,8 +65,14 @@ def cached_embeddings(encoder: Any, spec: Mapping[str, Any], graph: Mapping[str,
 
     Those in the cache (identity of ``encoder``, ``spec``, ``graph``; see :mod:`tlgnn.embeddings.cache`) are read;
     the others are computed with ``encoder`` over ``loader_for(positions)`` (a loader of the graphs of
-    ``keys[positions]``, in that order) and stored as one new shard.
+    ``keys[positions]``, in that order) and stored as one new shard. A ``stack`` encoder's embedding is its
+    encoders' cached embeddings side by side: each is cached under its own identity, so one shared with a
+    single-encoder run (CHGNet, a shipped CGCNN) is computed once for both.
     """
+    if spec.get("name") == "stack":
+        parts = [cached_embeddings(member, member_spec, graph, keys, loader_for, cache_root, device, verbose)
+                 for member, member_spec in zip(encoder.encoders, spec["encoders"])]
+        return np.concatenate([p[0] for p in parts], axis=1), parts[0][1]
     identity = encoder_identity(encoder, spec, graph)
     cache = EmbeddingCache(cache_root, identity, {"encoder": dict(spec), "graph": dict(graph)})
     embeddings, counts, found = cache.lookup(keys)
