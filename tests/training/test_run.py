@@ -60,7 +60,7 @@ def test_the_shipped_model_card_is_what_the_package_renders():
     rendered = render_card(PRETRAINED)
     shipped = (PRETRAINED / "MODEL_CARD.md").read_text()
     assert shipped.startswith(rendered) and "## `cgcnn_mp_pbe_eform.ckpt` (cgcnn)" in rendered
-    assert shipped[len(rendered):].startswith("\n## Provenance of the shipped file\n")  # only that is added
+    assert shipped[len(rendered):].startswith("\n## Provenance of the shipped files\n")  # only that is added
     assert "| gap_pbe_mp | eV |" in rendered
 
 
