@@ -145,6 +145,41 @@ def test_structure_only_chain_conditioned_on_the_predicted_low(data):
         _fitted(data, task="gap_hse", condition_on_low=True)
 
 
+def test_delta_line_fits_the_scaling_between_fidelities_and_helps_with_few_labels(data):
+    """delta_line: Δ = α + β·low + trees; α, β are the least-squares line of (HSE − PBE) on the known PBE gap of the
+    rows with both labels, stored in the state_dict; with 30 HSE labels the line beats Δ trees alone."""
+    x, y, mask, (train, val, test) = data
+    both = train[mask[train, :2].all(1)]
+    head, _ = _fitted(data, chain=["gap_pbe", "gap_hse"], use_known_low=True, delta_line=True)
+    beta, alpha = np.polyfit(y[both, 0], y[both, 1] - y[both, 0], 1)
+    np.testing.assert_allclose(head.line.numpy(), [alpha, beta], rtol=1e-9)
+    assert beta > 0  # HSE gaps open up faster than PBE ones: (1 + β) > 1
+    enc = EncoderOutput(node_emb=None, graph_emb=torch.as_tensor(x[test]))
+    batch = Rows(y[test], mask[test])
+    known = torch.as_tensor(y[test, 0])
+    with torch.no_grad():  # Δ's trees read the known low value too (use_known_low conditions on it)
+        out = head(enc, batch)
+        trees = head.forests["delta"](torch.cat([torch.as_tensor(x[test]).double(), known[:, None]], 1))
+    torch.testing.assert_close(out["gap_hse"].double(), known + alpha + beta * known + trees, atol=1e-4, rtol=0)
+    fresh = build_head("tree", x.shape[1], TASKS, chain=["gap_pbe", "gap_hse"], use_known_low=True, delta_line=True)
+    fresh.load_state_dict(head.state_dict())  # the line travels in the checkpoint
+    assert torch.equal(fresh.line, head.line)
+    assert "line" not in _fitted(data, chain=["gap_pbe", "gap_hse"], n_estimators=20)[0].state_dict()
+    # few high-fidelity labels: keep 30 of the HSE labels
+    few = mask.copy()
+    few[np.setdiff1d(train, both[:30]), 1] = False
+    errors = {}
+    for line in (False, True):
+        h = build_head("tree", x.shape[1], TASKS, **FAST, chain=["gap_pbe", "gap_hse"], use_known_low=True,
+                       delta_line=line)
+        h.fit_arrays(x[train], y[train], few[train], x[val], y[val], mask[val])
+        rows = mask[test, 1]
+        errors[line] = np.abs(_predict(h, x[test], y[test], mask[test])["gap_hse"].numpy() - y[test, 1])[rows].mean()
+    assert errors[True] < errors[False]
+    with pytest.raises(ValueError, match="delta_line applies to chain mode"):
+        _fitted(data, task="gap_hse", delta_line=True)
+
+
 def test_tree_head_on_real_graph_embeddings_inside_a_transfer_model():
     tasks = TASKS[:2]
     batch = labelled_batch(tasks, n=10, present=0.8)

@@ -9,6 +9,14 @@ Two modes, regression only:
   (``batch.y_mask``), else ``F_low(x)``, and ``F_Δ`` also takes ``ŷ_low`` as its last input feature
   (``Δ(x, y_low)``; trained on the known labels).
 
+  With ``delta_line: true`` the correction starts from a straight line in the low value it is added to,
+
+      Δ = α + β·ŷ_low + F_Δ(x[, ŷ_low])
+
+  (α, β by least squares on the rows with both labels; ``F_Δ`` then fits what the line leaves, early-stopped on
+  the validation rows). Few high-fidelity labels cannot grow useful trees but fix two numbers well (the scaling
+  relation between fidelities, e.g. HSE ≈ α + (1 + β)·PBE); many labels let the trees correct the line.
+
 ``x = head.tree_inputs(enc, batch)``: the graph embedding followed by the head's raw context (Contract A:
 composition features and known values, NaN where absent; the trees send NaN to the side LightGBM learned).
 
@@ -39,7 +47,8 @@ class TreeHead(Head):
     ([low, high] regression tasks), ``use_known_low`` (chain only, False), ``condition_on_low`` (chain only,
     default ``use_known_low``: Δ also reads the low value it is added to, the known one where given, else the low
     trees' prediction; in training the known label with ``use_known_low``, else the low trees' in-sample
-    prediction), and the LightGBM options of
+    prediction), ``delta_line`` (chain only, False: Δ starts from the least-squares line α + β·ŷ_low, stored in
+    the buffer ``line`` [2]), and the LightGBM options of
     :class:`tlgnn.models.boosting.BoosterOptions` (``n_estimators`` 2000, ``learning_rate`` 0.03, ``num_leaves``
     31, ``max_depth`` -1, ``min_child_samples`` 20, ``subsample`` 0.8, ``subsample_freq`` 1, ``colsample`` 0.5,
     ``reg_lambda`` 1.0, ``early_stopping_rounds`` 100 (validation MAE), ``objective`` "regression" | "l1" |
@@ -53,7 +62,8 @@ class TreeHead(Head):
 
     def __init__(
         self, in_dim: int, tasks: Sequence[Any], *, task: str | None = None, chain: Sequence[str] | None = None,
-        use_known_low: bool = False, condition_on_low: bool | None = None, n_estimators: int = 2000, learning_rate: float = 0.03, num_leaves: int = 31,
+        use_known_low: bool = False, condition_on_low: bool | None = None, delta_line: bool = False,
+        n_estimators: int = 2000, learning_rate: float = 0.03, num_leaves: int = 31,
         max_depth: int = -1, min_child_samples: int = 20, subsample: float = 0.8, subsample_freq: int = 1,
         colsample: float = 0.5, reg_lambda: float = 1.0, early_stopping_rounds: int = 100,
         objective: str = "regression", seed: int = 0, n_jobs: int = 0, **common: Any,
@@ -75,6 +85,11 @@ class TreeHead(Head):
         self.condition_on_low = self.use_known_low if condition_on_low is None else bool(condition_on_low)
         if self.condition_on_low and self.chain is None:
             raise ValueError("tree head option condition_on_low applies to chain mode only (chain: [low, high])")
+        self.delta_line = bool(delta_line)
+        if self.delta_line and self.chain is None:
+            raise ValueError("tree head option delta_line applies to chain mode only (chain: [low, high])")
+        if self.delta_line:  # only then: checkpoints of heads without the option keep their exact state_dict
+            self.register_buffer("line", torch.zeros(2, dtype=torch.float64))
         names = ("low", "delta") if self.chain else ("main",)
         self.forests = nn.ModuleDict({name: TreeEnsemble() for name in names})
         self.boosters: dict[str, Any] = {}
@@ -116,6 +131,8 @@ class TreeHead(Head):
         if self.condition_on_low:
             x = torch.cat([x.to(used.dtype), used[:, None]], 1)
         delta = self.forests["delta"](x)
+        if self.delta_line:
+            delta = delta + self.line[0] + self.line[1] * used
         return {self.chain[0]: low_hat, self.chain[1]: used + delta, "__delta": delta}
 
     def _predict(self, enc: EncoderOutput, batch: Any) -> dict[str, torch.Tensor]:
@@ -188,15 +205,19 @@ class TreeHead(Head):
         info = {low: self._grow("low", x, y, mask, xv, yv, mv, low, f"task {low!r}")}
 
         def delta_rows(x_, y_, m_):
+            """Δ's inputs, target and the low value it is added to, on the rows with both labels."""
             both = m_[:, lo] & m_[:, hi]
-            if not self.condition_on_low:
-                return x_[both], y_[both, hi] - y_[both, lo]
-            # Δ reads the low value it will be added to: the label where known (use_known_low), else the low
-            # booster's prediction (on its own training rows: in-sample)
+            # the low value Δ is added to (and reads, with condition_on_low): the label where known
+            # (use_known_low), else the low booster's prediction (on its own training rows: in-sample)
             low_in = y_[both, lo] if self.use_known_low else self._low_prediction(x_[both])
-            return np.concatenate([x_[both], low_in[:, None]], 1), y_[both, hi] - y_[both, lo]
+            inputs = np.concatenate([x_[both], low_in[:, None]], 1) if self.condition_on_low else x_[both]
+            return inputs, y_[both, hi] - y_[both, lo], low_in
 
-        (xd, yd), (xdv, ydv) = delta_rows(x, y, mask), delta_rows(xv, yv, mv)
+        (xd, yd, ld), (xdv, ydv, ldv) = delta_rows(x, y, mask), delta_rows(xv, yv, mv)
+        if self.delta_line:  # the trees fit what the least-squares line in the low value leaves
+            line = fit_line(ld, yd)
+            self.line.copy_(torch.as_tensor(line, dtype=torch.float64))
+            yd, ydv = yd - (line[0] + line[1] * ld), ydv - (line[0] + line[1] * ldv)
         booster, fit = fit_booster(xd, yd, xdv, ydv, self.options, f"tree head delta_{high} (rows with {low} and "
                                    f"{high})")
         self.forests["delta"].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=fit["best_iteration"])))
@@ -230,6 +251,15 @@ class TreeHead(Head):
             target = torch.as_tensor(yv[:, col], device=device)
             scores[name] = float((preds[name][rows] - target[rows]).abs().mean())
         return scores
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares ``[α, β]`` of ``y ≈ α + β·x`` (float64); ``[mean(y), 0]`` when ``x`` has no spread (or one row)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or not np.ptp(x) > 0:
+        return np.array([float(y.mean()) if len(y) else 0.0, 0.0])
+    beta, alpha = np.polyfit(x, y, 1)
+    return np.array([alpha, beta])
 
 
 def _outputs(tasks: list[Any], task: str | None, chain: Sequence[str] | None, use_known_low: bool) -> list[str]:
