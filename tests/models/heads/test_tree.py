@@ -180,6 +180,25 @@ def test_delta_line_fits_the_scaling_between_fidelities_and_helps_with_few_label
         _fitted(data, task="gap_hse", delta_line=True)
 
 
+def test_a_dense_task_with_few_validation_labels_early_stops_on_a_tenth_of_its_training_rows(data, monkeypatch):
+    """The low fidelity's validation labels come from the scarce task's crystals (5 at N = 50 in the benchmark):
+    its booster then stops on a fixed tenth of its own training rows; Δ keeps the validation rows."""
+    import tlgnn.models.heads.tree as tree
+
+    monkeypatch.setattr(tree, "MIN_STOPPING_ROWS", 20)  # the sample has 250 training rows, not 1,000
+    x, y, mask, (train, val, test) = data
+    few = val[:5]
+    head = build_head("tree", x.shape[1], TASKS, **FAST, chain=["gap_pbe", "gap_hse"])
+    history = head.fit_arrays(x[train], y[train], mask[train], x[few], y[few], mask[few])
+    assert history["n_train"]["gap_pbe"] == 225 and history["n_val"]["gap_pbe"] == 25
+    assert history["n_val"]["delta_gap_hse"] == int(mask[few, :2].all(1).sum())
+    again = build_head("tree", x.shape[1], TASKS, **FAST, chain=["gap_pbe", "gap_hse"])
+    again.fit_arrays(x[train], y[train], mask[train], x[few], y[few], mask[few])
+    torch.testing.assert_close(_predict(again, x[test])["gap_pbe"], _predict(head, x[test])["gap_pbe"])
+    full = build_head("tree", x.shape[1], TASKS, **FAST, chain=["gap_pbe", "gap_hse"])
+    assert full.fit_arrays(x[train], y[train], mask[train], x[val], y[val], mask[val])["n_val"]["gap_pbe"] == 70
+
+
 def test_tree_head_on_real_graph_embeddings_inside_a_transfer_model():
     tasks = TASKS[:2]
     batch = labelled_batch(tasks, n=10, present=0.8)

@@ -17,6 +17,10 @@ Two modes, regression only:
   the validation rows). Few high-fidelity labels cannot grow useful trees but fix two numbers well (the scaling
   relation between fidelities, e.g. HSE ≈ α + (1 + β)·PBE); many labels let the trees correct the line.
 
+Early stopping: each booster stops on the validation rows of its task, except a dense task with fewer than
+:data:`MIN_STOPPING_ROWS` of them and ten times as many training rows (the low fidelity, when the validation
+split was drawn from the scarce task's crystals): it stops on a fixed tenth of its own training rows.
+
 ``x = head.tree_inputs(enc, batch)``: the graph embedding followed by the head's raw context (Contract A:
 composition features and known values, NaN where absent; the trees send NaN to the side LightGBM learned).
 
@@ -39,6 +43,11 @@ from tlgnn.models.boosting import BoosterOptions, fit_booster
 from tlgnn.models.encoders.base import EncoderOutput
 from tlgnn.models.heads.base import Head, find_task, register_head
 from tlgnn.models.trees import TreeEnsemble, lightgbm_arrays
+
+
+#: a booster whose task has fewer labelled validation rows than this, but ten times as many training rows,
+#: early-stops on a fixed tenth of its training rows (seeded by the ``seed`` option) instead
+MIN_STOPPING_ROWS = 100
 
 
 @register_head("tree")
@@ -190,9 +199,14 @@ class TreeHead(Head):
               mv: np.ndarray, task: str, label: str) -> dict[str, Any]:
         """Fit the booster ``forest`` on the rows labelled with ``task``; store its trees."""
         col = self.task_index[task]
-        rows, val = mask[:, col], mv[:, col]
-        booster, info = fit_booster(x[rows], y[rows, col], xv[val], yv[val, col], self.options,
-                                    f"tree head {label}")
+        rows, val = np.flatnonzero(mask[:, col]), mv[:, col]
+        x_fit, y_fit, x_stop, y_stop = x[rows], y[rows, col], xv[val], yv[val, col]
+        if len(y_stop) < MIN_STOPPING_ROWS and len(rows) >= 10 * MIN_STOPPING_ROWS:
+            # a dense task (the low fidelity) with few validation labels (they are drawn from the scarce task's
+            # rows): early-stop on a fixed tenth of its own training rows instead of a handful of crystals
+            held = np.random.default_rng(self.options.seed).permutation(len(rows)) < len(rows) // 10
+            x_fit, y_fit, x_stop, y_stop = x_fit[~held], y_fit[~held], x_fit[held], y_fit[held]
+        booster, info = fit_booster(x_fit, y_fit, x_stop, y_stop, self.options, f"tree head {label}")
         self.forests[forest].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=info["best_iteration"])))
         self.boosters[forest] = booster
         return info
