@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlgnn.baselines.affine import AffineMap
 from tlgnn.models.boosting import BoosterOptions, fit_booster
 from tlgnn.models.encoders.base import EncoderOutput
 from tlgnn.models.heads.base import Head, find_task, register_head
@@ -268,12 +269,12 @@ class TreeHead(Head):
 
 
 def fit_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares ``[α, β]`` of ``y ≈ α + β·x`` (float64); ``[mean(y), 0]`` when ``x`` has no spread (or one row)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 2 or not np.ptp(x) > 0:
-        return np.array([float(y.mean()) if len(y) else 0.0, 0.0])
-    beta, alpha = np.polyfit(x, y, 1)
-    return np.array([alpha, beta])
+    """Least-squares ``[α, β]`` of ``y ≈ α + β·x`` (:class:`tlgnn.baselines.affine.AffineMap`); ``[mean(y), 0]``
+    when ``x`` has fewer than two distinct values."""
+    if len(np.unique(x)) < 2:
+        return np.array([float(np.mean(y)) if len(y) else 0.0, 0.0])
+    line = AffineMap.fit(x, y)
+    return np.array([line.intercept, line.slope])
 
 
 def _outputs(tasks: list[Any], task: str | None, chain: Sequence[str] | None, use_known_low: bool) -> list[str]:
