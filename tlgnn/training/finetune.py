@@ -241,7 +241,8 @@ def apply_finetuning(module: Any, init_from: str | Path | Sequence[str | Path | 
         if config.load_head == "always":
             raise ConfigError("model.finetune.load_head", "a list of checkpoints (a stack) initialises encoders only")
         _init_stacked(model, init_from, module.hparams["model"]["encoder"], graph)
-        plan.init_from = ", ".join(str(p) for p in init_from)
+        plan.init_from = "; ".join(f"stacked encoder {i}: {p if p is not None else 'its own weights'}"
+                                   for i, p in enumerate(init_from))
         plan.head_reason = "a stack's checkpoints give encoder weights only"
     elif init_from is not None:
         pretrained = read_pretrained(init_from)
