@@ -71,10 +71,12 @@ class BoosterOptions:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"tree head option objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
-    def params(self) -> dict[str, Any]:
-        """LightGBM ``train`` parameters (validation metric: MAE)."""
+    def params(self, binary: bool = False) -> dict[str, Any]:
+        """LightGBM ``train`` parameters (validation metric: MAE; ``binary``: the logistic objective on 0/1 labels,
+        log-loss, whatever ``objective`` says)."""
         return {
-            "objective": self.objective, "metric": "l1", "learning_rate": float(self.learning_rate),
+            "objective": "binary" if binary else self.objective, "metric": "binary_logloss" if binary else "l1",
+            "learning_rate": float(self.learning_rate),
             "num_leaves": self.num_leaves, "max_depth": self.max_depth,
             "min_data_in_leaf": self.min_child_samples, "bagging_fraction": float(self.subsample),
             "bagging_freq": self.subsample_freq if self.subsample < 1.0 else 0,
@@ -105,8 +107,9 @@ def _number(name: str, value: Any, low: float, low_open: bool = False, high: flo
 
 
 def fit_booster(x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
-                options: BoosterOptions, what: str) -> tuple[Any, dict[str, Any]]:
-    """Fit one LightGBM regressor on ``x`` [n, f] / ``y`` [n] with early stopping on ``(x_val, y_val)``.
+                options: BoosterOptions, what: str, binary: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Fit one LightGBM regressor on ``x`` [n, f] / ``y`` [n] with early stopping on ``(x_val, y_val)``; with
+    ``binary``, a classifier of 0/1 labels whose trees sum to the logit of class 1 (early stopping on log-loss).
 
     Returns ``(booster, info)``: the ``lightgbm.Booster`` and ``best_iteration`` (the rounds to keep:
     ``booster.dump_model(num_iteration=best_iteration)``), ``n_train``, ``n_val``, ``seconds``. ``what`` names
@@ -129,7 +132,7 @@ def fit_booster(x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None, y_val: n
         valid = [lgb.Dataset(np.asarray(x_val, dtype=np.float64), np.asarray(y_val, dtype=np.float64),
                              reference=train)]
         callbacks = [lgb.early_stopping(options.early_stopping_rounds, first_metric_only=True, verbose=False)]
-    booster = lgb.train(options.params(), train, num_boost_round=options.n_estimators, valid_sets=valid,
+    booster = lgb.train(options.params(binary), train, num_boost_round=options.n_estimators, valid_sets=valid,
                         valid_names=["val"][: len(valid)], callbacks=callbacks)
     best = int(booster.best_iteration) if valid and booster.best_iteration > 0 else booster.current_iteration()
     info = {"best_iteration": best, "n_train": int(x.shape[0]), "n_val": n_val,

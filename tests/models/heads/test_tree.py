@@ -199,6 +199,28 @@ def test_a_dense_task_with_few_validation_labels_early_stops_on_a_tenth_of_its_t
     assert full.fit_arrays(x[train], y[train], mask[train], x[val], y[val], mask[val])["n_val"]["gap_pbe"] == 70
 
 
+def test_a_two_class_task_gets_a_logistic_booster_whose_logits_are_zero_and_z(data):
+    """Metal (PBE gap 0) or not from composition, on the real sample: the head's logits are [0, z] with σ(z) equal to
+    LightGBM's own probability, and they rank the test crystals well."""
+    from sklearn.metrics import roc_auc_score
+
+    x, y, mask, (train, val, test) = data
+    y, mask = y.copy(), mask.copy()
+    y[:, 2], mask[:, 2] = (y[:, 0] > 0).astype(float), True  # class 1: a PBE gap above 0 eV
+    head = build_head("tree", x.shape[1], TASKS, **FAST, task="is_metal")
+    history = head.fit_arrays(x[train], y[train], mask[train], x[val], y[val], mask[val])
+    logits = _predict(head, x[test])["is_metal"]
+    assert logits.shape == (len(test), 2) and torch.equal(logits[:, 0], torch.zeros(len(test)))
+    prob = torch.softmax(logits.double(), 1)[:, 1].numpy()
+    np.testing.assert_allclose(prob, head.boosters["main"].predict(x[test], num_iteration=history["best_iteration"]
+                                                                   ["is_metal"]), atol=1e-5)
+    assert roc_auc_score(y[test, 2], prob) > 0.75  # far above chance (0.5) from 250 compositions (measured 0.84)
+    assert 0 < history["val_mae"]["is_metal"] < 0.5  # mean |P(class 1) − label|
+    three = [*TASKS[:2], TaskSpec("kind", kind="classification", classes=["a", "b", "c"])]
+    with pytest.raises(ValueError, match="has 3 classes"):
+        build_head("tree", x.shape[1], three, task="kind")
+
+
 def test_tree_head_on_real_graph_embeddings_inside_a_transfer_model():
     tasks = TASKS[:2]
     batch = labelled_batch(tasks, n=10, present=0.8)
@@ -233,7 +255,6 @@ def test_tree_head_on_real_graph_embeddings_inside_a_transfer_model():
     ("objective", "poisson", "objective must be one of"),
     ("n_jobs", -1, "n_jobs must be >= 0"),
     ("seed", "x", "seed must be an integer"),
-    ("task", "is_metal", "is classification, needs regression"),
     ("task", "gap_hsee", "unknown task 'gap_hsee'"),
     ("chain", ["gap_pbe"], "chain must be two different task names"),
     ("chain", ["gap_pbe", "gap_pbe"], "chain must be two different task names"),

@@ -1,8 +1,9 @@
 """Tree head: gradient-boosted trees (LightGBM) on the graph embedding, stored as tensors and evaluated in torch.
 
-Two modes, regression only:
+Two modes:
 
-- ``task: name``: one booster, ``y = F(x)``;
+- ``task: name``: one booster, ``y = F(x)``; a two-class classification task gets a logistic booster whose trees
+  sum to the logit ``z`` of the second class: the head's logits are ``[0, z]`` (probability σ(z));
 - ``chain: [low, high]`` (Δ-learning, as the difference head): ``y_low = F_low(x)`` fitted on the rows with a
   ``low`` label, ``Δ = F_Δ(x)`` fitted on the rows with both labels (target ``y_high - y_low``), and
   ``y_high = ŷ_low + Δ``. With ``use_known_low: true``, ``ŷ_low`` is the ``low`` label wherever the batch has it
@@ -53,7 +54,7 @@ MIN_STOPPING_ROWS = 100
 
 @register_head("tree")
 class TreeHead(Head):
-    """Options: ``task`` (one regression task; may be omitted when the dataset has one task) or ``chain``
+    """Options: ``task`` (one regression or two-class task; may be omitted when the dataset has one task) or ``chain``
     ([low, high] regression tasks), ``use_known_low`` (chain only, False), ``condition_on_low`` (chain only,
     default ``use_known_low``: Δ also reads the low value it is added to, the known one where given, else the low
     trees' prediction; in training the known label with ``use_known_low``, else the low trees' in-sample
@@ -149,6 +150,9 @@ class TreeHead(Head):
         wants_known = self.chain is not None and self.use_known_low and batch is not None
         known = self.known_label(batch, self.chain[0]) if wants_known else None
         out = self._evaluate(self.tree_inputs(enc, batch), known)
+        if self.task is not None and self.task_by_name[self.task].kind == "classification":  # logits [0, z]
+            z = out[self.task]
+            out[self.task] = torch.stack([torch.zeros_like(z), z], 1)
         return {name: value.to(enc.graph_emb.dtype) for name, value in out.items()}
 
     def forward(self, enc: EncoderOutput, batch: Any = None) -> dict[str, torch.Tensor]:
@@ -168,8 +172,9 @@ class TreeHead(Head):
         (optional) drive early stopping and are scored.
 
         Returns the history: ``best_iteration``, ``n_train``, ``n_val`` and ``seconds`` per booster (named by its
-        task, ``delta_<high>`` for Δ) and ``val_mae`` per output (physical units; ``None`` without labelled
-        validation rows), computed with the stored tensor trees exactly as :meth:`forward` predicts.
+        task, ``delta_<high>`` for Δ) and ``val_mae`` per output (physical units; a two-class task: the mean
+        |P(second class) − label|; ``None`` without labelled validation rows), computed with the stored tensor
+        trees exactly as :meth:`forward` predicts.
         """
         x, y, mask = self._checked(x_train, y, mask, "training")
         if x_val is None or len(x_val) == 0:
@@ -207,7 +212,8 @@ class TreeHead(Head):
             # rows): early-stop on a fixed tenth of its own training rows instead of a handful of crystals
             held = np.random.default_rng(self.options.seed).permutation(len(rows)) < len(rows) // 10
             x_fit, y_fit, x_stop, y_stop = x_fit[~held], y_fit[~held], x_fit[held], y_fit[held]
-        booster, info = fit_booster(x_fit, y_fit, x_stop, y_stop, self.options, f"tree head {label}")
+        booster, info = fit_booster(x_fit, y_fit, x_stop, y_stop, self.options, f"tree head {label}",
+                                    binary=self.task_by_name[task].kind == "classification")
         self.forests[forest].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=info["best_iteration"])))
         self.boosters[forest] = booster
         return info
@@ -264,7 +270,10 @@ class TreeHead(Head):
                 scores[name] = None
                 continue
             target = torch.as_tensor(yv[:, col], device=device)
-            scores[name] = float((preds[name][rows] - target[rows]).abs().mean())
+            pred = preds[name]
+            if self.task_by_name[name].kind == "classification":  # |P(second class) − label|
+                pred = torch.sigmoid(pred)
+            scores[name] = float((pred[rows] - target[rows]).abs().mean())
         return scores
 
 
@@ -289,7 +298,10 @@ def _outputs(tasks: list[Any], task: str | None, chain: Sequence[str] | None, us
                 raise ValueError(f"tree head: option task (or chain) is required when there are {len(tasks)} "
                                  f"tasks ({', '.join(t.name for t in tasks)})")
             task = tasks[0].name
-        find_task(tasks, task, "tree head option task", kind="regression")
+        spec = find_task(tasks, task, "tree head option task")
+        if spec.kind == "classification" and len(spec.classes) != 2:
+            raise ValueError(f"tree head option task: {task!r} has {len(spec.classes)} classes; the tree head "
+                             "classifies two (a logistic booster)")
         return [task]
     if isinstance(chain, str) or len(chain) != 2 or chain[0] == chain[1]:
         raise ValueError(f"tree head option chain must be two different task names [low, high], got {chain!r}")
