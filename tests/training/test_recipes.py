@@ -42,6 +42,9 @@ def test_recipe_builds_its_model_on_the_staged_tasks(path):
     assert model.head.fits_directly and model.head.error_models
     head = model.head.members[0]
     assert config.model.finetune.freeze == "encoder"
+    if config.model.encoder["name"] == "stack":  # one checkpoint (or its own weights) per stacked encoder
+        assert len(config.model.init_from) == len(config.model.encoder["encoders"])
+        assert all(p is None or Path(p).is_file() for p in config.model.init_from)
     assert head.chain == ["gap_pbe_mp", "gap_hse"]
     # the PBE-known recipe reads the known PBE gap (tlgnn predict --known); the structure-only ones do not
     assert head.reads_known() == (["gap_pbe_mp"] if "known" in path.stem else [])
