@@ -20,7 +20,9 @@ from tlgnn.models.registry import accepted_options
 
 SMALL = {"cgcnn": {"hidden_channels": 16, "num_layers": 2, "out_channels": 24},
          "m3gnet_lite": {"hidden_channels": 16, "num_layers": 2, "out_channels": 24},
-         "chgnet": {}}  # the pretrained CHGNet (tests/models/test_chgnet.py has its own)
+         "chgnet": {},  # the pretrained CHGNet (tests/models/test_chgnet.py has its own)
+         "stack": {"encoders": [{"name": "cgcnn", "hidden_channels": 16, "num_layers": 2, "out_channels": 24},
+                                {"name": "m3gnet_lite", "hidden_channels": 8, "num_layers": 1, "out_channels": 12}]}}
 
 
 def taking(option: str) -> list[str]:

@@ -38,8 +38,8 @@ class StackedEncoder(Encoder):
             inside a stack).
 
     ``layer_groups()`` aligns the encoders at their output ends: the last group holds every encoder's last group,
-    so freezing the first k groups always leaves each encoder's top layers trainable first. ``node_emb`` is
-    ``None`` (the stacked encoders' atoms features have different widths).
+    so freezing the first k groups always leaves each encoder's top layers trainable first. ``node_emb``: the
+    encoders' per-atom features side by side ([N, Σ d_node,i]; the same atoms in the same order).
     """
 
     def __init__(self, encoders: Sequence[Mapping[str, Any]]) -> None:
@@ -57,8 +57,10 @@ class StackedEncoder(Encoder):
         self.out_dim = sum(int(e.out_dim) for e in built)
 
     def forward(self, batch: Any) -> EncoderOutput:
-        graph_emb = torch.cat([encoder(batch).graph_emb for encoder in self.encoders], dim=1)
-        return EncoderOutput(node_emb=None, graph_emb=graph_emb)  # type: ignore[arg-type]
+        outs = [encoder(batch) for encoder in self.encoders]
+        nodes = [o.node_emb for o in outs]
+        return EncoderOutput(node_emb=None if any(n is None for n in nodes) else torch.cat(nodes, dim=1),  # type: ignore[arg-type]
+                             graph_emb=torch.cat([o.graph_emb for o in outs], dim=1))
 
     def layer_groups(self) -> list[nn.Module]:
         groups = [encoder.layer_groups() for encoder in self.encoders]
