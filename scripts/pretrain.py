@@ -17,8 +17,8 @@ formation energy, nor those of their polymorphs. The remaining crystals are spli
 train / val / test (90 / 5 / 5 %); the model card reports the test (held-out) metrics of the best-validation
 checkpoint.
 
-Output (``--out``, default ``data/pretrained/``): ``<encoder>_mp_dense.ckpt`` (``--name``) (compact: fp32 weights and the
-self-description, no optimiser state; loads with ``tlgnn.load_model`` and ``model.init_from``), its metadata
+Output (``--out``, default ``data/pretrained/``): ``<name>.ckpt`` (``--name``, default ``<encoder>_mp_dense``;
+compact: fp32 weights and the self-description, no optimiser state; loads with ``tlgnn.load_model`` and ``model.init_from``), its metadata
 ``<name>.json`` and ``MODEL_CARD.md`` (rendered from every ``*.json`` there). The best model so far is exported
 after every improving epoch, so an interrupted run still leaves a usable checkpoint. Full Lightning checkpoints
 (for ``--resume``) live in ``--work-dir`` (default ``runs/pretrain/<encoder>``).
@@ -246,7 +246,6 @@ def hardware() -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------------- export
 # ---------------------------------------------------------------------------------------------------- main
 def settle_devices(args: argparse.Namespace) -> str | None:
     """Fill in the device-dependent defaults of ``args``; a message if the device asked for is missing."""
@@ -273,6 +272,7 @@ class Session:
         import numpy as np
 
         from tlgnn.data import TransferDataModule
+        from tlgnn.training.console import EpochLog
 
         self.args, self.command, self.work = args, command, work
         data_cfg = data_config(args, work)
@@ -293,8 +293,6 @@ class Session:
         self.progress = json.loads(self.progress_path.read_text()) if self.progress_path.is_file() and (
             args.resume or args.export_only) else {"train_s": 0.0, "sessions": 0}
         self.fit_start: float | None = None
-        from tlgnn.training.console import EpochLog
-
         self.epoch_log = EpochLog(len(self.dm.split.train), args.tasks, log, self.progress.get("curve"))
 
     def make_info(self, module: Any, epochs: int, metrics: dict, status: str, best_epoch: int | None = None) -> dict:

@@ -103,10 +103,11 @@ class EpochLog(L.Callback):
         mae = {t: float(m[f"val/{t}/mae"]) for t in self.tasks if f"val/{t}/mae" in m}
         maes = ", ".join(f"{t} {v:.3f}" for t, v in mae.items())
         train_loss = self.loss_sum / self.batches if self.batches else math.nan
-        self.history.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss,
-                             "val_loss": float(m.get("val/loss", math.nan)), "val_mae": mae, "seconds": dt})
+        val_loss = float(m.get("val/loss", math.nan))
+        self.history.append({"epoch": int(trainer.current_epoch), "train_loss": train_loss, "val_loss": val_loss,
+                             "val_mae": mae, "seconds": dt})
         self.write(f"epoch {trainer.current_epoch}: train/loss {train_loss:.4f} "
-                   f"val/loss {float(m.get('val/loss', math.nan)):.4f} | val MAE {maes} | {dt:.0f} s, "
+                   f"val/loss {val_loss:.4f} | val MAE {maes} | {dt:.0f} s, "
                    f"{self.n_train / max(dt, 1e-9):.0f} graphs/s")
 
 

@@ -3,7 +3,8 @@
 ``model.init_from: PATH.ckpt`` loads the encoder of a tlgnn checkpoint into the freshly built model (and its
 head when the head config and the tasks are the same; otherwise the new head keeps its random initialisation).
 The checkpoint must describe the same graphs (``data.graph``) and the same encoder (``model.encoder``): any
-difference is a :class:`~tlgnn.utils.config.ConfigError` naming the setting, both values and the file.
+difference is a :class:`~tlgnn.utils.config.ConfigError` naming the setting, both values and the file. A ``stack``
+encoder takes a list, one checkpoint per stacked encoder (``null``: its own weights), each checked the same way.
 
 ``model.finetune`` (:class:`~tlgnn.training.config.FinetuneConfig`) then freezes none, all, or the first k of
 ``encoder.layer_groups()``, gives encoder and head their own learning rates (optimiser parameter groups,
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -213,13 +214,15 @@ def _init_stacked(model: Any, paths: Sequence[str | Path | None], spec: Mapping[
             _load_encoder(stack.encoders[i], pretrained)
 
 
-def apply_finetuning(module: Any, init_from: str | Path | Sequence[str | Path | None] | None, config: FinetuneConfig | None = None,
-                     graph: Mapping[str, Any] | None = None, log: Any = sys.stderr) -> FinetunePlan:
+def apply_finetuning(module: Any, init_from: str | Path | Sequence[str | Path | None] | None,
+                     config: FinetuneConfig | None = None, graph: Mapping[str, Any] | None = None,
+                     log: Any = sys.stderr) -> FinetunePlan:
     """Initialise ``module`` (a :class:`~tlgnn.training.module.TransferModule`) from ``init_from`` and freeze.
 
     Args:
         module: the freshly built module (its target statistics already set from the training split).
-        init_from: checkpoint to load the encoder (and, if compatible, the head) from, or ``None``.
+        init_from: checkpoint to load the encoder (and, if compatible, the head) from, or ``None``; for a stack
+            encoder a list of checkpoints (or ``None``), one per stacked encoder (encoder weights only).
         config: freezing / learning rates / unfreezing (default: none of them).
         graph: the run's graph builder settings (default: the module's ``hparams["graph"]``).
         log: a stream for the one-line summary (``None``: silent).
