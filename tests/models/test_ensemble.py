@@ -57,6 +57,24 @@ def test_different_members_spread_and_the_calibration_scales_it():
     assert torch.allclose(head.uncertainty(enc, batch)["gap_hse"]["upper"] - got["mean"], 3.0 * expected, atol=1e-5)
 
 
+def test_a_difference_chain_adds_the_low_error_to_the_upper_one_unless_the_low_value_is_known():
+    """y_high = ŷ_low + Δ: the upper task's σ_err is √(σ_high² + σ_low²) where the low value is predicted, and its
+    own σ_high where the member adds Δ to a known low value (``use_known_low``)."""
+    head = ensemble(3).head
+    assert head.built_on("gap_hse") == "gap_pbe" and head.built_on("gap_pbe") is None
+    own, low = torch.tensor([0.3, 0.4, 0.0]), torch.tensor([0.4, 0.3, 0.2])
+    assert torch.allclose(head.chained_error("gap_hse", own, {"gap_pbe": low}), torch.tensor([0.5, 0.5, 0.2]))
+    assert torch.equal(head.chained_error("gap_pbe", low, {}), low)
+    assert head.chained_error("gap_hse", None, {"gap_pbe": low}) is None  # no error model of its own: none added
+    torch.manual_seed(0)
+    known = build_model(ENCODER, {**HEAD, "use_known_low": True}, TASKS, {"members": 3}).eval().head
+    batch = labelled_batch(TASKS, n=3, present=0.5, seed=1)  # PBE known on rows 1 and 2
+    present = batch.y_mask[:, 0]
+    assert 0 < int(present.sum()) < 3
+    got = known.chained_error("gap_hse", own, {"gap_pbe": low}, batch)
+    assert torch.allclose(got, torch.where(present, own, torch.sqrt(own ** 2 + low ** 2)))
+
+
 def test_bootstrap_rows_are_fixed_differ_by_member_and_cover_the_share():
     idx = torch.arange(20000)
     first, second = bootstrap_mask(idx, 0), bootstrap_mask(idx, 1)

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 OBJECTIVES = ("regression", "l1", "huber")
+#: Labelled validation rows below which a booster may early-stop on a held-out share of its own training rows
+#: instead (:func:`held_out_stopping`): a handful of crystals cannot say when to stop.
+MIN_STOPPING_ROWS = 100
 #: LightGBM's own limit on leaves per tree.
 MAX_LEAVES = 131072
 
@@ -104,6 +107,16 @@ def _number(name: str, value: Any, low: float, low_open: bool = False, high: flo
         upper = f"{high}]" if high is not None else "inf)"
         span = f"{'(' if low_open else '['}{low}, {upper}"
         raise ValueError(f"tree head option {name} must be in {span}, got {value}")
+
+
+def held_out_stopping(x: np.ndarray, y: np.ndarray, share: float, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_fit, y_fit, x_stop, y_stop)``: rows ``x`` [n, f] / ``y`` [n] split into a fixed ``share`` (at least
+    one row) to early-stop on and the rest to fit, the held-out rows drawn by ``seed`` (the same rows in every
+    process). Used where the validation split has fewer than :data:`MIN_STOPPING_ROWS` labels."""
+    n = len(y)
+    held = np.random.default_rng(seed).permutation(n) < max(1, int(n * share))
+    return x[~held], y[~held], x[held], y[held]
 
 
 def fit_booster(x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,

@@ -34,7 +34,10 @@ the std becomes
     σ = √((s_t σ_raw)² + (a_t σ_err(x))² + f_t²),   σ_err = √(π/2) · E|error|(x, μ)
 
 with (s_t, a_t, f_t) fitted on the validation split. σ_err grows where the ensemble erred on similar training
-materials, which the members' spread alone does not say (members that agree can all be wrong).
+materials, which the members' spread alone does not say (members that agree can all be wrong). For the upper task
+of a difference chain (y_high = ŷ_low + Δ) σ_err also holds the low prediction's: √(σ_err,high² + σ_err,low²)
+where the low value is predicted (:meth:`EnsembleHead.chained_error`), since the low error model learns from every
+low-fidelity label and the upper one only from the few high-fidelity ones.
 """
 
 from __future__ import annotations
@@ -228,19 +231,42 @@ class EnsembleHead(nn.Module):
         ``"members"``: [k, B(, C)]."""
         result = {}
         inputs = self.error_inputs(enc, batch) if self.error_models else None
-        for name, values in self.member_predictions(enc, batch).items():
+        errors: dict[str, torch.Tensor] = {}
+        for name, values in self.member_predictions(enc, batch).items():  # a chain's outputs come lowest first
             values = values.float()
             mean, raw = values.mean(0), values.std(0, unbiased=False)
             item = {"mean": mean, "std_raw": raw, "members": values}
             if values.dim() == 2:
-                error = self.error_std(name, inputs, mean)
+                error = self.chained_error(name, self.error_std(name, inputs, mean), errors, batch)
                 if error is not None:
-                    item["std_error"] = error
+                    item["std_error"] = errors[name] = error
                 item.update(self.interval(name, mean, raw, error))
             else:
                 item["std"] = raw
             result[name] = item
         return result
+
+    def built_on(self, name: str) -> str | None:
+        """The task whose prediction a difference member adds its correction to for output ``name`` (the chain
+        task just below it), or ``None``."""
+        chain = list(getattr(self.members[0], "chain", None) or ())
+        return chain[chain.index(name) - 1] if name in chain[1:] else None
+
+    def chained_error(self, name: str, error: torch.Tensor | None, lower: Mapping[str, torch.Tensor],
+                      batch: Any = None) -> torch.Tensor | None:
+        """σ_err of output ``name`` [B]: its own error model's, and for a difference chain's upper task also the
+        σ_err of the low prediction it is built on, √(σ_err,high² + σ_err,low²), except on rows where the low
+        value is known and used (``use_known_low``): there it carries no error. The low task's error model learns
+        from every low-fidelity label, the upper one's from the few high-fidelity ones: measured on HSE / SCAN
+        (docs/uncertainty.md), the sum ranks the upper task's errors better than its own model alone."""
+        low = self.built_on(name)
+        if error is None or low not in lower:
+            return error
+        low_error = lower[low]
+        known = self.members[0].known_label(batch, low) if self.use_known_low and batch is not None else None
+        if known is not None:
+            low_error = torch.where(known[1], torch.zeros_like(low_error), low_error)
+        return torch.sqrt(error ** 2 + low_error ** 2)
 
     # ----------------------------------------------------------------- error model
     def error_inputs(self, enc: EncoderOutput, batch: Any = None) -> torch.Tensor:

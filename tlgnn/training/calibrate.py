@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tlgnn.data.tasks import TaskSpec
+from tlgnn.models.boosting import MIN_STOPPING_ROWS, held_out_stopping
 from tlgnn.training.inference import Inference, predict_batches
 from tlgnn.uncertainty import calibration_plot, error_vs_std_plot, fit_calibration, uncertainty_metrics
 
@@ -64,21 +65,29 @@ def ensemble_arrays(module: Any, loader: Any, out_of_bag: bool = False) -> dict[
 
 #: Fewest out-of-bag training rows an error model is fitted on.
 MIN_ERROR_MODEL_ROWS = 10
+#: Share of the out-of-bag rows an error model early-stops on when the validation split has fewer than
+#: :data:`tlgnn.models.boosting.MIN_STOPPING_ROWS` labels of its task (a fifth: 16 of the 81 at N = 100).
+ERROR_MODEL_STOPPING_SHARE = 0.2
 
 
 def fit_task_error_model(head: Any, name: str, x: np.ndarray, y: np.ndarray, oob: np.ndarray, x_val: np.ndarray,
                          y_val: np.ndarray, mean_val: np.ndarray) -> dict[str, Any] | None:
     """Fit output ``name``'s error model on the training rows' out-of-bag |error| (features: the error inputs
     ``x`` [n, f], then the out-of-bag mean ``oob`` [n]; rows without a label (NaN ``y``) or an out-of-bag member
-    are skipped), early-stopped on the validation rows' |error| of the ensemble mean. ``None`` with fewer than
-    :data:`MIN_ERROR_MODEL_ROWS` usable rows. The one place both runs and the campaign fit error models."""
+    are skipped), early-stopped on the validation rows' |error| of the ensemble mean, or, with fewer than
+    :data:`~tlgnn.models.boosting.MIN_STOPPING_ROWS` of those, on a fixed :data:`ERROR_MODEL_STOPPING_SHARE` of
+    its own rows (the validation rows then only calibrate). ``None`` with fewer than :data:`MIN_ERROR_MODEL_ROWS`
+    usable rows. The one place both runs and the campaign fit error models."""
     rows = np.isfinite(oob) & np.isfinite(y)
     if rows.sum() < MIN_ERROR_MODEL_ROWS:
         return None
     vrows = np.isfinite(y_val) & np.isfinite(mean_val)
-    return head.fit_error_model(name, np.column_stack([x[rows], oob[rows]]), np.abs(y[rows] - oob[rows]),
-                                np.column_stack([x_val[vrows], mean_val[vrows]]),
-                                np.abs(y_val[vrows] - mean_val[vrows]))
+    x_fit, e_fit = np.column_stack([x[rows], oob[rows]]), np.abs(y[rows] - oob[rows])
+    if vrows.sum() >= MIN_STOPPING_ROWS:
+        x_stop, e_stop = np.column_stack([x_val[vrows], mean_val[vrows]]), np.abs(y_val[vrows] - mean_val[vrows])
+    else:  # a handful of validation crystals stop it after a tree or two, and they calibrate it next: keep them apart
+        x_fit, e_fit, x_stop, e_stop = held_out_stopping(x_fit, e_fit, ERROR_MODEL_STOPPING_SHARE, 0)
+    return head.fit_error_model(name, x_fit, e_fit, x_stop, e_stop)
 
 
 def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_raw: np.ndarray,
@@ -187,5 +196,5 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
         scores.setdefault(name, {}).update(figures)
 
 
-__all__ = ["MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
+__all__ = ["ERROR_MODEL_STOPPING_SHARE", "MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
            "ensemble_arrays", "merge_scores", "regression_outputs", "uncertainty_plots", "uncertainty_scores"]

@@ -41,15 +41,10 @@ import torch
 from torch import nn
 
 from tlgnn.baselines.affine import AffineMap
-from tlgnn.models.boosting import BoosterOptions, fit_booster
+from tlgnn.models.boosting import MIN_STOPPING_ROWS, BoosterOptions, fit_booster, held_out_stopping
 from tlgnn.models.encoders.base import EncoderOutput
 from tlgnn.models.heads.base import Head, find_task, register_head
 from tlgnn.models.trees import TreeEnsemble, lightgbm_arrays
-
-
-#: a booster whose task has fewer labelled validation rows than this, but ten times as many training rows,
-#: early-stops on a fixed tenth of its training rows (seeded by the ``seed`` option) instead
-MIN_STOPPING_ROWS = 100
 
 
 @register_head("tree")
@@ -210,8 +205,7 @@ class TreeHead(Head):
         if len(y_stop) < MIN_STOPPING_ROWS and len(rows) >= 10 * MIN_STOPPING_ROWS:
             # a dense task (the low fidelity) with few validation labels (they are drawn from the scarce task's
             # rows): early-stop on a fixed tenth of its own training rows instead of a handful of crystals
-            held = np.random.default_rng(self.options.seed).permutation(len(rows)) < len(rows) // 10
-            x_fit, y_fit, x_stop, y_stop = x_fit[~held], y_fit[~held], x_fit[held], y_fit[held]
+            x_fit, y_fit, x_stop, y_stop = held_out_stopping(x_fit, y_fit, 0.1, self.options.seed)
         booster, info = fit_booster(x_fit, y_fit, x_stop, y_stop, self.options, f"tree head {label}",
                                     binary=self.task_by_name[task].kind == "classification")
         self.forests[forest].set_arrays(lightgbm_arrays(booster.dump_model(num_iteration=info["best_iteration"])))
