@@ -18,9 +18,10 @@ train / val / test (90 / 5 / 5 %); the model card reports the test (held-out) me
 checkpoint.
 
 Output (``--out``, default ``data/pretrained/``): ``<name>.ckpt`` (``--name``, default ``<encoder>_mp_dense``;
-compact: fp32 weights and the self-description, no optimiser state; loads with ``tlgnn.load_model`` and ``model.init_from``), its metadata
-``<name>.json`` and ``MODEL_CARD.md`` (rendered from every ``*.json`` there). The best model so far is exported
-after every improving epoch, so an interrupted run still leaves a usable checkpoint. Full Lightning checkpoints
+compact: fp32 weights and the self-description, no optimiser state; loads with ``tlgnn.load_model`` and
+``model.init_from``), its metadata ``<name>.json`` and ``MODEL_CARD.md`` (rendered from every ``*.json``
+there). The best model so far is exported after every improving epoch, so an interrupted run still leaves a
+usable checkpoint. Full Lightning checkpoints
 (for ``--resume``) live in ``--work-dir`` (default ``runs/pretrain/<encoder>``).
 
     # CPU smoke test (2 epochs on 2,000 crystals):

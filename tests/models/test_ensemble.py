@@ -58,8 +58,8 @@ def test_different_members_spread_and_the_calibration_scales_it():
 
 
 def test_a_difference_chain_adds_the_low_error_to_the_upper_one_unless_the_low_value_is_known():
-    """y_high = ŷ_low + Δ: the upper task's σ_err is √(σ_high² + σ_low²) where the low value is predicted, and its
-    own σ_high where the member adds Δ to a known low value (``use_known_low``)."""
+    """y_high = ŷ_low + Δ: the upper task's σ_err is √(σ_high² + σ_low²) where the low value is predicted, and
+    its own σ_high where the member adds Δ to a known low value (``use_known_low``)."""
     head = ensemble(3).head
     assert head.built_on("gap_hse") == "gap_pbe" and head.built_on("gap_pbe") is None
     own, low = torch.tensor([0.3, 0.4, 0.0]), torch.tensor([0.4, 0.3, 0.2])

@@ -196,5 +196,8 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
         scores.setdefault(name, {}).update(figures)
 
 
-__all__ = ["ERROR_MODEL_STOPPING_SHARE", "MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models", "fit_task_error_model",
-           "ensemble_arrays", "merge_scores", "regression_outputs", "uncertainty_plots", "uncertainty_scores"]
+__all__ = [
+    "ERROR_MODEL_STOPPING_SHARE", "MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models",
+    "fit_task_error_model", "ensemble_arrays", "merge_scores", "regression_outputs", "uncertainty_plots",
+    "uncertainty_scores"
+]

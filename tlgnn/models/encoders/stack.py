@@ -59,7 +59,8 @@ class StackedEncoder(Encoder):
     def forward(self, batch: Any) -> EncoderOutput:
         outs = [encoder(batch) for encoder in self.encoders]
         nodes = [o.node_emb for o in outs]
-        return EncoderOutput(node_emb=None if any(n is None for n in nodes) else torch.cat(nodes, dim=1),  # type: ignore[arg-type]
+        node_emb = None if any(n is None for n in nodes) else torch.cat(nodes, dim=1)
+        return EncoderOutput(node_emb=node_emb,  # type: ignore[arg-type]
                              graph_emb=torch.cat([o.graph_emb for o in outs], dim=1))
 
     def layer_groups(self) -> list[nn.Module]:
