@@ -71,7 +71,9 @@ def test_a_difference_chain_adds_the_low_error_to_the_upper_one_unless_the_low_v
     batch = labelled_batch(TASKS, n=3, present=0.5, seed=1)  # PBE known on rows 1 and 2
     present = batch.y_mask[:, 0]
     assert 0 < int(present.sum()) < 3
-    got = known.chained_error("gap_hse", own, {"gap_pbe": low}, batch)
+    assert torch.equal(known.known_low_rows("gap_hse", batch), present.bool())
+    assert known.known_low_rows("gap_pbe", batch) is None and head.known_low_rows("gap_hse", batch) is None
+    got = known.chained_error("gap_hse", own, {"gap_pbe": low}, known.known_low_rows("gap_hse", batch))
     assert torch.allclose(got, torch.where(present, own, torch.sqrt(own ** 2 + low ** 2)))
 
 

@@ -13,9 +13,10 @@ members (seeds 0..k-1) on bootstrap rows (:func:`tlgnn.models.ensemble.bootstrap
 positions), early-stopped on a held-out tenth of the labelled set (at least 5 rows); an error model of the
 out-of-bag |error| (:meth:`EnsembleHead.fit_error_model`, features: the inputs then the mean as the last column,
 as :func:`tlgnn.training.calibrate.fit_error_models` builds them); and the recalibration of the std (scale,
-floor, error-model scale, and the interval's conformal quantile) fitted on the held-out rows: the functions a run
-calibrates with (:func:`tlgnn.training.calibrate.fit_task_error_model`, :func:`~tlgnn.training.calibrate.
-calibrate_task`). The acquisition reads the calibrated mean and std.
+floor, error-model scale, and the interval's conformal quantile) fitted on the held-out rows and the error
+model's own held-out rows: the functions a run calibrates with (:func:`tlgnn.training.calibrate.
+fit_task_error_model`, :func:`~tlgnn.training.calibrate.calibrate_task`). The acquisition reads the calibrated
+mean and std.
 
 No hidden label is ever read by the choice: :func:`select_batch` receives only the labelled rows and their
 labels; the ``exceed`` threshold is the ``1 - top_fraction`` quantile of the labels seen so far.
@@ -43,7 +44,7 @@ from tlgnn.models.boosting import BoosterOptions
 from tlgnn.models.encoders.base import EncoderOutput
 from tlgnn.models.ensemble import EnsembleHead, ensemble_spec, out_of_bag_mean
 from tlgnn.models.heads.tree import TreeHead
-from tlgnn.training.calibrate import calibrate_task, fit_task_error_model
+from tlgnn.training.calibrate import calibrate_task, fit_task_error_model, held_out_calibration_rows
 from tlgnn.uncertainty import ACQUISITIONS, acquisition_scores, rank
 
 #: Encoders of the campaign features: the shipped CGCNN checkpoint, or a registered encoder by name.
@@ -168,20 +169,27 @@ def _encoded(x: np.ndarray) -> EncoderOutput:
 def fit_error_model_arrays(head: EnsembleHead, x: np.ndarray, y: np.ndarray, idx: np.ndarray, x_val: np.ndarray,
                            y_val: np.ndarray, name: str) -> dict[str, Any] | None:
     """Output ``name``'s error model from the training rows' out-of-bag means (:func:`tlgnn.training.calibrate.
-    fit_task_error_model`, as a run fits it); ``None`` with too few out-of-bag rows."""
-    oob = out_of_bag_mean(head.member_predictions(_encoded(x))[name], torch.as_tensor(idx)).numpy()
+    fit_task_error_model`, as a run fits it); ``None`` with too few out-of-bag rows. Where it stopped on its own
+    held-out rows, ``calibration_rows`` holds them (:func:`tlgnn.training.calibrate.held_out_calibration_rows`)."""
+    members = head.member_predictions(_encoded(x))[name]
+    oob = out_of_bag_mean(members, torch.as_tensor(idx)).numpy()
     mean_val = head.member_predictions(_encoded(x_val))[name].double().mean(0).numpy()
-    return fit_task_error_model(head, name, x, y, oob, x_val, y_val, mean_val)
+    fitted = fit_task_error_model(head, name, x, y, oob, x_val, y_val, mean_val)
+    if fitted is not None and "held_out" in fitted:
+        fitted["calibration_rows"] = held_out_calibration_rows(
+            head, name, fitted["held_out"], x, y, {name: oob}, members.double().std(0, unbiased=False).numpy())
+    return fitted
 
 
 @torch.no_grad()
-def calibrate_arrays(head: EnsembleHead, x_val: np.ndarray, y_val: np.ndarray, name: str) -> dict[str, Any]:
-    """Fit and store the recalibration of output ``name`` on the held-out rows (:func:`tlgnn.training.calibrate.
-    calibrate_task`, as a run does). Returns the stored values."""
+def calibrate_arrays(head: EnsembleHead, x_val: np.ndarray, y_val: np.ndarray, name: str,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fit and store the recalibration of output ``name`` on the held-out rows and the error model's own
+    ``extra`` ones (:func:`tlgnn.training.calibrate.calibrate_task`, as a run does). Returns the stored values."""
     got = head.uncertainty(_encoded(x_val))[name]
     error = got.get("std_error")
     return calibrate_task(head, name, y_val, got["mean"].double().numpy(), got["std_raw"].double().numpy(),
-                          None if error is None else error.double().numpy())
+                          None if error is None else error.double().numpy(), extra)
 
 
 def fit_round_model(x: np.ndarray, y: np.ndarray, idx: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -193,7 +201,7 @@ def fit_round_model(x: np.ndarray, y: np.ndarray, idx: np.ndarray, x_val: np.nda
     ones, ones_val = np.ones((len(y), 1), bool), np.ones((len(y_val), 1), bool)
     head.fit_arrays(x, y[:, None], ones, x_val, y_val[:, None], ones_val, idx=idx)
     error = fit_error_model_arrays(head, x, y, idx, x_val, y_val, config.task)
-    calibration = calibrate_arrays(head, x_val, y_val, config.task)
+    calibration = calibrate_arrays(head, x_val, y_val, config.task, (error or {}).get("calibration_rows"))
     with torch.no_grad():
         mean_val = head(_encoded(x_val))[config.task].double().numpy()
     return head, {"val_mae": float(np.abs(mean_val - y_val).mean()), "error_model": error is not None,

@@ -109,13 +109,18 @@ def _number(name: str, value: Any, low: float, low_open: bool = False, high: flo
         raise ValueError(f"tree head option {name} must be in {span}, got {value}")
 
 
+def held_out_rows(n: int, share: float, seed: int) -> np.ndarray:
+    """Which of ``n`` rows [n] bool are held out to early-stop on: a fixed ``share`` (at least one row) drawn by
+    ``seed`` (the same rows in every process)."""
+    return np.random.default_rng(seed).permutation(n) < max(1, int(n * share))
+
+
 def held_out_stopping(x: np.ndarray, y: np.ndarray, share: float, seed: int
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_fit, y_fit, x_stop, y_stop)``: rows ``x`` [n, f] / ``y`` [n] split into a fixed ``share`` (at least
-    one row) to early-stop on and the rest to fit, the held-out rows drawn by ``seed`` (the same rows in every
-    process). Used where the validation split has fewer than :data:`MIN_STOPPING_ROWS` labels."""
-    n = len(y)
-    held = np.random.default_rng(seed).permutation(n) < max(1, int(n * share))
+    """``(x_fit, y_fit, x_stop, y_stop)``: rows ``x`` [n, f] / ``y`` [n] split into the :func:`held_out_rows` to
+    early-stop on and the rest to fit. Used where the validation split has fewer than :data:`MIN_STOPPING_ROWS`
+    labels."""
+    held = held_out_rows(len(y), share, seed)
     return x[~held], y[~held], x[held], y[held]
 
 

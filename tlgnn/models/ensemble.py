@@ -230,16 +230,19 @@ class EnsembleHead(nn.Module):
         error model also ``"std_error"``, σ_err) or ``{"mean", "std"}`` [B, C] (classification probabilities), and
         ``"members"``: [k, B(, C)]."""
         result = {}
-        inputs = self.error_inputs(enc, batch) if self.error_models else None
+        predictions = {name: values.float() for name, values in self.member_predictions(enc, batch).items()}
         errors: dict[str, torch.Tensor] = {}
-        for name, values in self.member_predictions(enc, batch).items():  # a chain's outputs come lowest first
-            values = values.float()
+        if self.error_models:
+            means = {name: values.mean(0) for name, values in predictions.items() if values.dim() == 2}
+            errors = self.error_stds(self.error_inputs(enc, batch), means,
+                                     {name: self.known_low_rows(name, batch) for name in means})
+        for name, values in predictions.items():
             mean, raw = values.mean(0), values.std(0, unbiased=False)
             item = {"mean": mean, "std_raw": raw, "members": values}
             if values.dim() == 2:
-                error = self.chained_error(name, self.error_std(name, inputs, mean), errors, batch)
+                error = errors.get(name)
                 if error is not None:
-                    item["std_error"] = errors[name] = error
+                    item["std_error"] = error
                 item.update(self.interval(name, mean, raw, error))
             else:
                 item["std"] = raw
@@ -252,21 +255,46 @@ class EnsembleHead(nn.Module):
         chain = list(getattr(self.members[0], "chain", None) or ())
         return chain[chain.index(name) - 1] if name in chain[1:] else None
 
+    def known_low_rows(self, name: str, batch: Any = None) -> torch.Tensor | None:
+        """[B] bool: the rows where the low value output ``name`` is built on is known and used
+        (``use_known_low``), or ``None`` (not the upper task of a chain, not used, or no batch)."""
+        low = self.built_on(name)
+        if low is None or batch is None or not getattr(self.members[0], "use_known_low", False):
+            return None
+        known = self.members[0].known_label(batch, low)
+        return None if known is None else known[1]
+
     def chained_error(self, name: str, error: torch.Tensor | None, lower: Mapping[str, torch.Tensor],
-                      batch: Any = None) -> torch.Tensor | None:
+                      known_low: torch.Tensor | None = None) -> torch.Tensor | None:
         """σ_err of output ``name`` [B]: its own error model's, and for a difference chain's upper task also the
-        σ_err of the low prediction it is built on, √(σ_err,high² + σ_err,low²), except on rows where the low
-        value is known and used (``use_known_low``): there it carries no error. The low task's error model learns
-        from every low-fidelity label, the upper one's from the few high-fidelity ones: measured on HSE / SCAN
-        (docs/uncertainty.md), the sum ranks the upper task's errors better than its own model alone."""
+        σ_err of the low prediction it is built on (in ``lower``), √(σ_err,high² + σ_err,low²), except on rows
+        where the low value is known and used (``known_low`` [B] bool, :meth:`known_low_rows`): there it carries
+        no error. The low task's error model learns from every low-fidelity label, the upper one's from the few
+        high-fidelity ones: measured on HSE / SCAN (docs/uncertainty.md), the sum ranks the upper task's errors
+        better than its own model alone."""
         low = self.built_on(name)
         if error is None or low not in lower:
             return error
         low_error = lower[low]
-        known = self.members[0].known_label(batch, low) if self.use_known_low and batch is not None else None
-        if known is not None:
-            low_error = torch.where(known[1], torch.zeros_like(low_error), low_error)
+        if known_low is not None:
+            low_error = torch.where(known_low, torch.zeros_like(low_error), low_error)
         return torch.sqrt(error ** 2 + low_error ** 2)
+
+    def error_stds(self, inputs: torch.Tensor, means: Mapping[str, torch.Tensor],
+                   known_low: Mapping[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """σ_err [B] of each regression output in ``means`` (its mean μ [B] there) that has a fitted error model,
+        a chain's upper task with its low one's (:meth:`chained_error`); ``inputs`` [B, f] are the error inputs
+        (:meth:`error_inputs`), ``known_low`` the rows per output where the low value is known. The one place
+        σ_err is formed: predictions, calibration and its held-out training rows all read it."""
+        errors: dict[str, torch.Tensor] = {}
+        for name in self.outputs:  # a chain's outputs come lowest first
+            if name not in means:
+                continue
+            error = self.chained_error(name, self.error_std(name, inputs, means[name]), errors,
+                                       (known_low or {}).get(name))
+            if error is not None:
+                errors[name] = error
+        return errors
 
     # ----------------------------------------------------------------- error model
     def error_inputs(self, enc: EncoderOutput, batch: Any = None) -> torch.Tensor:
