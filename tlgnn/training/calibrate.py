@@ -22,6 +22,7 @@ from tlgnn.models.boosting import MIN_STOPPING_ROWS, held_out_rows
 from tlgnn.training.inference import Inference, predict_batches
 from tlgnn.uncertainty import (calibration_plot, constant_sigma, error_vs_std_plot, fit_calibration,
                                uncertainty_metrics)
+from tlgnn.uncertainty.calibration import MIN_ROWS_PER_COMPONENT
 
 
 def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -129,9 +130,13 @@ def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_ra
                    extra: Mapping[str, np.ndarray | None] | None = None) -> dict[str, float | None]:
     """Fit (``tlgnn.uncertainty.fit_calibration`` with the head's ``level`` and ``calibration`` method) and store
     output ``name``'s recalibration from validation labels ``y`` and the ensemble's ``mean``, raw spread and error
-    model σ (all [n]), and the rows of ``extra`` (:func:`held_out_calibration_rows`) beside them; the constant-σ
-    baseline stays the validation rows' own. Returns the stored values."""
+    model σ (all [n]), and the rows of ``extra`` (:func:`held_out_calibration_rows`) beside them: those set the
+    scale and the conformal quantile, but whether the spread and the error model get a scale each is decided by the
+    validation rows alone (their spread counts members that saw them); the constant-σ baseline stays the
+    validation rows' own. Returns the stored values."""
+    separate = None
     if extra is not None and len(extra["y"]):
+        separate = int(np.sum(np.isfinite(y) & (np.abs(y - mean) > 0))) >= MIN_ROWS_PER_COMPONENT
         y_fit, mean_fit, raw_fit = (np.concatenate([a, extra[k]]) for a, k in
                                     ((y, "y"), (mean, "mean"), (std_raw, "std_raw")))
         error_fit = None if std_error is None or extra["std_error"] is None else \
@@ -139,7 +144,7 @@ def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_ra
     else:
         y_fit, mean_fit, raw_fit, error_fit = y, mean, std_raw, std_error
     calibration = fit_calibration(y_fit, mean_fit, raw_fit, level=head.spec["level"],
-                                  method=head.spec["calibration"], error_std=error_fit)
+                                  method=head.spec["calibration"], error_std=error_fit, separate_components=separate)
     head.set_calibration(name, {**calibration.to_dict(), "constant_sigma": constant_sigma(y, mean)})
     return head.calibration_of(name)
 
@@ -251,7 +256,7 @@ def merge_scores(scores: dict[str, dict[str, float]], extra: Mapping[str, Mappin
 
 
 __all__ = [
-    "ERROR_MODEL_STOPPING_SHARE", "MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "fit_error_models",
-    "fit_task_error_model", "ensemble_arrays", "held_out_calibration_rows", "merge_scores", "regression_outputs", "uncertainty_plots",
-    "uncertainty_scores"
+    "ERROR_MODEL_STOPPING_SHARE", "MIN_ERROR_MODEL_ROWS", "calibrate_module", "calibrate_task", "ensemble_arrays",
+    "fit_error_models", "fit_task_error_model", "held_out_calibration_rows", "merge_scores", "regression_outputs",
+    "uncertainty_plots", "uncertainty_scores"
 ]

@@ -172,7 +172,7 @@ class Calibration:
 
 def fit_calibration(
     y: np.ndarray, mean: np.ndarray, std: np.ndarray, level: float = 0.9, method: str = "scale",
-    error_std: np.ndarray | None = None,
+    error_std: np.ndarray | None = None, separate_components: bool | None = None,
 ) -> Calibration:
     """Fit a :class:`Calibration` on validation arrays with ``method``:
 
@@ -184,7 +184,10 @@ def fit_calibration(
       normalised by σ_cal (intervals mean ± q·σ_cal);
     - ``"none"``: scale 1, floor 0, quantile None (error_scale 1 with ``error_std``).
 
-    ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case.
+    ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case. ``separate_components`` overrides the
+    row count's choice between one scale per component (True) and one common scale (False): rows whose std
+    components are not distributed as a new row's (an ensemble's out-of-bag rows: members that saw them agree more)
+    may set the scale but should not weigh the components.
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
@@ -195,7 +198,9 @@ def fit_calibration(
         return Calibration(level=float(level), constant_sigma=sigma, error_scale=0.0 if error_std is None else 1.0)
     n_fit = int(np.sum(np.isfinite(np.asarray(y, dtype=float)) & (np.abs(np.asarray(y, dtype=float)
                                                                            - np.asarray(mean, dtype=float)) > 0)))
-    if n_fit < MIN_ROWS_PER_COMPONENT:
+    if separate_components is None:
+        separate_components = n_fit >= MIN_ROWS_PER_COMPONENT
+    if not separate_components:
         # too few rows to weigh components apart: one scale for their sum, and no floor unless it is needed
         combined = std if error_std is None else np.hypot(std, error_std)
         scales, floor = fit_variance(y, mean, [combined], floor=False)
