@@ -13,6 +13,7 @@ from tlgnn.models.boosting import MIN_STOPPING_ROWS
 from tlgnn.training.calibrate import (ERROR_MODEL_STOPPING_SHARE, calibrate_task, fit_task_error_model,
                                      held_out_calibration_rows)
 from tlgnn.uncertainty import uncertainty_metrics
+from tlgnn.uncertainty.calibration import MIN_ROWS_PER_COMPONENT
 
 TASKS = [TaskSpec("gap_hse", unit="eV", fidelity="hse")]
 
@@ -83,4 +84,8 @@ def test_held_out_training_rows_join_a_small_validation_split_in_the_calibration
     alone, sigma_alone = coverage(None)
     both, sigma_both = coverage(rows)
     assert alone < 0.7 and 0.8 < both < 0.97
+    # 10 + 80 rows, but the components' weights are the validation rows' call: 10 give one common scale
+    assert len(rows["y"]) + 10 >= MIN_ROWS_PER_COMPONENT
+    stored = head.calibration_of("gap_hse")
+    assert stored["scale"] == stored["error_scale"]
     assert sigma_both == sigma_alone == pytest.approx(float(np.sqrt(np.mean((yv - mv) ** 2))), rel=1e-6)

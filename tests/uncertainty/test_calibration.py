@@ -128,3 +128,23 @@ def test_the_floor_never_falls_below_a_share_of_the_rmse():
     assert scales[0] == pytest.approx(1.0, rel=0.1)
     _, small = fit_variance(y[1:21], np.zeros(20), [std[1:21]], floor=False)  # no zero std: the least floor only
     assert small == pytest.approx(MIN_FLOOR_SHARE * float(np.sqrt(np.mean(y[1:21] ** 2))))
+
+
+def test_separate_components_overrides_the_row_count():
+    """Two std components (an ensemble's spread, an error model's σ): with many rows each gets its own scale (the
+    errors here follow the second only), with few one common scale; ``separate_components`` decides instead of the
+    row count where some rows' components are biased (an ensemble's out-of-bag rows)."""
+    from tlgnn.uncertainty.calibration import MIN_ROWS_PER_COMPONENT
+
+    rng = np.random.default_rng(7)
+    n = 4 * MIN_ROWS_PER_COMPONENT
+    spread, error = rng.uniform(0.1, 1.0, n), rng.uniform(0.1, 1.0, n)
+    y = rng.normal(0.0, error)
+    both = fit_calibration(y, np.zeros(n), spread, error_std=error)
+    assert both.error_scale > 3 * both.scale  # the spread carries nothing here
+    common = fit_calibration(y, np.zeros(n), spread, error_std=error, separate_components=False)
+    assert common.scale == common.error_scale
+    few = fit_calibration(y[:20], np.zeros(20), spread[:20], error_std=error[:20])
+    assert few.scale == few.error_scale
+    assert fit_calibration(y[:20], np.zeros(20), spread[:20], error_std=error[:20],
+                           separate_components=True).error_scale != few.error_scale
