@@ -148,3 +148,19 @@ def test_separate_components_overrides_the_row_count():
     assert few.scale == few.error_scale
     assert fit_calibration(y[:20], np.zeros(20), spread[:20], error_std=error[:20],
                            separate_components=True).error_scale != few.error_scale
+
+
+def test_a_common_scale_still_fits_a_floor_when_the_rows_are_many():
+    """One common scale (``separate_components=False``) keeps the order of the summed std; with enough rows the
+    floor, the constant part of the errors, is fitted beside it (few rows: the least floor only)."""
+    from tlgnn.uncertainty.calibration import MIN_FLOOR_SHARE, MIN_ROWS_PER_COMPONENT
+
+    rng = np.random.default_rng(8)
+    n = 40 * MIN_ROWS_PER_COMPONENT
+    spread, error = rng.uniform(0.1, 1.0, n), rng.uniform(0.1, 1.0, n)
+    y = rng.normal(0.0, np.sqrt(spread ** 2 + error ** 2 + 0.5 ** 2))
+    many = fit_calibration(y, np.zeros(n), spread, error_std=error, separate_components=False)
+    assert many.scale == many.error_scale == pytest.approx(1.0, abs=0.1)
+    assert many.floor == pytest.approx(0.5, abs=0.1)
+    few = fit_calibration(y[:20], np.zeros(20), spread[:20], error_std=error[:20], separate_components=False)
+    assert few.floor == pytest.approx(MIN_FLOOR_SHARE * float(np.sqrt(np.mean(y[:20] ** 2))))

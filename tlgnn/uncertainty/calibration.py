@@ -187,7 +187,8 @@ def fit_calibration(
     ``constant_sigma`` (:func:`constant_sigma`) is fitted in every case. ``separate_components`` overrides the
     row count's choice between one scale per component (True) and one common scale (False): rows whose std
     components are not distributed as a new row's (an ensemble's out-of-bag rows: members that saw them agree more)
-    may set the scale but should not weigh the components.
+    may set the scale but should not weigh the components. The floor follows the row count alone; a common scale
+    and a floor keep the order of the summed std (Spearman with the errors unchanged).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
@@ -201,9 +202,9 @@ def fit_calibration(
     if separate_components is None:
         separate_components = n_fit >= MIN_ROWS_PER_COMPONENT
     if not separate_components:
-        # too few rows to weigh components apart: one scale for their sum, and no floor unless it is needed
+        # one scale for the components' sum; with few rows no floor either, unless it is needed
         combined = std if error_std is None else np.hypot(std, error_std)
-        scales, floor = fit_variance(y, mean, [combined], floor=False)
+        scales, floor = fit_variance(y, mean, [combined], floor=n_fit >= MIN_ROWS_PER_COMPONENT)
         scales = [scales[0], scales[0]]
     else:
         scales, floor = fit_variance(y, mean, [std] if error_std is None else [std, error_std])
