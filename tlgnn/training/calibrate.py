@@ -114,7 +114,7 @@ def held_out_calibration_rows(head: Any, name: str, held: np.ndarray, x: np.ndar
     members' ``spread[held]`` as σ_raw and σ_err there (:meth:`~tlgnn.models.ensemble.EnsembleHead.error_stds`,
     with a chain's low task at its own out-of-bag mean); ``x`` [n, f] are the error inputs and ``means`` every
     regression output's out-of-bag mean [n]. Call it once every error model is fitted. With 10 validation
-    crystals (N = 100) the recalibration scattered by fold (coverage 0.49–0.97); these rows were fitted by
+    crystals (N = 100) the recalibration scattered by fold (coverage 0.49–1.0); these rows were fitted by
     neither the error model nor the members whose mean they carry."""
     rows = torch.as_tensor(np.asarray(held, dtype=np.int64))
     pick = lambda a: torch.as_tensor(np.asarray(a))[rows]  # noqa: E731
@@ -131,9 +131,9 @@ def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_ra
     """Fit (``tlgnn.uncertainty.fit_calibration`` with the head's ``level`` and ``calibration`` method) and store
     output ``name``'s recalibration from validation labels ``y`` and the ensemble's ``mean``, raw spread and error
     model σ (all [n]), and the rows of ``extra`` (:func:`held_out_calibration_rows`) beside them: those set the
-    scale and the conformal quantile, but whether the spread and the error model get a scale each is decided by the
-    validation rows alone (their spread counts members that saw them); the constant-σ baseline stays the
-    validation rows' own. Returns the stored values."""
+    scale, the floor and the conformal quantile, but whether the spread and the error model get a scale each is
+    decided by the validation rows alone (their spread counts members that saw them); the constant-σ baseline stays
+    the validation rows' own. Returns the stored values."""
     separate = None
     if extra is not None and len(extra["y"]):
         separate = int(np.sum(np.isfinite(y) & (np.abs(y - mean) > 0))) >= MIN_ROWS_PER_COMPONENT
