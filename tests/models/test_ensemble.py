@@ -128,3 +128,57 @@ def test_bad_ensemble_specs_name_the_option(spec, message):
     with pytest.raises(ValueError, match=message):
         ensemble_spec(spec)
     assert ensemble_spec({"members": 1}) is None  # one member: a plain model
+
+
+METAL = TaskSpec("metal", kind="classification", classes=["no", "yes"])
+EVERY_HEAD = {
+    "single": ({"name": "single", "task": "gap_hse", "hidden": [16]}, TASKS),
+    "multitask": ({"name": "multitask", "hidden": [16]}, TASKS),
+    "fidelity": ({"name": "fidelity", "hidden": [16]}, TASKS),
+    "difference": (HEAD, TASKS),
+    "difference, known low": ({**HEAD, "use_known_low": True}, TASKS),
+    "elv": ({"name": "elv", "latents": ["gap_pbe", "shift"], "expressions": {"gap_hse": "gap_pbe + softplus(shift)"}},
+            TASKS),
+    "tree": ({"name": "tree", "chain": ["gap_pbe", "gap_hse"], "n_estimators": 20, "min_child_samples": 2}, TASKS),
+    "classification": ({"name": "multitask", "hidden": [16]}, [TASKS[0], METAL]),
+}
+
+
+@pytest.mark.parametrize("kind", list(EVERY_HEAD))
+def test_every_head_as_an_ensemble_gives_the_uncertainty_columns(kind):
+    """The issue's "predict writes the uncertainty columns for every head": per regression output the std, raw
+    spread and the interval; a class's probability spread; the extra outputs (Δ, ELV latents) with their spread."""
+    from tlgnn.training.outputs import prediction_frame
+
+    spec, tasks = EVERY_HEAD[kind]
+    torch.manual_seed(0)
+    model = build_model(ENCODER, spec, tasks, {"members": 3, "shared_encoder": True}).eval()
+    batch = labelled_batch(tasks, n=8, present=0.5 if "known" in kind else 1.0)
+    enc = model.encode(batch)
+    head = model.head
+    if head.fits_directly:  # tree members: fitted on the embeddings, each with its own seed
+        x, y, mask = enc.graph_emb.detach().double().numpy(), batch.y.numpy(), batch.y_mask.numpy()
+        head.fit_arrays(x, y, mask, x, y, mask)
+    with torch.no_grad():
+        got = head.uncertainty(enc, batch)
+        extras = head.extras(enc, batch)
+    uncertainty = {f"{name}_{key}": value.numpy() for name, item in got.items()
+                   for key, value in item.items() if key in ("std", "std_raw", "lower", "upper")}
+    preds = {name: item["mean"].numpy() for name, item in got.items()}
+    frame = prediction_frame([str(i) for i in range(8)], preds, tasks, uncertainty=uncertainty)
+    for task in tasks:
+        if task.name not in head.outputs:
+            continue
+        if task.kind == "classification":
+            assert {f"metal_prob_{c}_std" for c in METAL.classes} <= set(frame.columns)
+            assert got["metal"]["std"].shape == (8, 2) and bool((got["metal"]["std"] > 0).any())
+        else:
+            columns = [f"{task.name}_{k}" for k in ("std", "std_raw", "lower", "upper")]
+            assert set(columns) <= set(frame.columns) and frame[columns].notna().all().all()
+            assert (frame[f"{task.name}_lower"] <= frame[task.name]).all()
+            assert (frame[task.name] <= frame[f"{task.name}_upper"]).all()
+            assert (frame[f"{task.name}_std_raw"] > 0).any()  # members differ by seed
+    if kind == "elv":
+        assert {"latent_gap_pbe_std", "latent_shift_std"} <= set(extras)
+    if kind.startswith("difference"):
+        assert "delta_gap_hse_std" in extras
