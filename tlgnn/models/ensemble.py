@@ -231,13 +231,13 @@ class EnsembleHead(nn.Module):
         ``"members"``: [k, B(, C)]."""
         result = {}
         predictions = {name: values.float() for name, values in self.member_predictions(enc, batch).items()}
+        means = {name: values.mean(0) for name, values in predictions.items()}
         errors: dict[str, torch.Tensor] = {}
-        if self.error_models:
-            means = {name: values.mean(0) for name, values in predictions.items() if values.dim() == 2}
+        if self.error_models:  # regression outputs only: the error models are fitted for those
             errors = self.error_stds(self.error_inputs(enc, batch), means,
                                      {name: self.known_low_rows(name, batch) for name in means})
         for name, values in predictions.items():
-            mean, raw = values.mean(0), values.std(0, unbiased=False)
+            mean, raw = means[name], values.std(0, unbiased=False)
             item = {"mean": mean, "std_raw": raw, "members": values}
             if values.dim() == 2:
                 error = errors.get(name)
@@ -416,5 +416,6 @@ def is_ensemble(head: Any) -> bool:
     return bool(getattr(head, "is_ensemble", False))
 
 
-__all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "UNCERTAINTY_KEYS", "EnsembleEncoder", "EnsembleHead",
-           "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options", "out_of_bag_mean"]
+__all__ = ["BOOTSTRAP_SHARE", "CALIBRATIONS", "CALIBRATION_COLUMNS", "UNCERTAINTY_KEYS", "EnsembleEncoder",
+           "EnsembleHead", "bootstrap_mask", "build_ensemble", "ensemble_spec", "is_ensemble", "member_options",
+           "out_of_bag_mean"]

@@ -22,7 +22,7 @@ from tlgnn.models.boosting import MIN_STOPPING_ROWS, held_out_rows
 from tlgnn.training.inference import Inference, predict_batches
 from tlgnn.uncertainty import (calibration_plot, constant_sigma, error_vs_std_plot, fit_calibration,
                                uncertainty_metrics)
-from tlgnn.uncertainty.calibration import MIN_ROWS_PER_COMPONENT
+from tlgnn.uncertainty.calibration import MIN_ROWS_PER_COMPONENT, informative_rows
 
 
 def _labelled(got: Inference, tasks: Sequence[TaskSpec], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +136,7 @@ def calibrate_task(head: Any, name: str, y: np.ndarray, mean: np.ndarray, std_ra
     the validation rows' own. Returns the stored values."""
     separate = None
     if extra is not None and len(extra["y"]):
-        separate = int(np.sum(np.isfinite(y) & (np.abs(y - mean) > 0))) >= MIN_ROWS_PER_COMPONENT
+        separate = informative_rows(y, mean) >= MIN_ROWS_PER_COMPONENT
         y_fit, mean_fit, raw_fit = (np.concatenate([a, extra[k]]) for a, k in
                                     ((y, "y"), (mean, "mean"), (std_raw, "std_raw")))
         error_fit = None if std_error is None or extra["std_error"] is None else \
@@ -183,7 +183,8 @@ def calibrate_module(module: Any, val_loader: Any, train_loader: Any = None,
     {"scale", "floor", "quantile", "constant_sigma", "error_scale", "n", "n_held_out"}}``; a task without
     validation labels keeps the raw spread (scale 1, floor 0)."""
     head = module.model.head
-    errors = fit_error_models(module, train_loader, val_loader) if head.error_models and train_loader else {}
+    errors = fit_error_models(module, train_loader, val_loader) if head.error_models and train_loader is not None \
+        else {}
     got = predict_batches(module, val_loader)
     tasks = list(module.tasks)
     fitted: dict[str, dict[str, float | None]] = {}

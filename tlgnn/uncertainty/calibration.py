@@ -42,6 +42,13 @@ def _residual_rows(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np
     return np.abs(y[keep] - mean[keep]), std[keep]
 
 
+def informative_rows(y: np.ndarray, mean: np.ndarray) -> int:
+    """How many rows have a label and a non-zero error (NaN rows and exact hits carry nothing on a scale): the
+    count that decides how much :func:`fit_calibration` fits."""
+    y, mean = np.asarray(y, dtype=float), np.asarray(mean, dtype=float)
+    return int(np.sum(np.isfinite(y) & (np.abs(y - mean) > 0)))
+
+
 def fit_std_scale(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
     """The factor s maximising the likelihood of y under N(mean, (s·std)²): s = √(mean(((y − mean)/std)²)).
 
@@ -197,8 +204,7 @@ def fit_calibration(
     sigma = constant_sigma(y, mean)
     if method == "none":
         return Calibration(level=float(level), constant_sigma=sigma, error_scale=0.0 if error_std is None else 1.0)
-    n_fit = int(np.sum(np.isfinite(np.asarray(y, dtype=float)) & (np.abs(np.asarray(y, dtype=float)
-                                                                           - np.asarray(mean, dtype=float)) > 0)))
+    n_fit = informative_rows(y, mean)
     if separate_components is None:
         separate_components = n_fit >= MIN_ROWS_PER_COMPONENT
     if not separate_components:
@@ -226,4 +232,5 @@ __all__ = [
     "fit_scale_and_floor",
     "fit_std_scale",
     "fit_variance",
+    "informative_rows",
 ]
